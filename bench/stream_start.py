@@ -1,0 +1,128 @@
+"""Time from minting a stream URL to the first playable media, for HLS and RTSPS.
+
+Starts `camvoice serve` (gunicorn) on a scratch SQLite database with one demo camera, then for
+each run: mint a fresh URL, fetch the playlist and its first segment (HLS), or decode the first
+video frame over TLS (RTSPS, when the GStreamer relay is installed). Between runs the relay is
+left to go idle, so every run is a cold start of ffmpeg / the GStreamer pipeline.
+
+    .venv/bin/python bench/stream_start.py [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from camvoice.accounts import create_account
+from camvoice.cameras import add_camera
+from camvoice.db import Database
+from camvoice.relay import find_ffmpeg
+from camvoice.rtsps import gstreamer_available, self_signed
+from camvoice.settings import load_settings
+from camvoice.streams import mint
+from camvoice.tickets import Audience, Protocol
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise SystemExit(f"{url} did not come up")
+
+
+def hls_start(url: str) -> float:
+    began = time.perf_counter()
+    playlist = requests.get(url, timeout=30)
+    playlist.raise_for_status()
+    first = next(line for line in playlist.text.splitlines() if line.endswith(".ts"))
+    requests.get(url.rsplit("/", 1)[0] + "/" + first, timeout=30).raise_for_status()
+    return time.perf_counter() - began
+
+
+def rtsps_start(url: str, cert: Path) -> float:
+    began = time.perf_counter()
+    subprocess.run(
+        [find_ffmpeg() or "ffmpeg", "-v", "error", "-rtsp_transport", "tcp", "-ca_file", str(cert),
+         "-i", url, "-frames:v", "1", "-f", "null", "-"],
+        check=True, timeout=30,
+    )  # fmt: skip
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--idle", type=float, default=2.0, help="relay idle timeout (s)")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="camvoice-bench-"))
+    port, rtsps_port = free_port(), free_port()
+    cert, key = scratch / "cert.pem", scratch / "key.pem"
+    self_signed(cert, key, "127.0.0.1")
+    relay = gstreamer_available()
+    env = {
+        **os.environ,
+        "CAMVOICE_DATA_DIR": str(scratch),
+        "CAMVOICE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "CAMVOICE_RELAY_IDLE_TIMEOUT": str(args.idle),
+        "CAMVOICE_RELAY_ENABLED": "true" if relay else "false",
+        "CAMVOICE_RTSPS_PORT": str(rtsps_port),
+        "CAMVOICE_RTSPS_CERT": str(cert),
+        "CAMVOICE_RTSPS_KEY": str(key),
+        "CAMVOICE_LOG_LEVEL": "WARNING",
+    }
+    env.pop("CAMVOICE_DATABASE_URL", None)
+    os.environ.update(env)
+    settings = load_settings()
+    db = Database(settings.sqlalchemy_url)
+    db.upgrade()
+    with db.session() as session:
+        owner = create_account(session, "bench@example.com", "bench-password")
+        camera = add_camera(session, owner, "Bench Door", actor="bench")
+    server = subprocess.Popen([str(BIN / "camvoice"), "serve", "--port", str(port)], env=env)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz")
+        results: dict[str, list[float]] = {"hls": [], "rtsps": []}
+        for _ in range(args.runs):
+            results["hls"].append(hls_start(mint(settings, camera, Protocol.HLS, Audience.GOOGLE)))
+            if relay:
+                url = mint(settings, camera, Protocol.RTSPS, Audience.ALEXA)
+                results["rtsps"].append(rtsps_start(url, cert))
+            time.sleep(args.idle + 2.5)  # let the HLS relay stop: the next run is a cold start
+        print(f"stream start, cold, {args.runs} runs (seconds from mint to first media)")
+        for name, times in results.items():
+            if times:
+                print(
+                    f"  {name:6} median {statistics.median(times):.2f}  "
+                    f"min {min(times):.2f}  max {max(times):.2f}"
+                )
+            else:
+                print(f"  {name:6} not measured (GStreamer relay not installed)")
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The Flask app factory: the composition root that wires the core and the adapters together."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from camvoice import media
+from camvoice.db import Database
+from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
+from camvoice.relay import RelayManager, find_ffmpeg
+from camvoice.settings import Settings, load_settings
+from camvoice.web import database
+
+log = logging.getLogger(__name__)
+
+# Pages a person looks at get HTML errors; every other path is an API and answers JSON.
+HTML_PREFIXES: tuple[str, ...] = (
+    "/oauth/authorize", "/oauth/login", "/oauth/logout", "/console", "/simulator",
+)  # fmt: skip
+
+
+def create_app(settings: Settings | None = None, db: Database | None = None) -> Flask:
+    """Build the WSGI app. Each process (gunicorn worker) calls this once."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+    db = db or Database(settings.sqlalchemy_url)
+    app = Flask("camvoice")
+    app.config.update(
+        SECRET_KEY=settings.key(),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
+        MAX_CONTENT_LENGTH=1024 * 1024,
+    )
+    app.extensions["camvoice.settings"] = settings
+    app.extensions["camvoice.db"] = db
+    app.extensions["camvoice.redis"] = redis_client(settings)
+    app.extensions["camvoice.limiter"] = (
+        RedisLimiter(app.extensions["camvoice.redis"])
+        if app.extensions["camvoice.redis"] is not None
+        else DatabaseLimiter(db)
+    )
+
+    if settings.proxy_hops:
+        # Trust X-Forwarded-For from our own proxies only, for the client address. The public
+        # URL comes from settings, so forged Host or X-Forwarded-Proto headers change nothing.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=0, x_host=0)  # type: ignore[method-assign]
+
+    app.extensions["camvoice.relays"] = RelayManager(
+        settings.media_path,
+        find_ffmpeg(settings.ffmpeg),
+        settings.relay_idle_timeout,
+        settings.max_relays,
+    )
+    app.register_blueprint(media.bp)
+
+    import console
+    import fulfillment
+    import oauth
+    import skills
+
+    oauth.init_app(app, settings)
+    fulfillment.init_app(app, settings, db)
+    skills.init_app(app, settings, db)
+    console.init_app(app)
+
+    app.add_url_rule("/healthz", "healthz", healthz)
+    app.add_url_rule("/readyz", "readyz", readyz)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)
+    return app
+
+
+def redis_client(settings: Settings) -> redis.Redis | None:
+    if settings.redis_url is None:
+        return None
+    return redis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # /readyz would log on every probe
+    # Authlib logs issued tokens at DEBUG ("Issue token ..."): never let that level through.
+    logging.getLogger("authlib").setLevel(logging.INFO)
+
+
+def healthz() -> Response:
+    """Liveness: the process answers. Checks nothing else on purpose."""
+    return jsonify(status="ok")
+
+
+def readyz() -> tuple[Response, int]:
+    """Readiness: the database answers and its schema is current."""
+    db = database()
+    checks: dict[str, str] = {}
+    try:
+        db.ping()
+        checks["database"] = "ok"
+        checks["migrations"] = "pending" if db.pending_migrations() else "current"
+    except Exception as exc:
+        log.warning("readiness check failed: %s", type(exc).__name__)
+        checks["database"] = "unreachable"
+    client = current_app.extensions["camvoice.redis"]
+    if client is not None:
+        try:
+            client.ping()
+            checks["redis"] = "ok"
+        except redis.RedisError as exc:
+            log.warning("readiness check failed: redis %s", type(exc).__name__)
+            checks["redis"] = "unreachable"
+    ok = (
+        checks.get("database") == "ok"
+        and checks.get("migrations") == "current"
+        and checks.get("redis", "ok") == "ok"
+    )
+    return jsonify(status="ok" if ok else "unavailable", **checks), 200 if ok else 503
+
+
+def wants_html() -> bool:
+    return request.path.startswith(HTML_PREFIXES)
+
+
+def http_error(exc: HTTPException) -> Response | HTTPException:
+    """Errors on API paths are JSON with a machine-readable code and a message."""
+    if wants_html():
+        return exc
+    code = (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+    response = jsonify(error=code, message=exc.description)
+    response.status_code = exc.code or 500
+    for header in ("Retry-After", "Allow", "WWW-Authenticate"):
+        if exc.get_response().headers.get(header):
+            response.headers[header] = exc.get_response().headers[header]
+    return response
+
+
+def unexpected_error(exc: Exception) -> tuple[Response, int]:
+    """Never a traceback to the caller; the log keeps it for the operator."""
+    if isinstance(exc, HTTPException):
+        return http_error(exc), exc.code or 500  # type: ignore[return-value]
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return jsonify(error="server_error", message="Internal error; it has been logged."), 500

@@ -1,0 +1,412 @@
+"""`camvoice`: the operator's command line. Every listing has --json; mistakes exit 2."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from camvoice import cameras as registry
+from camvoice import outbox
+from camvoice.accounts import AccountError, create_account, find_account
+from camvoice.commands import Context, emit, fail, pass_ctx, require_migrated
+from camvoice.db import Database
+from camvoice.models import Account, Camera
+from camvoice.rtsps import gstreamer_available, relay_problem, self_signed, start_relay
+from camvoice.settings import Settings, load_settings
+
+
+@click.group()
+@click.pass_context
+def main(click_ctx: click.Context) -> None:
+    """camvoice: show security cameras on Alexa and Google Home."""
+    click_ctx.obj = Context(wire=subscribe_adapters)
+
+
+def subscribe_adapters(db: Database, settings: Settings) -> None:
+    """Changes made from the CLI emit the same outbox events as changes made in the app."""
+    import fulfillment
+    import skills
+
+    fulfillment.subscribe(db, settings)
+    skills.subscribe(db, settings)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def config(ctx: Context, as_json: bool) -> None:
+    """Print the effective settings (secrets masked)."""
+    shown = ctx.settings.masked()
+    emit(shown, as_json, lambda d: "\n".join(f"{k} = {v}" for k, v in d.items()))
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Apply every pending migration."""
+    ctx.db.upgrade()
+    click.echo("database is up to date")
+
+
+def on_off(value: str | None) -> bool | None:
+    return None if value is None else value in ("on", "yes")
+
+
+# --- accounts -------------------------------------------------------------------------------
+
+
+@main.group()
+def accounts() -> None:
+    """Camera owners."""
+
+
+@accounts.command("create")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_ctx
+def accounts_create(ctx: Context, email: str, password_stdin: bool) -> None:
+    """Create an account (password from --password-stdin or a prompt)."""
+    require_migrated(ctx)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        with ctx.db.session() as session:
+            account = create_account(session, email, password)
+    except AccountError as exc:
+        fail(str(exc))
+    click.echo(f"created account {account.email} ({account.id})")
+
+
+@accounts.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def accounts_list(ctx: Context, as_json: bool) -> None:
+    """List accounts."""
+    require_migrated(ctx)
+    from sqlalchemy import select
+
+    with ctx.db.session() as session:
+        rows = [
+            {"id": a.id, "email": a.email, "cameras": len(a.cameras), "created_at": a.created_at}
+            for a in session.scalars(select(Account).order_by(Account.email))
+        ]
+    emit(rows, as_json, lambda d: "\n".join(f"{r['email']}\t{r['cameras']} cameras" for r in d))
+
+
+def owner_or_fail(session: Any, email: str) -> Account:
+    account = find_account(session, email)
+    if account is None:
+        fail(f"no account {email}")
+    return account  # type: ignore[return-value]
+
+
+# --- cameras --------------------------------------------------------------------------------
+
+
+def setting_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The maker-app settings, shared by `cameras add` and `cameras set`."""
+    options = [
+        click.option("--room"),
+        click.option("--source", help="demo, or an rtsp:// URL of a real camera"),
+        click.option("--nickname", "nicknames", multiple=True, help="Another spoken name."),
+        click.option("--model"),
+        click.option("--firmware"),
+        click.option("--serial"),
+        click.option("--encryption", type=click.Choice(["on", "off"]), help="Image Encryption"),
+        click.option("--audio", type=click.Choice(["on", "off"])),
+        click.option("--online", type=click.Choice(["yes", "no"])),
+        click.option("--sleep", type=click.Choice(["on", "off"]), help="Sleep (privacy) mode"),
+        click.option("--status-light", type=click.Choice(["on", "off"])),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def collect(opts: dict[str, Any]) -> dict[str, Any]:
+    """Map CLI options to camera fields, leaving out what was not given."""
+    fields = {
+        "room": opts.get("room"),
+        "source": opts.get("source"),
+        "model": opts.get("model"),
+        "firmware": opts.get("firmware"),
+        "serial": opts.get("serial"),
+        "nicknames": list(opts["nicknames"]) if opts.get("nicknames") else None,
+        "image_encryption": on_off(opts.get("encryption")),
+        "audio": on_off(opts.get("audio")),
+        "online": on_off(opts.get("online")),
+        "sleep_mode": on_off(opts.get("sleep")),
+        "status_light": on_off(opts.get("status_light")),
+    }
+    if "name" in opts and opts["name"] is not None:
+        fields["name"] = opts["name"]
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def camera_or_fail(session: Any, camera_id: str) -> Camera:
+    camera = session.get(Camera, camera_id)
+    if camera is None:
+        fail(f"no camera {camera_id}")
+    return camera  # type: ignore[no-any-return]
+
+
+def camera_line(d: dict[str, Any]) -> str:
+    def state(assistant: str) -> str:
+        r = d["readiness"][assistant]
+        return "ready" if r["ready"] else ",".join(b["code"] for b in r["blockers"])
+
+    return f"{d['id']}\t{d['name']}\t{d['owner']}\talexa={state('alexa')}\tgoogle={state('google')}"
+
+
+@main.group()
+def cameras() -> None:
+    """Cameras and their settings."""
+
+
+@cameras.command("add")
+@click.option("--owner", required=True, help="Owner's email.")
+@click.option("--name", required=True)
+@setting_options
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def cameras_add(ctx: Context, owner: str, as_json: bool, **opts: Any) -> None:
+    """Add a camera to an owner's account."""
+    require_migrated(ctx)
+    fields = collect(opts)
+    name = opts["name"]
+    fields.pop("name", None)
+    fields.setdefault("source", "demo")
+    try:
+        with ctx.db.session() as session:
+            account = owner_or_fail(session, owner)
+            camera = registry.add_camera(session, account, name, actor="cli", **fields)
+            shown = registry.describe(camera)
+    except registry.CameraError as exc:
+        fail(str(exc))
+    emit(shown, as_json, camera_line)
+
+
+@cameras.command("set")
+@click.argument("camera_id")
+@click.option("--name")
+@setting_options
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def cameras_set(ctx: Context, camera_id: str, as_json: bool, **opts: Any) -> None:
+    """Change a camera's settings."""
+    require_migrated(ctx)
+    try:
+        with ctx.db.session() as session:
+            camera = camera_or_fail(session, camera_id)
+            registry.update_camera(session, camera, collect(opts), actor="cli")
+            shown = registry.describe(camera)
+    except registry.CameraError as exc:
+        fail(str(exc))
+    emit(shown, as_json, camera_line)
+
+
+@cameras.command("remove")
+@click.argument("camera_id")
+@pass_ctx
+def cameras_remove(ctx: Context, camera_id: str) -> None:
+    """Remove a camera."""
+    require_migrated(ctx)
+    with ctx.db.session() as session:
+        camera = camera_or_fail(session, camera_id)
+        registry.remove_camera(session, camera, actor="cli")
+    click.echo(f"removed camera {camera_id}")
+
+
+@cameras.command("list")
+@click.option("--owner", help="Only this owner's cameras.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def cameras_list(ctx: Context, owner: str | None, as_json: bool) -> None:
+    """List cameras with their readiness for Alexa and Google."""
+    require_migrated(ctx)
+    with ctx.db.session() as session:
+        owner_id = owner_or_fail(session, owner).id if owner else None
+        rows = [registry.describe(c) for c in registry.all_cameras(session, owner_id)]
+    emit(rows, as_json, lambda d: "\n".join(camera_line(r) for r in d))
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+@pass_ctx
+def serve(ctx: Context, host: str, port: int, workers: int) -> None:
+    """Serve the web app under gunicorn (and the RTSPS relay when enabled)."""
+    require_migrated(ctx)
+    with rtsps_relay(ctx.settings, port):
+        run_gunicorn(host, port, workers)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@pass_ctx
+def demo(ctx: Context, host: str, port: int) -> None:
+    """Migrate, create the demo account and cameras, and serve."""
+    from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+
+    ctx.db.upgrade()
+    with ctx.db.session() as session:
+        account = seed(session)
+        count = len(account.cameras)
+    ctx.db.dispose()
+    # The demo works end to end out of the box: the simulator signs smart-home directives like
+    # the Lambda forwarder (a secret derived from the key), and the RTSPS relay runs when
+    # GStreamer is installed (with a self-signed certificate made once).
+    base = ctx.settings
+    derived = hmac.new(base.key().encode(), b"demo forwarder", hashlib.sha256).hexdigest()
+    os.environ.setdefault("CAMVOICE_ALEXA_FORWARDER_SECRET", derived)
+    if gstreamer_available():
+        os.environ.setdefault("CAMVOICE_RELAY_ENABLED", "true")
+    settings = load_settings()
+    if settings.relay_enabled and not settings.rtsps_cert:
+        cert, key = settings.data_dir / "rtsps-cert.pem", settings.data_dir / "rtsps-key.pem"
+        if not cert.exists():
+            self_signed(cert, key, urlsplit(settings.public_url).hostname or "127.0.0.1")
+        os.environ["CAMVOICE_RTSPS_CERT"], os.environ["CAMVOICE_RTSPS_KEY"] = str(cert), str(key)
+        settings = load_settings()
+    click.echo(f"camvoice demo on http://{host}:{port}")
+    click.echo(f"  sign in as {DEMO_EMAIL} / {DEMO_PASSWORD} ({count} cameras)")
+    click.echo(f"  then open http://{host}:{port}/simulator and say: show the front door camera")
+    with rtsps_relay(settings, port):
+        run_gunicorn(host, port, workers=2)
+
+
+@contextmanager
+def rtsps_relay(settings: Settings, port: int) -> Iterator[None]:
+    """Run the RTSPS relay beside the web app when enabled; the app runs either way."""
+    if not settings.relay_enabled:
+        yield
+        return
+    problem = relay_problem(settings)
+    if problem:
+        click.echo(f"warning: RTSPS relay not started: {problem}", err=True)
+        yield
+        return
+    process = start_relay(settings, f"http://127.0.0.1:{port}")
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@main.command()
+@click.option(
+    "--app-url",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="Where the relay asks camvoice about tickets.",
+)
+@pass_ctx
+def relay(ctx: Context, app_url: str) -> None:
+    """Run the RTSPS relay (GStreamer) in the foreground."""
+    problem = relay_problem(ctx.settings.model_copy(update={"relay_enabled": True}))
+    if problem:
+        fail(f"cannot run the RTSPS relay: {problem}")
+    process = start_relay(ctx.settings, app_url)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: process.terminate())
+    sys.exit(process.wait())
+
+
+@main.command()
+@pass_ctx
+def doctor(ctx: Context) -> None:
+    """Check what this installation can do, and say what is missing."""
+    from camvoice.relay import find_ffmpeg
+
+    settings = ctx.settings
+    checks: list[tuple[str, str | None]] = []
+    try:
+        pending = ctx.db.pending_migrations()
+        checks.append(("database", "not migrated: run camvoice db upgrade" if pending else None))
+    except Exception as exc:
+        checks.append(("database", f"unreachable ({type(exc).__name__})"))
+    ffmpeg = find_ffmpeg(settings.ffmpeg)
+    checks.append(
+        ("ffmpeg (HLS relay)", None if ffmpeg else "not found: pip install imageio-ffmpeg")
+    )
+    checks.append(("RTSPS relay (Alexa)", relay_problem(settings)))
+    https = settings.public_url.startswith("https://")
+    checks.append(("public URL", None if https else f"{settings.public_url} is not https"))
+    for name, problem in checks:
+        click.echo(
+            f"{'ok  ' if problem is None else 'FAIL'}  {name}" + (f": {problem}" if problem else "")
+        )
+
+
+@main.command()
+@pass_ctx
+def worker(ctx: Context) -> None:
+    """Deliver outbox events until stopped (SIGINT/SIGTERM)."""
+    require_migrated(ctx)
+    from camvoice.app import configure_logging
+
+    configure_logging(ctx.settings.log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    outbox.run_worker(
+        ctx.db, ctx.settings.outbox_max_attempts, ctx.settings.worker_poll_interval, stop
+    )
+
+
+def run_gunicorn(host: str, port: int, workers: int) -> None:
+    """Run the app under gunicorn; each worker process builds its own app and engine."""
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("accesslog", None)  # access lines would carry query strings (tickets)
+            self.cfg.set("control_socket_disable", True)  # one per user: clashes side by side
+
+        def load(self) -> Any:
+            from camvoice.app import create_app
+
+            return create_app()
+
+    Server().run()
+
+
+def _register_adapter_commands() -> None:
+    """The composition root adds the adapters' commands."""
+    from oauth.cli import clients
+    from skills.cli import alexa
+
+    main.add_command(clients)
+    main.add_command(alexa)
+
+
+_register_adapter_commands()

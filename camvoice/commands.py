@@ -1,0 +1,61 @@
+"""Shared plumbing for CLI commands: lazy settings and database, one-line failures, --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from camvoice.db import Database
+from camvoice.settings import ConfigError, Settings, load_settings
+
+
+class Context:
+    """Settings and database, made once per command and only when needed."""
+
+    def __init__(self, wire: Callable[[Database, Settings], None] | None = None) -> None:
+        self._settings: Settings | None = None
+        self._db: Database | None = None
+        self._wire = wire
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings()
+            except ConfigError as exc:
+                fail(str(exc))
+        return self._settings  # type: ignore[return-value]
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(self.settings.sqlalchemy_url)
+            if self._wire is not None:
+                self._wire(self._db, self.settings)  # e.g. outbox subscribers of the adapters
+        return self._db
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit status 2: the contract for every caller mistake."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text(data))
+
+
+def require_migrated(ctx: Context) -> None:
+    try:
+        pending = ctx.db.pending_migrations()
+    except Exception as exc:
+        fail(f"cannot reach the database ({type(exc).__name__}); check CAMVOICE_DATABASE_URL")
+    if pending:
+        fail("the database is not migrated; run: camvoice db upgrade")

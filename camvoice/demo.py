@@ -1,0 +1,46 @@
+"""Demo data: one account and five cameras that show every readiness case."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from camvoice.accounts import create_account, find_account
+from camvoice.cameras import add_camera
+from camvoice.models import Account
+
+DEMO_EMAIL = "demo@camvoice.example"
+DEMO_PASSWORD = "camvoice-demo"  # noqa: S105 - published demo credential, printed at start
+
+DEMO_CAMERAS: list[dict[str, Any]] = [
+    {"name": "Front Door", "room": "Entrance", "nicknames": ["porch", "puerta principal"]},
+    {"name": "Garage", "room": "Garage", "image_encryption": True, "nicknames": ["garaje"]},
+    {"name": "Nursery", "room": "Nursery", "audio": False, "nicknames": ["habitación del bebé"]},
+    {"name": "Backyard", "room": "Garden", "online": False, "nicknames": ["jardín"]},
+    {"name": "Living Room", "room": "Living Room", "sleep_mode": True, "nicknames": ["salón"]},
+]
+
+
+def seed(session: Session) -> Account:
+    """Create the demo account and cameras unless they exist (safe to run on every start)."""
+    account = find_account(session, DEMO_EMAIL)
+    if account is None:
+        account = create_account(session, DEMO_EMAIL, DEMO_PASSWORD)
+    have = {camera.name for camera in account.cameras}
+    for index, spec in enumerate(DEMO_CAMERAS, start=1):
+        if spec["name"] not in have:
+            fields = {k: v for k, v in spec.items() if k != "name"}
+            add_camera(
+                session,
+                account,
+                spec["name"],
+                actor="demo",
+                source="demo",
+                model="C6N demo",
+                serial=f"DEMO{index:05d}",
+                **fields,
+            )
+    session.flush()
+    session.refresh(account)
+    return account

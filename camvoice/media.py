@@ -1,0 +1,137 @@
+"""The media endpoints: ticketed HLS playlists and segments, snapshots, and the MediaMTX hook."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from typing import Any
+
+from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
+
+from camvoice import snapshots
+from camvoice.relay import PLAYLIST, SEGMENT, RelayBusy, RelayFailed, RelayManager
+from camvoice.streams import admit, record_denial
+from camvoice.tickets import Protocol, TicketError
+from camvoice.web import database, settings
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("media", __name__)
+RELAY_SECRET_HEADER = "X-Camvoice-Relay-Secret"  # noqa: S105 - a header name
+CAMERA_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def relays() -> RelayManager:
+    return current_app.extensions["camvoice.relays"]  # type: ignore[no-any-return]
+
+
+@bp.after_request
+def cast_headers(response: Response) -> Response:
+    """Cast receivers and hls.js fetch cross-origin; the ticket, not the origin, is the check."""
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def denied(camera_id: str, reason: str, protocol: Protocol, audit: bool) -> Response:
+    if audit:
+        with database().session() as session:
+            record_denial(session, camera_id, reason, protocol)
+    status = 403
+    response = jsonify(error="forbidden", message=f"stream ticket refused: {reason}")
+    response.status_code = status
+    return response
+
+
+def check(camera_id: str, token: str, protocol: Protocol, audit: bool) -> Any:
+    """(camera, None) when admitted, or (None, a 403 response)."""
+    if not CAMERA_ID.match(camera_id):
+        abort(404)
+    try:
+        with database().session() as session:
+            camera, _ticket = admit(session, settings(), token, camera_id, protocol)
+            return camera, None
+    except TicketError as exc:
+        return None, denied(camera_id, exc.reason, protocol, audit)
+
+
+@bp.get("/streams/<camera_id>/<token>/index.m3u8")
+def playlist(camera_id: str, token: str) -> Response:
+    camera, refusal = check(camera_id, token, Protocol.HLS, audit=True)
+    if refusal is not None:
+        return refusal  # type: ignore[no-any-return]
+    try:
+        folder = relays().ensure(camera.id, camera.source, camera.name)
+    except RelayBusy:
+        response = jsonify(error="busy", message="Too many live streams right now; retry soon.")
+        response.status_code = 503
+        response.headers["Retry-After"] = "10"
+        return response
+    except RelayFailed:
+        response = jsonify(error="stream_unavailable", message="The camera's stream did not start.")
+        response.status_code = 502
+        return response
+    body = (folder / PLAYLIST).read_text()
+    return Response(
+        body,
+        mimetype="application/vnd.apple.mpegurl",
+        headers={"Cache-Control": "no-cache, no-store"},
+    )
+
+
+@bp.get("/streams/<camera_id>/<token>/<segment>")
+def segment(camera_id: str, token: str, segment: str) -> Response:
+    if not SEGMENT.match(segment):
+        abort(404)
+    _camera, refusal = check(camera_id, token, Protocol.HLS, audit=False)
+    if refusal is not None:
+        return refusal  # type: ignore[no-any-return]
+    relays().touch(camera_id)
+    path = relays().folder(camera_id) / segment
+    if not path.exists():
+        abort(404, description="segment no longer available")
+    return send_file(path, mimetype="video/mp2t", max_age=60)
+
+
+@bp.get("/snapshots/<camera_id>/<token>.jpg")
+def snapshot(camera_id: str, token: str) -> Response:
+    camera, refusal = check(camera_id, token, Protocol.JPEG, audit=True)
+    if refusal is not None:
+        return refusal  # type: ignore[no-any-return]
+    image = snapshots.grab(relays(), camera.id, camera.source, camera.name)
+    if image is None:
+        response = jsonify(error="snapshot_unavailable", message="No image from the camera.")
+        response.status_code = 502
+        return response
+    return Response(image, mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/media/auth")
+def mediamtx_auth() -> Response:
+    """MediaMTX's HTTP authentication hook: 200 admits a reader, 401 refuses.
+
+    Paths are `cam/<camera_id>`; the ticket comes as the password, or `token=` in the query.
+    Publishing is never allowed through this hook.
+    """
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        return Response(status=400)
+    path = str(body.get("path") or "")
+    action = body.get("action")
+    protocol = Protocol.HLS if body.get("protocol") == "hls" else Protocol.RTSPS
+    token = str(body.get("password") or "")
+    query = str(body.get("query") or "")
+    if not token and "token=" in query:
+        token = query.split("token=", 1)[1].split("&", 1)[0]
+    match = re.fullmatch(r"cam/([A-Za-z0-9_-]{1,32})", path)
+    if action not in ("read", "playback") or match is None or not token:
+        return Response(status=401)
+    camera, refusal = check(match.group(1), token, protocol, audit=True)
+    if refusal is not None:
+        return Response(status=401)
+    sent = request.headers.get(RELAY_SECRET_HEADER, "")
+    if sent and hmac.compare_digest(sent, settings().relay_secret()):
+        # Our own relay needs the camera's source (it may hold credentials): only it gets it.
+        return jsonify(source=camera.source, name=camera.name)
+    return Response(status=200)

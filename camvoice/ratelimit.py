@@ -1,0 +1,97 @@
+"""Fixed-window counters of failures (sign-in attempts), shared by every process and instance.
+
+With CAMVOICE_REDIS_URL they live in Redis (INCR + EXPIRE, one round trip); without it, in the
+database, which every instance shares too (one atomic upsert per failure, one primary-key read
+per check). Either way a limit counts across all web processes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import redis
+from sqlalchemy import Integer, String, case
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from camvoice.db import Database
+from camvoice.models import Base, utcnow
+
+
+class RateLimit(Base):
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column()
+    count: Mapped[int] = mapped_column(Integer)
+
+
+def retry_after(session: Session, key: str, limit: int, window: timedelta) -> int | None:
+    """Seconds until `key` may try again, or None if it is under the limit."""
+    row = session.get(RateLimit, key)
+    if row is None:
+        return None
+    ends = row.window_start + window
+    now = utcnow()
+    if ends <= now or row.count < limit:
+        return None
+    return max(1, int((ends - now).total_seconds()) + 1)
+
+
+def record_failure(session: Session, key: str, window: timedelta) -> None:
+    """Count one failure for `key`, starting a new window if the old one has ended."""
+    now = utcnow()
+    expired = RateLimit.window_start <= now - window
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(RateLimit).values(key=key, window_start=now, count=1)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["key"],
+        set_={
+            "count": case((expired, 1), else_=RateLimit.count + 1),
+            "window_start": case((expired, now), else_=RateLimit.window_start),
+        },
+    )
+    session.execute(stmt)
+    session.expire_all()
+
+
+class Limiter(Protocol):
+    def retry_after(self, key: str, limit: int, window: timedelta) -> int | None: ...
+
+    def record_failure(self, key: str, window: timedelta) -> None: ...
+
+
+class DatabaseLimiter:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def retry_after(self, key: str, limit: int, window: timedelta) -> int | None:
+        with self.db.session() as session:
+            return retry_after(session, key, limit, window)
+
+    def record_failure(self, key: str, window: timedelta) -> None:
+        with self.db.session() as session:
+            record_failure(session, key, window)
+
+
+class RedisLimiter:
+    PREFIX = "camvoice:limit:"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def retry_after(self, key: str, limit: int, window: timedelta) -> int | None:
+        pipe = self.client.pipeline()
+        pipe.get(self.PREFIX + key)
+        pipe.ttl(self.PREFIX + key)
+        count, ttl = pipe.execute()
+        if count is None or int(count) < limit:
+            return None
+        return max(1, int(ttl)) if ttl and ttl > 0 else int(window.total_seconds())
+
+    def record_failure(self, key: str, window: timedelta) -> None:
+        pipe = self.client.pipeline()
+        pipe.incr(self.PREFIX + key)
+        pipe.expire(self.PREFIX + key, int(window.total_seconds()), nx=True)
+        pipe.execute()

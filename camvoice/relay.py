@@ -1,0 +1,312 @@
+"""The HLS relay: one ffmpeg per camera, shared by every viewer and every web process.
+
+Each camera gets a private folder under the media dir. Whichever process first holds the
+folder's lock (flock) runs ffmpeg for it; the others only serve the files. Every fetch touches a
+marker file, so the owner sees viewers of all processes, stops an idle relay, and releases the
+lock when ffmpeg dies so the next fetch (in any process) starts a new one. ffmpeg is started with
+PR_SET_PDEATHSIG, so it cannot outlive its owner: no orphans, no zombies.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import fcntl
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+PLAYLIST = "index.m3u8"
+LOCK = "relay.lock"
+LAST_FETCH = "last_fetch"
+SEGMENT = re.compile(r"^seg_\d{5,}\.ts$")
+URL = re.compile(r"\b(rtsps?|https?)://\S+")
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+)
+
+
+class RelayBusy(Exception):
+    """Too many relays already run; the caller answers 503 with Retry-After."""
+
+
+class RelayFailed(Exception):
+    """ffmpeg did not produce a playable segment in time."""
+
+
+def find_ffmpeg(configured: str | None = None) -> str | None:
+    """The configured ffmpeg, the one the imageio-ffmpeg wheel ships, or a system ffmpeg."""
+    if configured:
+        return configured
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError):
+        return shutil.which("ffmpeg")
+
+
+def redact(line: str) -> str:
+    """ffmpeg echoes its input URL, credentials included: never let that reach a log."""
+    return URL.sub(lambda m: f"{m.group(1)}://<redacted>", line)
+
+
+def _font() -> str | None:
+    return next((f for f in FONT_CANDIDATES if Path(f).exists()), None)
+
+
+def _drawtext_escape(text: str) -> str:
+    return re.sub(r"[\\':%,\[\];=]", " ", text)[:60]
+
+
+def demo_input(name: str) -> list[str]:
+    """A synthetic camera: moving test pattern, the camera's name, a running clock, a tone."""
+    video = "testsrc2=size=640x360:rate=15"
+    font = _font()
+    if font:
+        label = _drawtext_escape(name)
+        video += (
+            f",drawtext=fontfile={font}:text='{label}':x=16:y=16:fontsize=28:fontcolor=white"
+            ":box=1:boxcolor=black@0.5,"
+            f"drawtext=fontfile={font}:text='%{{localtime\\:%H\\\\\\:%M\\\\\\:%S}}'"
+            ":x=16:y=h-48:fontsize=28:fontcolor=white:box=1:boxcolor=black@0.5"
+        )
+    return [
+        "-re", "-f", "lavfi", "-i", video,
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+    ]  # fmt: skip
+
+
+def source_args(source: str, name: str) -> tuple[list[str], list[str]]:
+    """(input args, video codec args) for a camera's source."""
+    if source == "demo":
+        encode = [
+            "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+            "-profile:v", "main", "-pix_fmt", "yuv420p",
+            "-g", "15", "-keyint_min", "15", "-sc_threshold", "0", "-b:v", "800k",
+        ]  # fmt: skip
+        return demo_input(name), encode
+    # A real camera: pull over TCP, copy H.264 as it comes (no re-encoding).
+    return ["-rtsp_transport", "tcp", "-timeout", "5000000", "-i", source], ["-c:v", "copy"]
+
+
+def hls_command(ffmpeg: str, source: str, name: str, folder: Path) -> list[str]:
+    inputs, video = source_args(source, name)
+    return [
+        ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", *inputs,
+        "-map", "0:v:0", "-map", "1:a:0?" if source == "demo" else "0:a:0?",
+        *video, "-c:a", "aac", "-b:a", "96k", "-ar", "44100",
+        "-f", "hls", "-hls_time", "1", "-hls_list_size", "6",
+        "-hls_flags", "delete_segments+independent_segments+temp_file",
+        "-hls_segment_filename", str(folder / "seg_%05d.ts"), str(folder / PLAYLIST),
+    ]  # fmt: skip
+
+
+def die_with_parent() -> None:
+    """In the child: get SIGTERM when the process that started us dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Running:
+    camera_id: str
+    folder: Path
+    lock: IO[bytes]
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+
+class RelayManager:
+    """Starts, shares, stops and restarts HLS relays for this process."""
+
+    def __init__(
+        self, base: Path, ffmpeg: str | None, idle_timeout: float, max_relays: int
+    ) -> None:
+        self.base = base
+        self.ffmpeg = ffmpeg
+        self.idle_timeout = idle_timeout
+        self.max_relays = max_relays
+        self.running: dict[str, Running] = {}
+        self.lock = threading.Lock()
+        self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.base, 0o700)
+        self._stop = threading.Event()
+        self._spawns: queue.Queue[tuple[list[str], Future[subprocess.Popen[bytes]]]] = queue.Queue()
+        threading.Thread(target=self._reap_forever, daemon=True, name="relay-reaper").start()
+        threading.Thread(target=self._spawn_forever, daemon=True, name="relay-spawner").start()
+        atexit.register(self.shutdown)
+
+    def folder(self, camera_id: str) -> Path:
+        return self.base / camera_id
+
+    def touch(self, camera_id: str) -> None:
+        """Record a fetch, visible to whichever process owns the relay."""
+        marker = self.folder(camera_id) / LAST_FETCH
+        marker.touch(exist_ok=True)
+
+    def ensure(self, camera_id: str, source: str, name: str, wait: float = 15.0) -> Path:
+        """Make sure a relay runs for the camera and has a segment; returns its folder."""
+        if not self.ffmpeg:
+            raise RelayFailed("no ffmpeg available")
+        folder = self.folder(camera_id)
+        folder.mkdir(exist_ok=True, mode=0o700)
+        self.touch(camera_id)
+        with self.lock:
+            if camera_id not in self.running and not self._owned_elsewhere(folder):
+                if self.active_count() >= self.max_relays:
+                    raise RelayBusy
+                self._start(camera_id, source, name, folder)
+        return self._wait_for_segment(camera_id, folder, wait)
+
+    def _owned_elsewhere(self, folder: Path) -> bool:
+        """True if another process holds this folder's lock (so its ffmpeg runs)."""
+        path = folder / LOCK
+        if not path.exists():
+            return False
+        with path.open("rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+    def active_count(self) -> int:
+        """Relays running in any process (held locks)."""
+        count = 0
+        for folder in self.base.iterdir():
+            if folder.name in self.running or (folder.is_dir() and self._owned_elsewhere(folder)):
+                count += 1
+        return count
+
+    def _start(self, camera_id: str, source: str, name: str, folder: Path) -> None:
+        lock = (folder / LOCK).open("wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return  # another process won the race; it runs the relay
+        for stale in folder.iterdir():
+            if stale.name not in (LOCK, LAST_FETCH):
+                stale.unlink(missing_ok=True)
+        process = self._spawn(hls_command(self.ffmpeg or "ffmpeg", source, name, folder))
+        threading.Thread(
+            target=self._log_stderr, args=(camera_id, process), daemon=True, name="relay-log"
+        ).start()
+        self.running[camera_id] = Running(camera_id, folder, lock, process)
+        log.info("relay started for camera %s (pid %s)", camera_id, process.pid)
+
+    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
+        """Start a process from the long-lived spawner thread.
+
+        PR_SET_PDEATHSIG fires when the *thread* that forked the child ends; request threads
+        come and go, so ffmpeg must be forked by a thread that lives as long as this manager.
+        """
+        done: Future[subprocess.Popen[bytes]] = Future()
+        self._spawns.put((command, done))
+        return done.result(timeout=10)
+
+    def _spawn_forever(self) -> None:
+        while True:
+            command, done = self._spawns.get()
+            try:
+                done.set_result(
+                    subprocess.Popen(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                        preexec_fn=die_with_parent,  # prctl must run in the child
+                    )
+                )
+            except Exception as exc:
+                done.set_exception(exc)
+
+    def _log_stderr(self, camera_id: str, process: subprocess.Popen[bytes]) -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            log.warning("ffmpeg[%s]: %s", camera_id, redact(raw.decode(errors="replace").rstrip()))
+
+    def _wait_for_segment(self, camera_id: str, folder: Path, wait: float) -> Path:
+        deadline = time.monotonic() + wait
+        playlist = folder / PLAYLIST
+        while time.monotonic() < deadline:
+            try:
+                if "#EXTINF" in playlist.read_text():
+                    return folder
+            except FileNotFoundError:
+                pass
+            run = self.running.get(camera_id)
+            if run is not None and run.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RelayFailed(f"no segment from the relay of camera {camera_id}")
+
+    def stop(self, camera_id: str) -> None:
+        with self.lock:
+            run = self.running.pop(camera_id, None)
+        if run is not None:
+            self._terminate(run)
+
+    def _terminate(self, run: Running) -> None:
+        if run.process.poll() is None:
+            run.process.terminate()
+            try:
+                run.process.wait(5)
+            except subprocess.TimeoutExpired:
+                run.process.kill()
+                run.process.wait()
+        for item in run.folder.iterdir():
+            if item.name != LOCK:
+                item.unlink(missing_ok=True)
+        fcntl.flock(run.lock, fcntl.LOCK_UN)
+        run.lock.close()
+        log.info("relay stopped for camera %s", run.camera_id)
+
+    def reap(self) -> None:
+        """Stop idle relays; release dead ones so the next fetch restarts them."""
+        now = time.time()
+        with self.lock:
+            for camera_id, run in list(self.running.items()):
+                try:
+                    idle = now - (run.folder / LAST_FETCH).stat().st_mtime
+                except FileNotFoundError:
+                    idle = self.idle_timeout + 1
+                dead = run.process.poll() is not None
+                if dead or idle > self.idle_timeout:
+                    if dead:
+                        log.warning(
+                            "relay for camera %s exited (%s)", camera_id, run.process.returncode
+                        )
+                    del self.running[camera_id]
+                    self._terminate(run)
+
+    def _reap_forever(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.reap()
+            except Exception:
+                log.exception("relay reaper failed")
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self.lock:
+            runs = list(self.running.values())
+            self.running.clear()
+        for run in runs:
+            self._terminate(run)

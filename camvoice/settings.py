@@ -1,0 +1,172 @@
+"""Settings: CAMVOICE_* environment variables, an optional .env, and embedded defaults.
+
+With no configuration at all camvoice runs on a SQLite file in ./instance and a secret key
+generated once and kept there, so a newcomer needs nothing but the two README commands.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
+    from camvoice.tickets import TicketSigner
+
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field names map to CAMVOICE_<NAME> variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAMVOICE_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    data_dir: Path = Path("instance")
+    database_url: SecretStr | None = None
+    public_url: str = "http://127.0.0.1:8080"
+    secret_key: SecretStr | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_token_ttl: int = Field(3600, ge=60, le=86400)
+    login_max_failures_account: int = Field(5, ge=1)
+    login_max_failures_ip: int = Field(20, ge=1)
+    login_window: int = Field(900, ge=1)
+    proxy_hops: int = Field(0, ge=0, le=5)
+    stream_keys: SecretStr = SecretStr("")
+    stream_ticket_ttl: int = Field(300, ge=30, le=3600)
+    stream_max_view: int = Field(4 * 3600, ge=60)
+    media_dir: Path | None = None
+    relay_idle_timeout: float = Field(30.0, gt=0)
+    max_relays: int = Field(8, ge=1)
+    ffmpeg: str | None = None
+    hls_url_template: str | None = None
+    rtsps_url_template: str | None = None
+    rtsps_port: int = Field(8554, ge=1, le=65535)
+    rtsps_cert: Path | None = None
+    rtsps_key: Path | None = None
+    relay_enabled: bool = False
+    google_homegraph_key: Path | None = None
+    google_homegraph_url: str = "https://homegraph.googleapis.com"
+    google_receiver_app_id: str | None = None
+    manufacturer: str = "camvoice"
+    alexa_forwarder_secret: SecretStr | None = None
+    alexa_client_id: str | None = None
+    alexa_client_secret: SecretStr | None = None
+    alexa_lwa_token_url: str = "https://api.amazon.com/auth/o2/token"  # noqa: S105 - a URL
+    alexa_event_gateway_url: str = "https://api.amazonalexa.com/v3/events"
+    alexa_skill_id: str | None = None
+    alexa_verify_requests: bool = True
+    redis_url: SecretStr | None = None
+    worker_poll_interval: float = Field(1.0, gt=0)
+    outbox_max_attempts: int = Field(8, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to a SQLite file in the data dir."""
+        if self.database_url is not None:
+            url = self.database_url.get_secret_value()
+            if url.startswith(("postgres://", "postgresql://")):
+                # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{(self.data_dir / 'camvoice.db').resolve()}"
+
+    @field_validator("stream_keys")
+    @classmethod
+    def _stream_keys(cls, value: SecretStr) -> SecretStr:
+        from camvoice.tickets import parse_keys
+
+        parse_keys(value.get_secret_value(), "x")
+        return value
+
+    @property
+    def media_path(self) -> Path:
+        """Where relays write HLS segments: private to this service."""
+        return (self.media_dir or self.data_dir / "media").resolve()
+
+    def signer(self) -> TicketSigner:
+        from camvoice.tickets import TicketSigner, parse_keys
+
+        return TicketSigner(parse_keys(self.stream_keys.get_secret_value(), self.key()))
+
+    def relay_secret(self) -> str:
+        """Shared by the app and its RTSPS relay subprocess, derived so nobody configures it."""
+        return hmac.new(self.key().encode(), b"camvoice rtsps relay", hashlib.sha256).hexdigest()
+
+    def sealer(self) -> Fernet:
+        """Encrypts secrets camvoice reads back later (Alexa tokens), keyed by the secret key."""
+        from cryptography.fernet import Fernet
+
+        derived = hmac.new(self.key().encode(), b"camvoice sealed secrets", hashlib.sha256).digest()
+        return Fernet(base64.urlsafe_b64encode(derived))
+
+    def key(self) -> str:
+        """The secret key: configured, or generated once and kept in the data dir."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.data_dir / SECRET_KEY_FILE
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+    def masked(self) -> dict[str, str]:
+        """The effective settings for `camvoice config`, secrets masked."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                text = "********"
+            elif value is None:
+                text = "(default)"
+            else:
+                text = str(value)
+            shown[f"CAMVOICE_{name.upper()}"] = text
+        shown["database (effective)"] = _mask_url(self.sqlalchemy_url)
+        return shown
+
+
+def _mask_url(url: str) -> str:
+    """Hide the password in a database URL."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation error into one line naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "CAMVOICE_" + str(err["loc"][0]).upper() if err["loc"] else "settings"
+        raise ConfigError(f"{name}: {err['msg']}") from None

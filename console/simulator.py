@@ -1,0 +1,265 @@
+"""The voice simulator: what Alexa or Google would send for an utterance, sent through the real
+endpoints of this app, and what came back.
+
+Smart-home directives go to /alexa/smart-home signed exactly as the Lambda forwarder signs them;
+Google's request carries a bearer token of a built-in simulator client; the custom skill gets
+a request envelope handed to the same ask-sdk skill that serves /alexa/custom (Amazon's request
+signature cannot be made here, so only that check is skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ask_sdk_core.serialize import DefaultSerializer
+from ask_sdk_model import RequestEnvelope
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from camvoice.db import Database
+from camvoice.models import Camera
+from camvoice.readiness import Assistant, explain, readiness
+from camvoice.settings import Settings
+from oauth.models import Grant, OAuthClient
+from oauth.tokens import new_secret, store_tokens
+from skills.custom.names import resolve
+
+SIMULATOR_CLIENTS = {"alexa": "camvoice simulator (Alexa)", "google": "camvoice simulator (Google)"}
+LEAD = re.compile(
+    r"^\s*((alexa|hey google|ok google)[,\s]+)?((ask|pide a) [\w\s]+? (to|que) )?"
+    r"(show me|show|open|watch|display|muéstrame|muestra|enséñame|pon|abre|ver)\s+",
+    re.IGNORECASE,
+)
+TAIL = re.compile(
+    r"\s+(on|en)\s+(the|la|el)\s+[\w\s-]*(tv|tele|television|televisión|chromecast)\s*$",
+    re.IGNORECASE,
+)
+SPANISH = re.compile(r"\b(muestra|muéstrame|enséñame|cámara|pon|abre|del|la)\b", re.IGNORECASE)
+
+
+@dataclass
+class Outcome:
+    request: dict[str, Any] = field(default_factory=dict)
+    response: dict[str, Any] = field(default_factory=dict)
+    hls: str | None = None
+    snapshot: str | None = None
+    error: str | None = None
+    speech: str | None = None
+
+
+def spoken_camera(utterance: str) -> str:
+    """'Alexa, show the front door camera on the TV' -> 'the front door camera'."""
+    return TAIL.sub("", LEAD.sub("", utterance.strip())).strip(" .?!¿¡")
+
+
+def language_of(utterance: str, fallback: str) -> str:
+    return "es" if SPANISH.search(utterance) else fallback
+
+
+def simulator_token(session: Session, account_id: str, assistant: str) -> tuple[str, str]:
+    """An access token of the built-in simulator client for this owner: (token, grant id)."""
+    name = SIMULATOR_CLIENTS[assistant]
+    client = session.scalars(select(OAuthClient).where(OAuthClient.name == name)).first()
+    if client is None:
+        client = OAuthClient(
+            client_id=secrets.token_urlsafe(18),
+            name=name,
+            assistant=assistant,
+            secret_hash=None,
+            redirect_uris=["http://127.0.0.1/simulator"],
+            public=True,
+        )
+        session.add(client)
+        session.flush()
+    grant = session.scalars(
+        select(Grant).where(
+            Grant.account_id == account_id,
+            Grant.client_id == client.client_id,
+            Grant.revoked_at.is_(None),
+        )
+    ).first()
+    if grant is None:
+        grant = Grant(account_id=account_id, client_id=client.client_id, scope="cameras")
+        session.add(grant)
+        session.flush()
+    token = new_secret()
+    store_tokens(session, grant, token, None, 600)
+    return token, grant.id
+
+
+def masked(message: Any) -> Any:
+    """The request as shown on the page: bearer tokens replaced."""
+    text = json.dumps(message)
+    text = re.sub(r'("(token|accessToken|Authorization)": ")[^"]+', r"\1***", text)
+    return json.loads(text)
+
+
+def local(url: str, settings: Settings) -> str:
+    """Our own URLs as paths, so the page (and its CSP) stays same-origin."""
+    return url[len(settings.public_url) :] if url.startswith(settings.public_url) else url
+
+
+def alexa_smart_home(camera: Camera, token: str, settings: Settings) -> Outcome:
+    directive = {
+        "directive": {
+            "header": {
+                "namespace": "Alexa.CameraStreamController",
+                "name": "InitializeCameraStreams",
+                "payloadVersion": "3",
+                "messageId": str(uuid.uuid4()),
+                "correlationToken": uuid.uuid4().hex,
+            },
+            "endpoint": {"scope": {"type": "BearerToken", "token": token}, "endpointId": camera.id},
+            "payload": {
+                "cameraStreams": [
+                    {
+                        "protocol": "RTSP",
+                        "resolution": {"width": 1280, "height": 720},
+                        "authorizationType": "NONE",
+                        "videoCodec": "H264",
+                        "audioCodec": "AAC",
+                    }
+                ]
+            },
+        }
+    }
+    body = json.dumps(directive).encode()
+    secret = settings.alexa_forwarder_secret
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        ts = str(int(time.time()))
+        sig = hmac.new(
+            secret.get_secret_value().encode(), ts.encode() + b"." + body, hashlib.sha256
+        )
+        headers |= {"X-Camvoice-Timestamp": ts, "X-Camvoice-Signature": sig.hexdigest()}
+    reply = current_app.test_client().post("/alexa/smart-home", data=body, headers=headers)
+    outcome = Outcome(request=masked(directive), response=reply.get_json(silent=True) or {})
+    event = outcome.response.get("event", {})
+    if event.get("header", {}).get("name") == "Response":
+        outcome.snapshot = local(event["payload"]["imageUri"], settings)
+    else:
+        outcome.error = (event.get("payload") or {}).get("type") or f"HTTP {reply.status_code}"
+    return outcome
+
+
+def google(camera: Camera, token: str, settings: Settings) -> Outcome:
+    request = {
+        "requestId": str(uuid.uuid4()),
+        "inputs": [
+            {
+                "intent": "action.devices.EXECUTE",
+                "payload": {
+                    "commands": [
+                        {
+                            "devices": [{"id": camera.id}],
+                            "execution": [
+                                {
+                                    "command": "action.devices.commands.GetCameraStream",
+                                    "params": {
+                                        "StreamToChromecast": True,
+                                        "SupportedStreamProtocols": ["hls", "dash"],
+                                    },
+                                }
+                            ],
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    reply = current_app.test_client().post(
+        "/google/fulfillment", json=request, headers={"Authorization": f"Bearer {token}"}
+    )
+    outcome = Outcome(request=masked(request), response=reply.get_json(silent=True) or {})
+    commands = (outcome.response.get("payload") or {}).get("commands") or [{}]
+    result = commands[0]
+    if result.get("status") == "SUCCESS":
+        outcome.hls = local(result["states"]["cameraStreamAccessUrl"], settings)
+    else:
+        outcome.error = result.get("errorCode") or f"HTTP {reply.status_code}"
+    return outcome
+
+
+def alexa_custom(spoken: str, token: str, lang: str, settings: Settings) -> Outcome:
+    app_id = settings.alexa_skill_id or "camvoice"
+    user = {"userId": "amzn1.ask.account.SIMULATOR", "accessToken": token}
+    envelope = {
+        "version": "1.0",
+        "session": {
+            "new": True,
+            "sessionId": "amzn1.echo-api.session." + uuid.uuid4().hex,
+            "application": {"applicationId": app_id},
+            "user": user,
+        },
+        "context": {
+            "System": {
+                "application": {"applicationId": app_id},
+                "user": user,
+                "device": {"deviceId": "simulator", "supportedInterfaces": {"VideoApp": {}}},
+                "apiEndpoint": "https://api.amazonalexa.com",
+            }
+        },
+        "request": {
+            "type": "IntentRequest",
+            "requestId": "amzn1.echo-api.request." + uuid.uuid4().hex,
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "locale": "es-ES" if lang == "es" else "en-US",
+            "dialogState": "STARTED",
+            "intent": {
+                "name": "ShowCameraIntent",
+                "confirmationStatus": "NONE",
+                "slots": {
+                    "camera": {"name": "camera", "value": spoken, "confirmationStatus": "NONE"}
+                },
+            },
+        },
+    }
+    serializer = DefaultSerializer()
+    skill = current_app.extensions["camvoice.custom_skill"]
+    parsed = serializer.deserialize(json.dumps(envelope), RequestEnvelope)
+    answer = serializer.serialize(skill.invoke(request_envelope=parsed, context=None))
+    outcome = Outcome(request=masked(envelope), response=answer)
+    response = answer.get("response", {})
+    ssml = (response.get("outputSpeech") or {}).get("ssml", "")
+    outcome.speech = re.sub(r"</?speak>", "", ssml)
+    for directive in response.get("directives") or []:
+        if directive.get("type") == "VideoApp.Launch":
+            outcome.hls = local(directive["videoItem"]["source"], settings)
+    return outcome
+
+
+def simulate(
+    db: Database, settings: Settings, account_id: str, assistant: str, utterance: str, lang: str
+) -> tuple[Outcome, Camera | None]:
+    """Run one utterance through the chosen assistant's real path."""
+    spoken = spoken_camera(utterance)
+    lang = language_of(utterance, lang)
+    with db.session() as session:  # committed before the endpoint looks the token up
+        cameras = list(session.scalars(select(Camera).where(Camera.owner_id == account_id)))
+        token, _grant = simulator_token(
+            session, account_id, "google" if assistant == "google" else "alexa"
+        )
+    if assistant == "alexa_custom":
+        return alexa_custom(spoken, token, lang, settings), None
+    matches = resolve(spoken, cameras)
+    if len(matches) != 1:
+        return Outcome(error="no_camera"), None
+    camera = matches[0]
+    if assistant == "google":
+        outcome, which = google(camera, token, settings), Assistant.GOOGLE
+    else:
+        outcome, which = alexa_smart_home(camera, token, settings), Assistant.ALEXA
+    blockers = readiness(camera, which)
+    if outcome.error and blockers:
+        outcome.speech = " ".join(explain(b, lang) for b in blockers)
+    return outcome, camera

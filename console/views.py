@@ -1,0 +1,199 @@
+"""The owner's console: readiness matrix with fixes, live view, linked assistants, activity,
+and the voice simulator. Server-rendered, en/es, CSRF on every form, a strict CSP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, abort, redirect, render_template, request, session, url_for
+from sqlalchemy import select
+
+from camvoice import audit
+from camvoice.cameras import BACKENDS, update_camera
+from camvoice.models import Account, Camera
+from camvoice.readiness import Assistant, explain, readiness
+from camvoice.streams import blockers_for, mint
+from camvoice.tickets import Audience, Protocol
+from camvoice.web import check_csrf, csrf_token, database, language, settings
+from console.i18n import TEXT
+from console.simulator import local, simulate
+from oauth.models import Grant, OAuthClient
+from oauth.tokens import revoke_grant
+
+bp = Blueprint(
+    "console",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/console/static",
+)
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob:; connect-src 'self'; worker-src 'self' blob:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+FIXES: dict[str, dict[str, bool]] = {
+    "encryption": {"image_encryption": False},
+    "audio": {"audio": True},
+    "wake": {"sleep_mode": False},
+}
+ASSISTANTS = ("alexa_smart_home", "alexa_custom", "google")
+EXAMPLES = [
+    "show the front door camera",
+    "show the garage camera",
+    "muestra la cámara del garaje",
+    "show the nursery on the living room TV",
+]
+
+
+@bp.after_request
+def headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def owner() -> Account:
+    """The signed-in owner; anyone else is sent to sign in first."""
+    account_id = session.get("account_id")
+    account = None
+    if account_id:
+        with database().session() as db_session:
+            account = db_session.get(Account, account_id)
+    if account is None:
+        abort(redirect(url_for("oauth.login_form", next=request.full_path.rstrip("?"))))
+    return account  # type: ignore[return-value]
+
+
+def page(template: str, **context: Any) -> str:
+    lang = language()
+    return render_template(
+        f"console/{template}", lang=lang, t=TEXT[lang], csrf_token=csrf_token(), **context
+    )
+
+
+@bp.get("/")
+def home() -> Response:
+    return redirect(url_for("console.cameras"))  # type: ignore[return-value]
+
+
+@bp.get("/console")
+def cameras() -> str:
+    account = owner()
+    lang = language()
+    with database().session() as db_session:
+        rows = []
+        for camera in BACKENDS["local"].list_cameras(db_session, account.id):
+            row = {"camera": camera, "fixable": camera.backend == "local"}
+            for assistant in Assistant:
+                row[assistant.value] = [
+                    (b.value, explain(b, lang)) for b in readiness(camera, assistant)
+                ]
+            rows.append(row)
+    return page("cameras.html", account=account, rows=rows)
+
+
+@bp.post("/console/cameras/<camera_id>/fix")
+def fix(camera_id: str) -> Response:
+    check_csrf()
+    account = owner()
+    action = request.form.get("fix", "")
+    if action not in FIXES:
+        abort(400, description="unknown fix")
+    if action == "encryption" and request.form.get("confirm") != "yes":
+        abort(400, description="turning off Image Encryption needs your explicit confirmation")
+    with database().session() as db_session:
+        camera = BACKENDS["local"].get_camera(db_session, account.id, camera_id)
+        if camera is None or camera.backend != "local":
+            abort(404)
+        update_camera(db_session, camera, dict(FIXES[action]), actor=f"owner:{account.id}")
+    return redirect(url_for("console.cameras"), code=303)  # type: ignore[return-value]
+
+
+@bp.get("/console/cameras/<camera_id>/live")
+def live(camera_id: str) -> str:
+    account = owner()
+    with database().session() as db_session:
+        camera = BACKENDS["local"].get_camera(db_session, account.id, camera_id)
+        if camera is None:
+            abort(404)
+        hls = None
+        if not blockers_for(camera, Audience.WEB):
+            hls = local(mint(settings(), camera, Protocol.HLS, Audience.WEB), settings())
+    return page("live.html", account=account, camera=camera, hls=hls)
+
+
+@bp.get("/console/links")
+def links() -> str:
+    account = owner()
+    with database().session() as db_session:
+        grants = db_session.execute(
+            select(Grant, OAuthClient.name)
+            .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
+            .where(Grant.account_id == account.id, Grant.revoked_at.is_(None))
+            .order_by(Grant.created_at)
+        ).all()
+    return page("links.html", account=account, grants=grants)
+
+
+@bp.post("/console/links/<grant_id>/unlink")
+def unlink(grant_id: str) -> Response:
+    check_csrf()
+    account = owner()
+    with database().session() as db_session:
+        grant = db_session.get(Grant, grant_id)
+        if grant is None or grant.account_id != account.id:
+            abort(404)
+        revoke_grant(db_session, grant_id, "unlinked_by_owner", actor=f"owner:{account.id}")
+    return redirect(url_for("console.links"), code=303)  # type: ignore[return-value]
+
+
+@bp.get("/console/activity")
+def activity() -> str:
+    account = owner()
+    with database().session() as db_session:
+        events = audit.recent(db_session, account.id, limit=200)
+        names = {
+            c.id: c.name
+            for c in db_session.scalars(select(Camera).where(Camera.owner_id == account.id))
+        }
+    return page("activity.html", account=account, events=events, names=names)
+
+
+@bp.route("/simulator", methods=["GET", "POST"])
+def simulator() -> str:
+    account = owner()
+    context: dict[str, Any] = {
+        "account": account,
+        "assistants": ASSISTANTS,
+        "examples": EXAMPLES,
+        "assistant": "alexa_smart_home",
+        "utterance": EXAMPLES[0],
+    }
+    if request.method == "POST":
+        check_csrf()
+        assistant = request.form.get("assistant", "")
+        utterance = request.form.get("utterance", "")[:200]
+        if assistant not in ASSISTANTS or not utterance.strip():
+            abort(400, description="pick an assistant and type what you would say")
+        outcome, camera = simulate(
+            database(), settings(), account.id, assistant, utterance, language()
+        )
+        web_hls = None
+        if assistant == "alexa_smart_home" and outcome.snapshot and camera is not None:
+            with database().session() as db_session:
+                fresh = db_session.get(Camera, camera.id)
+                web_hls = local(mint(settings(), fresh, Protocol.HLS, Audience.WEB), settings())
+        context |= {
+            "assistant": assistant,
+            "utterance": utterance,
+            "outcome": outcome,
+            "request_json": json.dumps(outcome.request, indent=2, ensure_ascii=False),
+            "response_json": json.dumps(outcome.response, indent=2, ensure_ascii=False),
+            "web_hls": web_hls,
+        }
+    return page("simulator.html", **context)

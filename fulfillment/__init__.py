@@ -1,0 +1,41 @@
+"""Google Home cloud-to-cloud fulfillment: the smart-home intents and HomeGraph."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from camvoice import outbox
+from camvoice.db import Database
+from camvoice.settings import Settings
+
+log = logging.getLogger(__name__)
+TOPICS = ("camera.added", "camera.removed", "camera.changed")
+
+
+def subscribe(db: Database, settings: Settings) -> bool:
+    """Route camera events to HomeGraph through the outbox; False when no key is configured."""
+    if settings.google_homegraph_key is None:
+        return False
+    from fulfillment.homegraph import HomeGraph, make_handler
+
+    handler = make_handler(
+        db, HomeGraph(settings.google_homegraph_key, settings.google_homegraph_url)
+    )
+    for topic in TOPICS:
+        outbox.subscribe(topic, "google.homegraph", handler)
+    return True
+
+
+def init_app(app: Flask, settings: Settings, db: Database) -> None:
+    from fulfillment.views import bp
+
+    app.register_blueprint(bp)
+    if subscribe(db, settings):
+        app.extensions["camvoice.homegraph"] = True
+    else:
+        log.warning(
+            "CAMVOICE_GOOGLE_HOMEGRAPH_KEY is not set: Google will not hear of camera changes "
+            "(requestSync, reportState) until the owner asks it to sync"
+        )

@@ -1,0 +1,129 @@
+"""HomeGraph: tell Google when an owner's cameras change (requestSync) or go offline
+(reportStateAndNotification), from the outbox worker, authenticated with google-auth.
+
+Credentials come from a service-account key file; its own `token_uri` decides where tokens are
+fetched (tests run a fake Google on 127.0.0.1). We refresh the credentials ourselves and set the
+header on a plain requests session rather than using AuthorizedSession, whose newer releases
+look up iamcredentials.googleapis.com in the background on every call (see ../shared/traps.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import google.auth.transport.requests
+import requests
+from google.oauth2 import service_account
+from sqlalchemy import String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from camvoice.db import Database
+from camvoice.models import Base, Camera, utcnow
+from oauth.models import Grant, OAuthClient
+
+log = logging.getLogger(__name__)
+SCOPE = "https://www.googleapis.com/auth/homegraph"
+TIMEOUT = 10
+SYNC_FIELDS = {"name", "room", "nicknames", "model", "firmware"}
+
+
+class UnknownAgentUser(Exception):
+    """HomeGraph answered 404: Google does not know this agentUserId (not linked any more)."""
+
+
+class HomeGraphStop(Base):
+    """Owners Google no longer knows (404): no calls for them until they link Google again."""
+
+    __tablename__ = "homegraph_stops"
+
+    account_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stopped_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HomeGraph:
+    """A small client for the two HomeGraph calls camvoice makes."""
+
+    def __init__(self, key_file: Path, base_url: str) -> None:
+        self.credentials = service_account.Credentials.from_service_account_file(
+            str(key_file), scopes=[SCOPE]
+        )
+        self.base_url = base_url.rstrip("/")
+        self.http = requests.Session()
+        self._lock = threading.Lock()
+
+    def _authorization(self) -> str:
+        with self._lock:
+            if not self.credentials.valid:
+                self.credentials.refresh(google.auth.transport.requests.Request(self.http))
+            return f"Bearer {self.credentials.token}"
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post(
+            f"{self.base_url}{path}",
+            json=body,
+            headers={"Authorization": self._authorization()},
+            timeout=TIMEOUT,
+        )
+        if response.status_code == 404:
+            raise UnknownAgentUser(body.get("agentUserId"))
+        if response.status_code >= 400:
+            # Raised to the outbox, which retries with backoff; the body holds no secrets.
+            raise RuntimeError(f"HomeGraph {path} answered {response.status_code}")
+        return response.json() if response.content else {}
+
+    def request_sync(self, agent_user_id: str) -> None:
+        self._post("/v1/devices:requestSync", {"agentUserId": agent_user_id, "async": False})
+
+    def report_state(self, agent_user_id: str, states: dict[str, dict[str, Any]]) -> None:
+        self._post(
+            "/v1/devices:reportStateAndNotification",
+            {
+                "requestId": str(uuid.uuid4()),
+                "agentUserId": agent_user_id,
+                "payload": {"devices": {"states": states}},
+            },
+        )
+
+
+def google_linked_since(session: Session, account_id: str) -> datetime | None:
+    """When the owner's newest live Google link was made, or None if none is live."""
+    stmt = (
+        select(Grant.created_at)
+        .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
+        .where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
+        .where(OAuthClient.assistant == "google")
+        .order_by(Grant.created_at.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def make_handler(db: Database, client: HomeGraph) -> Any:
+    """The outbox handler for camera events: requestSync and/or reportState for the owner."""
+
+    def handle(topic: str, event: dict[str, Any]) -> None:
+        account_id = event["account_id"]
+        with db.session() as session:
+            linked = google_linked_since(session, account_id)
+            stop = session.get(HomeGraphStop, account_id)
+            if linked is None or (stop is not None and stop.stopped_at > linked):
+                return  # not linked to Google (any more): nothing to tell it
+            camera = session.get(Camera, event["camera_id"])
+            online = camera.online if camera is not None else None
+        changed = set(event.get("changed", []))
+        try:
+            if topic != "camera.changed" or changed & SYNC_FIELDS:
+                client.request_sync(account_id)
+            if "online" in changed and online is not None:
+                client.report_state(account_id, {event["camera_id"]: {"online": online}})
+        except UnknownAgentUser:
+            log.warning("HomeGraph does not know owner %s; stopping calls for them", account_id)
+            with db.session() as session:
+                session.merge(HomeGraphStop(account_id=account_id, stopped_at=utcnow()))
+
+    return handle

@@ -1,0 +1,192 @@
+"""Google smart-home intents: SYNC, QUERY, EXECUTE (GetCameraStream), DISCONNECT.
+
+Each handler turns one intent's payload into its response payload, reading cameras through the
+core and mapping the core's readiness blockers to Google's errorCodes through the core's table.
+Field names follow Google's cloud-to-cloud reference exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from camvoice import audit
+from camvoice.cameras import BACKENDS
+from camvoice.models import Camera
+from camvoice.readiness import BLOCKERS, Assistant, Blocker, readiness
+from camvoice.settings import Settings
+from camvoice.streams import mint
+from camvoice.tickets import Audience, Protocol
+from oauth.tokens import Principal, revoke_grant
+
+CAMERA_TYPE = "action.devices.types.CAMERA"
+CAMERA_STREAM = "action.devices.traits.CameraStream"
+GET_CAMERA_STREAM = "action.devices.commands.GetCameraStream"
+# What the media path really serves, in order of preference (SYNC advertises exactly this).
+OUR_PROTOCOLS = {"hls": Protocol.HLS}
+
+
+class BadRequest(ValueError):
+    """The body is not the documented shape; answered with HTTP 400."""
+
+
+@dataclass
+class Context:
+    session: Session
+    settings: Settings
+    principal: Principal
+    homegraph: bool  # whether we report state to HomeGraph (willReportState)
+
+
+def owned(ctx: Context, camera_id: object) -> Camera | None:
+    """The caller's camera, or None for an unknown or another owner's device (never revealed)."""
+    if not isinstance(camera_id, str):
+        raise BadRequest("device id must be a string")
+    return BACKENDS["local"].get_camera(ctx.session, ctx.principal.account_id, camera_id)
+
+
+def device_ids(payload: Any, key: str = "devices") -> list[Any]:
+    devices = payload.get(key) if isinstance(payload, dict) else None
+    if not isinstance(devices, list) or not all(isinstance(d, dict) and "id" in d for d in devices):
+        raise BadRequest(f"payload.{key} must be a list of objects with an id")
+    return [d["id"] for d in devices]
+
+
+def sync(ctx: Context, payload: Any) -> dict[str, Any]:
+    """Every camera of the owner, blocked ones included."""
+    cameras = BACKENDS["local"].list_cameras(ctx.session, ctx.principal.account_id)
+    audit.record(ctx.session, "google.sync", actor="google", account_id=ctx.principal.account_id,
+                 assistant="google", devices=len(cameras))  # fmt: skip
+    return {
+        "agentUserId": ctx.principal.account_id,
+        "devices": [sync_device(ctx, camera) for camera in cameras],
+    }
+
+
+def sync_device(ctx: Context, camera: Camera) -> dict[str, Any]:
+    return {
+        "id": camera.id,
+        "type": CAMERA_TYPE,
+        "traits": [CAMERA_STREAM],
+        "name": {
+            "name": camera.name[:60],
+            "defaultNames": [f"{ctx.settings.manufacturer} {camera.model}"],
+            "nicknames": list(camera.nicknames or []),
+        },
+        **({"roomHint": camera.room} if camera.room else {}),
+        "willReportState": ctx.homegraph,
+        "deviceInfo": {
+            "manufacturer": ctx.settings.manufacturer,
+            "model": camera.model,
+            "swVersion": camera.firmware,
+        },
+        "attributes": {
+            "cameraStreamSupportedProtocols": list(OUR_PROTOCOLS),
+            "cameraStreamNeedAuthToken": False,  # the signed URL is the credential
+        },
+    }
+
+
+def query(ctx: Context, payload: Any) -> dict[str, Any]:
+    devices: dict[str, Any] = {}
+    for camera_id in device_ids(payload):
+        camera = owned(ctx, camera_id)
+        if camera is None:
+            devices[camera_id] = {"status": "ERROR", "errorCode": "deviceNotFound"}
+        elif camera.online:
+            devices[camera_id] = {"online": True, "status": "SUCCESS"}
+        else:
+            devices[camera_id] = {
+                "online": False,
+                "status": "OFFLINE",
+                "errorCode": "deviceOffline",
+            }
+    return {"devices": devices}
+
+
+def execute(ctx: Context, payload: Any) -> dict[str, Any]:
+    commands = payload.get("commands") if isinstance(payload, dict) else None
+    if not isinstance(commands, list) or not commands:
+        raise BadRequest("payload.commands must be a non-empty list")
+    results: list[dict[str, Any]] = []
+    for command in commands:
+        if not isinstance(command, dict):
+            raise BadRequest("each command must be an object")
+        ids = device_ids(command)
+        executions = command.get("execution")
+        if not isinstance(executions, list) or not executions:
+            raise BadRequest("command.execution must be a non-empty list")
+        for execution in executions:
+            if not isinstance(execution, dict) or not isinstance(execution.get("command"), str):
+                raise BadRequest("execution.command must be a string")
+            params = execution.get("params") or {}
+            if execution["command"] == GET_CAMERA_STREAM and not (
+                isinstance(params, dict)
+                and isinstance(params.get("SupportedStreamProtocols"), list)
+            ):
+                raise BadRequest("params.SupportedStreamProtocols must be a list")
+            for camera_id in ids:
+                results.append(execute_one(ctx, camera_id, execution))
+    return {"commands": results}
+
+
+def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict[str, Any]:
+    camera = owned(ctx, camera_id)
+    if camera is None:
+        return error(camera_id, "deviceNotFound")
+    if execution["command"] != GET_CAMERA_STREAM:
+        return error(camera_id, "functionNotSupported")
+    params = execution["params"]
+    theirs = params["SupportedStreamProtocols"]
+    blockers = readiness(camera, Assistant.GOOGLE)
+    if blockers:
+        record(ctx, camera, "stream.denied", reason=",".join(b.value for b in blockers))
+        return blocked(camera_id, blockers[0])
+    chosen = next((p for p in OUR_PROTOCOLS if p in theirs), None)
+    if chosen is None:
+        record(ctx, camera, "stream.denied", reason="no_common_protocol")
+        return error(camera_id, "functionNotSupported")
+    url = mint(ctx.settings, camera, OUR_PROTOCOLS[chosen], Audience.GOOGLE, ctx.principal.grant_id)
+    record(ctx, camera, "stream.requested", protocol=chosen,
+           to_chromecast=bool(params.get("StreamToChromecast")))  # fmt: skip
+    states: dict[str, Any] = {
+        "online": True,
+        "cameraStreamAccessUrl": url,
+        "cameraStreamProtocol": chosen,
+    }
+    if ctx.settings.google_receiver_app_id:
+        states["cameraStreamReceiverAppId"] = ctx.settings.google_receiver_app_id
+    return {"ids": [camera_id], "status": "SUCCESS", "states": states}
+
+
+def blocked(camera_id: str, blocker: Blocker) -> dict[str, Any]:
+    code = BLOCKERS[blocker].google_error
+    if blocker is Blocker.OFFLINE:
+        return {"ids": [camera_id], "status": "OFFLINE", "errorCode": code}
+    return error(camera_id, code)
+
+
+def error(camera_id: Any, code: str) -> dict[str, Any]:
+    return {"ids": [camera_id], "status": "ERROR", "errorCode": code}
+
+
+def record(ctx: Context, camera: Camera, action: str, **detail: Any) -> None:
+    audit.record(ctx.session, action, actor="google", account_id=camera.owner_id,
+                 camera_id=camera.id, assistant="google", **detail)  # fmt: skip
+
+
+def disconnect(ctx: Context, payload: Any) -> dict[str, Any]:
+    """The owner unlinked in the Google Home app: revoke this link (and only this one)."""
+    revoke_grant(ctx.session, ctx.principal.grant_id, "google_disconnect", actor="google")
+    return {}
+
+
+INTENTS: dict[str, Callable[[Context, Any], dict[str, Any]]] = {
+    "action.devices.SYNC": sync,
+    "action.devices.QUERY": query,
+    "action.devices.EXECUTE": execute,
+    "action.devices.DISCONNECT": disconnect,
+}

@@ -1,0 +1,288 @@
+"""The authorization server on Authlib: grants, PKCE, revocation and introspection.
+
+Authlib validates the protocol; these subclasses supply storage and the defaults that differ
+from Authlib's (see ../shared/traps.md): one-hour access tokens, rotating refresh tokens,
+S256-only PKCE, post and basic client auth everywhere, hashed storage, atomic code redemption,
+and revocation of what a replayed code issued.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from authlib.oauth2.rfc6749 import InvalidRequestError, grants
+from authlib.oauth2.rfc6750 import BearerTokenGenerator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from flask import Flask
+from sqlalchemy import update
+
+from camvoice import audit
+from camvoice.models import Account, utcnow
+from camvoice.web import database
+from oauth.models import SCOPES, AuthorizationCode, Grant, OAuthClient, Token, digest
+from oauth.tokens import find_token, new_secret, revoke_grant, rotate, store_tokens
+
+log = logging.getLogger(__name__)
+
+CODE_TTL = timedelta(minutes=5)
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+
+def query_client(client_id: str) -> OAuthClient | None:
+    with database().session() as session:
+        return session.get(OAuthClient, client_id)
+
+
+def save_token(token: dict[str, Any], request: Any) -> None:
+    """Persist a freshly issued token pair; a code redemption also creates the grant (link)."""
+    db = database()
+    expires_in = int(token["expires_in"])
+    with db.session() as session:
+        if request.payload.grant_type == "authorization_code":
+            code: AuthorizationCode = request.authorization_code
+            grant = Grant(account_id=code.account_id, client_id=code.client_id, scope=code.scope)
+            session.add(grant)
+            session.flush()
+            store_tokens(
+                session, grant, token["access_token"], token.get("refresh_token"), expires_in
+            )
+            session.execute(
+                update(AuthorizationCode)
+                .where(AuthorizationCode.code_hash == code.code_hash)
+                .values(grant_id=grant.id)
+            )
+            client = request.client
+            audit.record(
+                session,
+                "account.linked",
+                actor=f"client:{client.client_id}",
+                account_id=grant.account_id,
+                assistant=client.assistant,
+                client=client.name,
+            )
+        else:
+            parent: Token = request.refresh_token
+            grant = session.get(Grant, parent.grant_id)
+            store_tokens(
+                session,
+                grant,
+                token["access_token"],
+                token.get("refresh_token"),
+                expires_in,
+                parent,
+            )
+    if request.payload.grant_type == "authorization_code":
+        _revoke_if_replayed_meanwhile(request.authorization_code.code_hash)
+
+
+def _revoke_if_replayed_meanwhile(code_hash: str) -> None:
+    """A replay that raced our redemption found no grant to revoke yet: revoke it now."""
+    with database().session() as session:
+        code = session.get(AuthorizationCode, code_hash)
+        if code is not None and code.replayed and code.grant_id:
+            revoke_grant(session, code.grant_id, "code_replayed", actor="oauth")
+
+
+class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = [*CLIENT_AUTH_METHODS, "none"]
+
+    def validate_authorization_request(self) -> str:
+        redirect_uri: str = super().validate_authorization_request()
+        client: OAuthClient = self.request.client
+        if client.public and not self.request.payload.data.get("code_challenge"):
+            raise InvalidRequestError(
+                "Public clients must use PKCE (code_challenge with S256).",
+                redirect_uri=redirect_uri,
+            )
+        return redirect_uri
+
+    def save_authorization_code(self, code: str, request: Any) -> None:
+        data = request.payload.data
+        with database().session() as session:
+            session.add(
+                AuthorizationCode(
+                    code_hash=digest(code),
+                    client_id=request.client.client_id,
+                    account_id=request.user.id,
+                    redirect_uri=request.payload.redirect_uri,
+                    scope=request.scope,
+                    code_challenge=data.get("code_challenge"),
+                    code_challenge_method=data.get("code_challenge_method"),
+                    expires_at=utcnow() + CODE_TTL,
+                )
+            )
+
+    def query_authorization_code(self, code: str, client: OAuthClient) -> AuthorizationCode | None:
+        """Redeem atomically: of two concurrent redemptions, exactly one gets the code."""
+        code_hash = digest(code)
+        with database().session() as session:
+            row = session.get(AuthorizationCode, code_hash)
+            if row is None or row.client_id != client.client_id:
+                return None
+            if row.expires_at <= utcnow():
+                return None
+            claimed = session.execute(
+                update(AuthorizationCode)
+                .where(AuthorizationCode.code_hash == code_hash)
+                .where(AuthorizationCode.used_at.is_(None))
+                .values(used_at=utcnow())
+            ).rowcount
+            if claimed == 1:
+                return row
+            # Replay: RFC 6749 4.1.2 says revoke what the code issued.
+            session.execute(
+                update(AuthorizationCode)
+                .where(AuthorizationCode.code_hash == code_hash)
+                .values(replayed=True)
+            )
+            grant_id = session.get(AuthorizationCode, code_hash).grant_id  # type: ignore[union-attr]
+            log.warning("authorization code replayed by client %s", client.client_id)
+            audit.record(
+                session,
+                "oauth.code_replayed",
+                actor=f"client:{client.client_id}",
+                account_id=row.account_id,
+                assistant=client.assistant,
+            )
+            if grant_id:
+                revoke_grant(session, grant_id, "code_replayed", actor="oauth")
+            return None
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        """Kept (marked used) rather than deleted, so a replay can be recognised."""
+
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> Account | None:
+        with database().session() as session:
+            return session.get(Account, authorization_code.account_id)
+
+
+class S256CodeChallenge(CodeChallenge):
+    """PKCE with S256 only: a challenge must say so (Authlib's default method is plain)."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if data.get("code_challenge") and data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError(
+                "code_challenge_method must be S256.", redirect_uri=redirect_uri
+            )
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = [*CLIENT_AUTH_METHODS, "none"]
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
+        with database().session() as session:
+            token = find_token(session, refresh_token, "refresh")
+            if token is None:
+                return None
+            grant = session.get(Grant, token.grant_id)
+            reason = None
+            if grant is None or grant.revoked_at is not None or token.revoked_at is not None:
+                reason = "revoked"
+            elif token.superseded_at is not None:
+                reason = "reused"
+                revoke_grant(session, token.grant_id, "refresh_token_reused", actor="oauth")
+            if reason:
+                audit.record(
+                    session,
+                    "oauth.refresh_refused",
+                    actor=f"client:{token.client_id}",
+                    account_id=token.account_id,
+                    reason=reason,
+                )
+                return None
+            return token
+
+    def authenticate_user(self, refresh_token: Token) -> Account | None:
+        with database().session() as session:
+            return session.get(Account, refresh_token.account_id)
+
+    def revoke_old_credential(self, refresh_token: Token) -> None:
+        with database().session() as session:
+            rotate(session, refresh_token)
+
+
+class Revocation(RevocationEndpoint):
+    """RFC 7009. Revoking a refresh token unlinks (the whole grant); an access token, just it."""
+
+    CLIENT_AUTH_METHODS = [*CLIENT_AUTH_METHODS, "none"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
+        kinds = (
+            ["refresh", "access"] if token_type_hint == "refresh_token" else ["access", "refresh"]  # noqa: S105
+        )
+        with database().session() as session:
+            for kind in kinds:
+                token = find_token(session, token_string, kind)
+                if token is not None:
+                    return token
+        return None
+
+    def revoke_token(self, token: Token, request: Any) -> None:
+        with database().session() as session:
+            if token.kind == "refresh":
+                revoke_grant(
+                    session, token.grant_id, "revoked_by_client", actor=f"client:{token.client_id}"
+                )
+            else:
+                session.execute(
+                    update(Token).where(Token.id == token.id).values(revoked_at=utcnow())
+                )
+
+
+class Introspection(IntrospectionEndpoint):
+    """RFC 7662, for the client that holds the token."""
+
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
+        return Revocation.query_token(self, token_string, token_type_hint)  # type: ignore[arg-type]
+
+    def check_permission(self, token: Token, client: OAuthClient, request: Any) -> bool:
+        return token.check_client(client)
+
+    def introspect_token(self, token: Token) -> dict[str, Any]:
+        with database().session() as session:
+            grant = session.get(Grant, token.grant_id)
+            live = grant is not None and grant.revoked_at is None
+        if not live:
+            return {"active": False}
+        body: dict[str, Any] = {
+            "active": True,
+            "client_id": token.client_id,
+            "scope": token.scope,
+            "sub": token.account_id,
+            "token_type": "Bearer" if token.kind == "access" else "refresh_token",
+            "iat": int(token.issued_at.timestamp()),
+        }
+        if token.expires_at is not None:
+            body["exp"] = int(token.expires_at.timestamp())
+        return body
+
+
+def create_server(app: Flask, access_token_ttl: int) -> AuthorizationServer:
+    app.config["OAUTH2_SCOPES_SUPPORTED"] = list(SCOPES)
+    server = AuthorizationServer(app, query_client=query_client, save_token=save_token)
+    server.register_token_generator(
+        "default",
+        BearerTokenGenerator(
+            access_token_generator=lambda **_: new_secret(),
+            refresh_token_generator=lambda **_: new_secret(),
+            expires_generator=lambda client, grant_type: access_token_ttl,
+        ),
+    )
+    server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
+    server.register_grant(RefreshTokenGrant)
+    server.register_endpoint(Revocation)
+    server.register_endpoint(Introspection)
+    return server

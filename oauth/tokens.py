@@ -1,0 +1,170 @@
+"""Grants and tokens: issuing, rotating, revoking, and resolving a bearer token for adapters.
+
+Everything here that Authlib leaves to the application: hashed storage, refresh rotation with
+a grace for retries, reuse detection, and unlinking that kills every token of a grant at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from camvoice import audit
+from camvoice.models import utcnow
+from oauth.models import Grant, OAuthClient, Token, digest
+
+LAST_USED_RESOLUTION = timedelta(seconds=60)  # don't write last_used_at on every request
+
+
+def new_secret() -> str:
+    """An unguessable token string (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def find_token(session: Session, value: str, kind: str) -> Token | None:
+    stmt = select(Token).where(Token.token_hash == digest(value), Token.kind == kind)
+    return session.scalars(stmt).one_or_none()
+
+
+def store_tokens(
+    session: Session,
+    grant: Grant,
+    access_token: str,
+    refresh_token: str | None,
+    expires_in: int,
+    parent: Token | None = None,
+) -> None:
+    """Persist a token pair of `grant` as hashes."""
+    now = utcnow()
+    common = {
+        "grant_id": grant.id,
+        "client_id": grant.client_id,
+        "account_id": grant.account_id,
+        "scope": grant.scope,
+        "issued_at": now,
+    }
+    session.add(
+        Token(
+            kind="access",
+            token_hash=digest(access_token),
+            expires_at=now + timedelta(seconds=expires_in),
+            **common,
+        )
+    )
+    if refresh_token:
+        session.add(
+            Token(
+                kind="refresh",
+                token_hash=digest(refresh_token),
+                parent_id=parent.id if parent else None,
+                **common,
+            )
+        )
+
+
+def rotate(session: Session, used: Token) -> None:
+    """A refresh token was just used: its parent and the parent's other children die now.
+
+    The used token itself stays valid until one of its own children is used, so a client that
+    lost our answer (a retry) can present it again without breaking the link.
+    """
+    now = utcnow()
+    if used.used_at is None:
+        session.execute(update(Token).where(Token.id == used.id).values(used_at=now))
+    if used.parent_id is None:
+        return
+    session.execute(
+        update(Token)
+        .where(Token.superseded_at.is_(None))
+        .where(
+            (Token.id == used.parent_id)
+            | ((Token.parent_id == used.parent_id) & (Token.id != used.id))
+        )
+        .values(superseded_at=now)
+    )
+
+
+def revoke_grant(session: Session, grant_id: str, reason: str, *, actor: str) -> bool:
+    """Unlink: revoke the grant and every token it issued. True if it was live."""
+    grant = session.get(Grant, grant_id)
+    if grant is None or grant.revoked_at is not None:
+        return False
+    now = utcnow()
+    grant.revoked_at = now
+    grant.revoked_reason = reason
+    session.execute(
+        update(Token)
+        .where(Token.grant_id == grant_id, Token.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    client = session.get(OAuthClient, grant.client_id)
+    audit.record(
+        session,
+        "account.unlinked",
+        actor=actor,
+        account_id=grant.account_id,
+        assistant=client.assistant if client else None,
+        client=client.name if client else grant.client_id,
+        reason=reason,
+    )
+    return True
+
+
+def grant_is_live(session: Session, grant_id: str) -> bool:
+    grant = session.get(Grant, grant_id)
+    return grant is not None and grant.revoked_at is None
+
+
+class Failure(StrEnum):
+    """Why a bearer token was refused; each adapter maps these to its protocol."""
+
+    MISSING = "missing"
+    INVALID = "invalid"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a valid access token acts for."""
+
+    account_id: str
+    client_id: str
+    assistant: str | None
+    grant_id: str
+    scopes: frozenset[str]
+
+
+def authenticate_bearer(session: Session, token: str | None) -> Principal | Failure:
+    """Turn an access token into (account, client, scopes), or a typed failure."""
+    if not token:
+        return Failure.MISSING
+    # One query for token, link and client: this runs on every directive.
+    row = session.execute(
+        select(Token, Grant, OAuthClient.assistant)
+        .join(Grant, Grant.id == Token.grant_id)
+        .join(OAuthClient, OAuthClient.client_id == Token.client_id)
+        .where(Token.token_hash == digest(token), Token.kind == "access")
+    ).one_or_none()
+    if row is None:
+        return Failure.INVALID
+    access, grant, assistant = row
+    if access.revoked_at is not None or grant.revoked_at is not None:
+        return Failure.REVOKED
+    if access.is_expired():
+        return Failure.EXPIRED
+    now = utcnow()
+    if grant.last_used_at is None or now - grant.last_used_at > LAST_USED_RESOLUTION:
+        grant.last_used_at = now
+    return Principal(
+        account_id=access.account_id,
+        client_id=access.client_id,
+        assistant=assistant,
+        grant_id=grant.id,
+        scopes=frozenset(access.scope.split()),
+    )

@@ -1,0 +1,234 @@
+"""HTTP endpoints of the authorization server: sign-in, consent, token, revoke, introspect,
+metadata. Protocol work is Authlib's; these views add the pages, CSRF, rate limits and headers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from authlib.oauth2 import OAuth2Error
+from flask import Blueprint, Response, current_app, redirect, render_template, request, session
+
+from camvoice.accounts import authenticate, normalize_email
+from camvoice.cameras import BACKENDS
+from camvoice.models import Account
+from camvoice.readiness import Assistant, explain, readiness
+from camvoice.web import check_csrf, client_ip, csrf_token, database, language, settings
+from oauth.i18n import ASSISTANT_NAMES, SCOPE_TEXT, TEXT
+from oauth.models import SCOPES, OAuthClient
+
+bp = Blueprint(
+    "oauth",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/oauth/static",
+)
+
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def server() -> Any:
+    return current_app.extensions["camvoice.oauth_server"]
+
+
+@bp.after_request
+def security_headers(response: Response) -> Response:
+    if response.mimetype == "text/html":
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
+    lang = language()
+    return render_template(
+        template, lang=lang, t=TEXT[lang], csrf_token=csrf_token(), **context
+    ), status
+
+
+def signed_in_account() -> Account | None:
+    account_id = session.get("account_id")
+    if not account_id:
+        return None
+    with database().session() as db_session:
+        return db_session.get(Account, account_id)
+
+
+# --- authorization endpoint -------------------------------------------------------------------
+
+
+@bp.route("/oauth/authorize", methods=["GET", "POST"])
+def authorize() -> Any:
+    """Sign-in, then consent, then a redirect with the code (or access_denied)."""
+    if request.method == "POST":
+        check_csrf()
+    account = signed_in_account()
+    try:
+        grant = server().get_consent_grant(end_user=account)
+    except OAuth2Error as error:
+        if error.redirect_uri:  # client and redirect URI are valid: tell the client
+            return server().handle_error_response(None, error)
+        return page("error.html", 400, error=error.error, description=error.description)
+
+    client: OAuthClient = grant.client
+    if account is None:
+        return page(
+            "login.html", next=request.full_path, email="", error=None, client_name=client.name
+        )
+    if request.method == "GET":
+        return consent_page(client, account, grant.request.scope)
+    approved = request.form.get("decision") == "approve"
+    return server().create_authorization_response(
+        grant=grant, grant_user=account if approved else None
+    )
+
+
+def consent_page(client: OAuthClient, account: Account, scope: str) -> tuple[str, int]:
+    lang = language()
+    assistant = Assistant(client.assistant) if client.assistant in ("alexa", "google") else None
+    with database().session() as db_session:
+        owned = BACKENDS["local"].list_cameras(db_session, account.id)
+        cameras = [
+            {
+                "name": cam.name,
+                "reasons": [explain(b, lang) for b in readiness(cam, assistant)]
+                if assistant
+                else [],
+            }
+            for cam in owned
+        ]
+    return page(
+        "consent.html",
+        client=client,
+        account=account,
+        scopes=[SCOPE_TEXT[lang].get(s, s) for s in scope.split()],
+        assistant_name=ASSISTANT_NAMES.get(client.assistant or "", TEXT[lang]["other"]),
+        cameras=cameras,
+        any_blocked=any(c["reasons"] for c in cameras),
+        action=request.full_path,
+    )
+
+
+# --- sign-in ----------------------------------------------------------------------------------
+
+
+def safe_next(target: str | None) -> str:
+    """Only ever continue to a local path: never an open redirect."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/oauth/authorize"
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else "/oauth/authorize"
+
+
+@bp.get("/oauth/login")
+def login_form() -> tuple[str, int]:
+    return page(
+        "login.html",
+        next=safe_next(request.args.get("next")),
+        email="",
+        error=None,
+        client_name=None,
+    )
+
+
+@bp.post("/oauth/login")
+def login() -> Any:
+    """Check the password, under per-account and per-address failure limits."""
+    check_csrf()
+    cfg = settings()
+    email = normalize_email(request.form.get("email", ""))[:254]
+    password = request.form.get("password", "")
+    target = safe_next(request.form.get("next"))
+    window = timedelta(seconds=cfg.login_window)
+    keys = [
+        (f"login:acct:{email}", cfg.login_max_failures_account),
+        (f"login:ip:{client_ip()}", cfg.login_max_failures_ip),
+    ]
+    lang = language()
+    limiter = current_app.extensions["camvoice.limiter"]
+    wait = max((limiter.retry_after(k, n, window) or 0) for k, n in keys)
+    if wait:
+        body, _ = page(
+            "login.html",
+            next=target,
+            email=email,
+            client_name=None,
+            error=TEXT[lang]["too_many"].format(minutes=max(1, round(wait / 60))),
+        )
+        return Response(body, 429, headers={"Retry-After": str(wait)}, mimetype="text/html")
+    with database().session() as db_session:
+        account = authenticate(db_session, email, password)
+        account_id = account.id if account else None
+    if account_id is None:
+        for key, _ in keys:
+            limiter.record_failure(key, window)
+        return page(
+            "login.html",
+            401,
+            next=target,
+            email=email,
+            client_name=None,
+            error=TEXT[lang]["bad_credentials"],
+        )
+    session.clear()  # a fresh session on sign-in: no fixation
+    session["account_id"] = account_id
+    return redirect(target, code=303)
+
+
+@bp.post("/oauth/logout")
+def logout() -> Any:
+    check_csrf()
+    target = safe_next(request.form.get("next"))
+    session.clear()
+    return redirect(target, code=303)
+
+
+# --- token, revocation, introspection, metadata ----------------------------------------------
+
+
+@bp.post("/oauth/token")
+def token() -> Response:
+    response: Response = server().create_token_response()
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@bp.post("/oauth/revoke")
+def revoke() -> Response:
+    return server().create_endpoint_response("revocation")  # type: ignore[no-any-return]
+
+
+@bp.post("/oauth/introspect")
+def introspect() -> Response:
+    response: Response = server().create_endpoint_response("introspection")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/.well-known/oauth-authorization-server")
+def metadata() -> dict[str, Any]:
+    """RFC 8414, built from the configured public URL, never from request headers."""
+    base = settings().public_url
+    auth_methods = ["client_secret_basic", "client_secret_post", "none"]
+    return {
+        "issuer": base,
+        "authorization_endpoint": f"{base}/oauth/authorize",
+        "token_endpoint": f"{base}/oauth/token",
+        "revocation_endpoint": f"{base}/oauth/revoke",
+        "introspection_endpoint": f"{base}/oauth/introspect",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
+        "introspection_endpoint_auth_methods_supported": auth_methods[:2],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": list(SCOPES),
+    }

@@ -1,0 +1,219 @@
+"""Proactive Alexa events: Login with Amazon tokens per owner, and the Alexa event gateway.
+
+AcceptGrant gives us a code; we exchange it at LWA for the owner's event-gateway tokens and keep
+them encrypted. The outbox worker then sends AddOrUpdateReport, DeleteReport and ChangeReport
+when cameras change, refreshing the access token through LWA when it has expired.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from sqlalchemy import String, Text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from camvoice.db import Database
+from camvoice.models import Base, Camera, utcnow
+from camvoice.settings import Settings
+from skills import messages
+
+log = logging.getLogger(__name__)
+LWA_TIMEOUT = 3.0  # AcceptGrant must be answered well within Alexa's 8 s
+GATEWAY_TIMEOUT = 10.0
+DEAD_CODES = {
+    "SKILL_DISABLED_EXCEPTION",
+    "SKILL_NOT_FOUND_EXCEPTION",
+    "ACCOUNT_NOT_FOUND_EXCEPTION",
+}
+SYNC_FIELDS = {"name", "room", "nicknames", "model", "firmware", "serial", "source"}
+
+
+class LwaError(Exception):
+    """LWA refused or failed; `dead` when the grant itself is gone (invalid_grant)."""
+
+    def __init__(self, message: str, dead: bool = False) -> None:
+        super().__init__(message)
+        self.dead = dead
+
+
+class AlexaLink(Base):
+    """An owner's permission for camvoice to send Alexa events (from AcceptGrant)."""
+
+    __tablename__ = "alexa_links"
+
+    account_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    access_token: Mapped[str] = mapped_column(Text)  # Fernet-encrypted
+    refresh_token: Mapped[str] = mapped_column(Text)  # Fernet-encrypted
+    expires_at: Mapped[datetime] = mapped_column()
+    dead_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+def lwa_request(settings: Settings, form: dict[str, str]) -> dict[str, Any]:
+    """POST to LWA's token endpoint with the skill's Alexa client credentials."""
+    if not settings.alexa_client_id or not settings.alexa_client_secret:
+        raise LwaError("CAMVOICE_ALEXA_CLIENT_ID / CAMVOICE_ALEXA_CLIENT_SECRET are not set")
+    body = {
+        **form,
+        "client_id": settings.alexa_client_id,
+        "client_secret": settings.alexa_client_secret.get_secret_value(),
+    }
+    try:
+        reply = requests.post(settings.alexa_lwa_token_url, data=body, timeout=LWA_TIMEOUT)
+    except requests.RequestException as exc:
+        raise LwaError(f"LWA unreachable: {type(exc).__name__}") from None
+    data = (
+        reply.json() if reply.headers.get("Content-Type", "").startswith("application/json") else {}
+    )
+    if reply.status_code != 200 or "access_token" not in data:
+        raise LwaError(f"LWA answered {reply.status_code} {data.get('error', '')}".strip(),
+                       dead=data.get("error") == "invalid_grant")  # fmt: skip
+    return data  # type: ignore[no-any-return]
+
+
+def store_tokens(
+    session: Session, settings: Settings, account_id: str, data: dict[str, Any]
+) -> None:
+    sealer = settings.sealer()
+    link = session.get(AlexaLink, account_id) or AlexaLink(account_id=account_id)
+    link.access_token = sealer.encrypt(data["access_token"].encode()).decode()
+    link.refresh_token = sealer.encrypt(data["refresh_token"].encode()).decode()
+    link.expires_at = utcnow() + timedelta(seconds=int(data.get("expires_in", 3600)))
+    link.dead_at = None
+    session.add(link)
+
+
+def accept_grant(session: Session, settings: Settings, account_id: str, code: str) -> None:
+    """Exchange AcceptGrant's code at LWA and keep the owner's tokens (raises LwaError)."""
+    data = lwa_request(settings, {"grant_type": "authorization_code", "code": code})
+    store_tokens(session, settings, account_id, data)
+
+
+class Gateway:
+    """Sends one owner's events, refreshing their LWA token as needed."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    def token(self, account_id: str, force: bool = False) -> str | None:
+        """A valid access token for the owner, or None if they have no live link."""
+        with self.db.session() as session:
+            link = session.get(AlexaLink, account_id)
+            if link is None or link.dead_at is not None:
+                return None
+            sealer = self.settings.sealer()
+            if force or link.expires_at <= utcnow() + timedelta(seconds=60):
+                refresh = sealer.decrypt(link.refresh_token.encode()).decode()
+                try:
+                    data = lwa_request(
+                        self.settings, {"grant_type": "refresh_token", "refresh_token": refresh}
+                    )
+                except LwaError as exc:
+                    if exc.dead:
+                        link.dead_at = utcnow()
+                        log.warning("Alexa grant of owner %s is dead; no more events", account_id)
+                        return None
+                    raise
+                data.setdefault("refresh_token", refresh)
+                store_tokens(session, self.settings, account_id, data)
+                return str(data["access_token"])
+            return sealer.decrypt(link.access_token.encode()).decode()
+
+    def mark_dead(self, account_id: str) -> None:
+        with self.db.session() as session:
+            link = session.get(AlexaLink, account_id)
+            if link is not None:
+                link.dead_at = utcnow()
+
+    def send(self, account_id: str, build: Any) -> None:
+        """POST build(token) to the gateway; 202 is success, 401 refreshes once."""
+        for attempt in range(2):
+            token = self.token(account_id, force=attempt == 1)
+            if token is None:
+                return
+            reply = requests.post(self.settings.alexa_event_gateway_url, json=build(token),
+                                  headers={"Authorization": f"Bearer {token}"},
+                                  timeout=GATEWAY_TIMEOUT)  # fmt: skip
+            if reply.status_code == 202:
+                return
+            code = ""
+            if reply.headers.get("Content-Type", "").startswith("application/json"):
+                code = str((reply.json().get("payload") or {}).get("code", ""))
+            if reply.status_code == 401 and attempt == 0:
+                continue
+            if reply.status_code in (401, 403, 404) and (
+                code in DEAD_CODES or reply.status_code == 401
+            ):
+                self.mark_dead(account_id)
+                log.warning("event gateway refused owner %s (%s); no more events", account_id, code)
+                return
+            # 400 is our bug, 5xx/429 are transient: raise so the outbox retries with backoff.
+            raise RuntimeError(f"event gateway answered {reply.status_code} {code}".strip())
+
+
+def make_handler(db: Database, settings: Settings) -> Any:
+    """The outbox handler: camera events to AddOrUpdateReport / DeleteReport / ChangeReport."""
+    gateway = Gateway(db, settings)
+
+    def handle(topic: str, event: dict[str, Any]) -> None:
+        account_id, camera_id = event["account_id"], event["camera_id"]
+        with db.session() as session:
+            if session.get(AlexaLink, account_id) is None:
+                return  # the owner never sent AcceptGrant: no events for them
+            camera = session.get(Camera, camera_id)
+            endpoint = (
+                messages.endpoint(camera, settings, streams_available(settings)) if camera else None
+            )
+            health = messages.connectivity(camera) if camera else None
+        changed = set(event.get("changed", []))
+        if topic == "camera.removed":
+            gateway.send(account_id, lambda token: delete_report(camera_id, token))
+            return
+        if endpoint is None:
+            return  # removed since: its own camera.removed event sends the DeleteReport
+        if topic == "camera.added" or changed & SYNC_FIELDS:
+            gateway.send(account_id, lambda token: add_or_update(endpoint, token))
+        if changed - SYNC_FIELDS:
+            gateway.send(account_id, lambda token: change_report(camera_id, health, token))
+
+    return handle
+
+
+def streams_available(settings: Settings) -> bool:
+    """Only advertise CameraStreamController when something can serve RTSPS."""
+    from camvoice.rtsps import relay_problem
+
+    return bool(settings.rtsps_url_template) or relay_problem(settings) is None
+
+
+def scope(token: str) -> dict[str, str]:
+    return {"type": "BearerToken", "token": token}
+
+
+def add_or_update(endpoint: dict[str, Any], token: str) -> dict[str, Any]:
+    return discovery_report("AddOrUpdateReport", [endpoint], token)
+
+
+def delete_report(camera_id: str, token: str) -> dict[str, Any]:
+    return discovery_report("DeleteReport", [{"endpointId": camera_id}], token)
+
+
+def discovery_report(name: str, endpoints: list[dict[str, Any]], token: str) -> dict[str, Any]:
+    """AddOrUpdateReport and DeleteReport carry their scope inside the payload."""
+    payload = {"endpoints": endpoints, "scope": scope(token)}
+    return {"event": {"header": messages.header("Alexa.Discovery", name), "payload": payload}}
+
+
+def change_report(camera_id: str, health: dict[str, Any] | None, token: str) -> dict[str, Any]:
+    return {
+        "event": {
+            "header": messages.header("Alexa", "ChangeReport"),
+            "endpoint": {"scope": scope(token), "endpointId": camera_id},
+            "payload": {"change": {"cause": {"type": "APP_INTERACTION"}, "properties": [health]}},
+        },
+        "context": {"properties": []},
+    }

@@ -1,0 +1,142 @@
+"""Alexa Smart Home messages (payload version 3), built in one place, named as in Amazon's docs."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from camvoice.models import Camera
+from camvoice.settings import Settings
+
+PAYLOAD_VERSION = "3"
+MAX_ENDPOINTS = 300
+NAME_LIMIT = 128
+ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_\-=#;:?@&]{1,256}$")
+
+
+def timestamp(moment: datetime | None = None) -> str:
+    """ISO 8601 UTC with two fractional digits and a Z, as Amazon's samples write it."""
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 10000:02d}Z"
+
+
+def header(namespace: str, name: str, correlation_token: str | None = None) -> dict[str, Any]:
+    head = {
+        "namespace": namespace,
+        "name": name,
+        "payloadVersion": PAYLOAD_VERSION,
+        "messageId": str(uuid.uuid4()),
+    }
+    if correlation_token:
+        head["correlationToken"] = correlation_token
+    return head
+
+
+def clean_text(text: str, fallback: str) -> str:
+    """1 to 128 characters of letters, digits, spaces and plain punctuation."""
+    cleaned = re.sub(r"[^\w .,'-]", " ", text, flags=re.UNICODE).strip()[:NAME_LIMIT]
+    return cleaned or fallback
+
+
+def connectivity(camera: Camera) -> dict[str, Any]:
+    return {
+        "namespace": "Alexa.EndpointHealth",
+        "name": "connectivity",
+        "value": {"value": "OK" if camera.online else "UNREACHABLE"},
+        "timeOfSample": timestamp(),
+        "uncertaintyInMilliseconds": 0,
+    }
+
+
+def resolution(camera: Camera) -> dict[str, int]:
+    """What the relay really sends: the demo pattern is 640x360; real cameras pass 1080p through."""
+    return (
+        {"width": 640, "height": 360}
+        if camera.source == "demo"
+        else {"width": 1920, "height": 1080}
+    )
+
+
+def endpoint(camera: Camera, settings: Settings, streams: bool) -> dict[str, Any]:
+    """One camera as a discovery endpoint. `streams` is False when no RTSPS relay can serve it."""
+    capabilities: list[dict[str, Any]] = [
+        {"type": "AlexaInterface", "interface": "Alexa", "version": "3"},
+        {
+            "type": "AlexaInterface",
+            "interface": "Alexa.EndpointHealth",
+            "version": "3",
+            "properties": {
+                "supported": [{"name": "connectivity"}],
+                "proactivelyReported": True,
+                "retrievable": True,
+            },
+        },
+    ]
+    if streams:
+        capabilities.insert(1, {
+            "type": "AlexaInterface",
+            "interface": "Alexa.CameraStreamController",
+            "version": "3",
+            "cameraStreamConfigurations": [{
+                "protocols": ["RTSP"],
+                "resolutions": [resolution(camera)],
+                "authorizationTypes": ["NONE"],  # the ticket is in the URL
+                "videoCodecs": ["H264"],
+                "audioCodecs": ["AAC"],
+            }],
+        })  # fmt: skip
+    manufacturer = clean_text(settings.manufacturer, "camvoice")
+    attributes = {"manufacturer": manufacturer, "model": camera.model[:256],
+                  "firmwareVersion": camera.firmware[:256]}  # fmt: skip
+    if camera.serial:
+        attributes["serialNumber"] = camera.serial[:256]
+    return {
+        "endpointId": camera.id,
+        "manufacturerName": manufacturer,
+        "description": clean_text(f"{camera.model} camera by {settings.manufacturer}", "Camera"),
+        "friendlyName": clean_text(camera.name, "Camera"),
+        "displayCategories": ["CAMERA"],
+        "additionalAttributes": attributes,
+        "capabilities": capabilities,
+    }
+
+
+def response(
+    namespace: str,
+    name: str,
+    directive: dict[str, Any],
+    payload: dict[str, Any],
+    properties: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A synchronous answer that echoes the directive's correlation token and endpoint."""
+    head = directive.get("header", {})
+    event: dict[str, Any] = {"header": header(namespace, name, head.get("correlationToken"))}
+    if "endpoint" in directive:
+        event["endpoint"] = echo_endpoint(directive)
+    event["payload"] = payload
+    message: dict[str, Any] = {"event": event}
+    if properties is not None:
+        message["context"] = {"properties": properties}
+    return message
+
+
+def echo_endpoint(directive: dict[str, Any]) -> dict[str, Any]:
+    source = directive.get("endpoint")
+    if not isinstance(source, dict):
+        return {}
+    echoed = {k: source[k] for k in ("scope", "endpointId", "cookie") if k in source}
+    return echoed
+
+
+def error(
+    directive: dict[str, Any],
+    error_type: str,
+    message: str,
+    namespace: str = "Alexa",
+    **extra: Any,
+) -> dict[str, Any]:
+    """Alexa.ErrorResponse (or Alexa.Authorization.ErrorResponse) for this directive."""
+    payload = {"type": error_type, "message": message, **extra}
+    return response(namespace, "ErrorResponse", directive, payload)

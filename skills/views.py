@@ -1,0 +1,62 @@
+"""POST /alexa/smart-home: directives forwarded by our Lambda, signed with a shared secret.
+
+Amazon sends smart-home directives only to a Lambda function; deploy/lambda forwards each one
+here with an HMAC-SHA256 over "<timestamp>.<raw body>". The signature is checked before anything
+else is read, and a stale timestamp (over 5 minutes) is refused like a wrong one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+
+from flask import Blueprint, Response, jsonify, request
+
+from camvoice.web import database, settings
+from skills import messages
+from skills.smarthome import handle
+
+log = logging.getLogger(__name__)
+bp = Blueprint("alexa_smart_home", __name__)
+MAX_SKEW = 300
+
+
+def signature_ok(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    try:
+        age = abs(time.time() - int(timestamp))
+    except ValueError:
+        return False
+    expected = hmac.new(
+        secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256
+    ).hexdigest()
+    return age <= MAX_SKEW and hmac.compare_digest(expected, signature)
+
+
+@bp.post("/alexa/smart-home")
+def smart_home() -> Response:
+    secret = settings().alexa_forwarder_secret
+    body = request.get_data(cache=False)
+    sent = request.headers.get("X-Camvoice-Signature", "")
+    timestamp = request.headers.get("X-Camvoice-Timestamp", "")
+    if secret is None or not signature_ok(secret.get_secret_value(), timestamp, body, sent):
+        response = jsonify(
+            error="unauthorized", message="missing, wrong or stale forwarder signature"
+        )
+        response.status_code = 401
+        return response
+    try:
+        message = json.loads(body)
+    except ValueError:
+        message = None
+    try:
+        with database().session() as session:
+            answer = handle(session, settings(), message)
+    except Exception:
+        log.exception("smart-home directive failed")
+        directive = message.get("directive", {}) if isinstance(message, dict) else {}
+        answer = messages.error(directive if isinstance(directive, dict) else {},
+                                "INTERNAL_ERROR", "internal error; it has been logged")  # fmt: skip
+    return jsonify(answer)

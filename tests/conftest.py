@@ -1,0 +1,223 @@
+"""Shared fixtures: a real database (SQLite file or PostgreSQL), settings, a live HTTP server.
+
+PostgreSQL tests need the server on 127.0.0.1:5432. Outside CI they skip with the reason when it
+is unreachable; with CAMVOICE_REQUIRE_POSTGRES=1 (set by .ci/run) they fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from flask import Flask
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from camvoice import outbox
+from camvoice.app import create_app
+from camvoice.db import Database
+from camvoice.settings import Settings, load_settings
+
+PG_ADMIN = os.environ.get("CAMVOICE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REQUIRE_PG = os.environ.get("CAMVOICE_REQUIRE_POSTGRES") == "1"
+VENV_BIN = Path(sys.executable).parent
+
+
+def _pg_reachable() -> str | None:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL unreachable at {PG_ADMIN}: {type(exc).__name__}"
+
+
+def _pg_url(name: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated template database; each test clones it (fast) and drops its clone."""
+    problem = _pg_reachable()
+    if problem:
+        if REQUIRE_PG:
+            pytest.fail(problem + " and CAMVOICE_REQUIRE_POSTGRES=1")
+        pytest.skip(problem)
+    name = f"camvoice_tpl_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db = Database(_pg_url(name).replace("postgresql://", "postgresql+psycopg://"))
+    db.upgrade()
+    db.dispose()
+    yield name
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def new_pg_database(template: str) -> str:
+    name = f"camvoice_t_{secrets.token_hex(6)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'camvoice.db'}"
+        db = Database(url)
+        db.upgrade()
+        db.dispose()
+        yield url
+        return
+    template = request.getfixturevalue("pg_template")
+    name = new_pg_database(template)
+    yield _pg_url(name).replace("postgresql://", "postgresql+psycopg://")
+    drop_pg_database(name)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        secret_key="test-secret-key-" + "x" * 32,
+        public_url="http://127.0.0.1:8080",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_subscribers() -> Iterator[None]:
+    outbox.unsubscribe_all()
+    yield
+    outbox.unsubscribe_all()
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No request lines: they carry URLs with tickets (production runs gunicorn, access log off)."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class LiveServer:
+    """The real WSGI app on a real socket, in a thread."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=10, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=10, **kw)
+
+
+@pytest.fixture
+def app(settings: Settings, db: Database) -> Flask:
+    return create_app(settings, db)
+
+
+@pytest.fixture
+def live(app: Flask) -> Iterator[LiveServer]:
+    with LiveServer(app) as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `camvoice` console script, as an operator would."""
+    result = subprocess.run(
+        [str(VENV_BIN / "camvoice"), *args],
+        env={**os.environ, **env},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"camvoice {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+@pytest.fixture
+def cli_env(settings: Settings, db_url: str) -> dict[str, str]:
+    return {
+        "CAMVOICE_DATA_DIR": str(settings.data_dir),
+        "CAMVOICE_DATABASE_URL": db_url,
+        "CAMVOICE_SECRET_KEY": "test-secret-key-" + "x" * 32,
+    }
+
+
+def require_gstreamer() -> None:
+    """Skip without Debian's GStreamer RTSP server, or fail when CI says it must be there."""
+    from camvoice.rtsps import gstreamer_available
+
+    if not gstreamer_available():
+        if os.environ.get("CAMVOICE_REQUIRE_GSTREAMER") == "1":
+            pytest.fail("GStreamer RTSP server missing and CAMVOICE_REQUIRE_GSTREAMER=1")
+        pytest.skip("GStreamer RTSP server not installed (deploy/install-gstreamer.sh)")
+
+
+@contextmanager
+def running_relay(settings: Settings, app_url: str) -> Iterator[None]:
+    """The RTSPS relay subprocess, up and listening, stopped afterwards."""
+    from camvoice.rtsps import start_relay
+
+    process = start_relay(settings, app_url)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", settings.rtsps_port), 1).close()
+                break
+            except OSError:
+                assert process.poll() is None, "relay exited"
+                time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)

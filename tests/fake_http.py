@@ -1,0 +1,39 @@
+"""A tiny JSON HTTP server on 127.0.0.1 for the fakes of outside services."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Route = Callable[[str, Message, bytes], tuple[int, dict[str, Any] | None]]
+
+
+class JsonServer:
+    """Calls route(path, headers, body) for every POST; answers its (status, JSON or None)."""
+
+    def __init__(self, route: Route) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                status, body = route(self.path, self.headers, raw)
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(status)
+                if data:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()

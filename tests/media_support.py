@@ -1,0 +1,72 @@
+"""Reading streams the way a player does: ffprobe when installed, else the pip-installed ffmpeg."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from camvoice.relay import find_ffmpeg
+
+
+def probe_video(url: str, extra: list[str] | None = None, timeout: float = 30) -> str:
+    """The codec of the first video stream that a player reads frames from at `url`."""
+    extra = extra or []
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe:
+        result = subprocess.run(
+            [ffprobe, "-v", "error", *extra, "-select_streams", "v:0", "-count_packets",
+             "-read_intervals", "%+2", "-show_entries", "stream=codec_name,nb_read_packets",
+             "-of", "json", url],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        stream = json.loads(result.stdout)["streams"][0]
+        assert int(stream["nb_read_packets"]) > 0, "no video packets read"
+        return str(stream["codec_name"])
+    ffmpeg = find_ffmpeg()
+    assert ffmpeg, "no ffmpeg"
+    result = subprocess.run(
+        [ffmpeg, "-hide_banner", *extra, "-i", url, "-map", "0:v:0", "-frames:v", "5",
+         "-f", "null", "-"],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-500:]
+    assert re.search(r"frame=\s*[1-9]", result.stderr), "no frames decoded"
+    match = re.search(r"Stream #0:\d+.*?: Video: (\w+)", result.stderr)
+    assert match, result.stderr[-500:]
+    return match.group(1)
+
+
+def ffmpeg_pids(folder: Path) -> list[int]:
+    """ffmpeg processes writing into `folder` (read from /proc, as `ps` would)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if "ffmpeg" in cmdline.split("\0")[0] and str(folder) in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def zombies() -> list[int]:
+    """Zombie children of this test process."""
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if stat[0] == "Z" and stat[1] == me:
+                found.append(int(entry.name))
+    return found

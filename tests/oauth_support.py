@@ -1,0 +1,155 @@
+"""Helpers for driving the OAuth server as a browser and as Alexa or Google would."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+from authlib.integrations.requests_client import OAuth2Session
+
+from camvoice.accounts import create_account
+from camvoice.cameras import add_camera
+from camvoice.db import Database
+from oauth.models import OAuthClient, digest
+from tests.conftest import LiveServer
+
+ALEXA_URIS = [
+    "https://layla.amazon.com/api/skill/link/M2AAAAAAAAAAAA",
+    "https://pitangui.amazon.com/api/skill/link/M2AAAAAAAAAAAA",
+    "https://alexa.amazon.co.jp/api/skill/link/M2AAAAAAAAAAAA",
+]
+GOOGLE_URIS = [
+    "https://oauth-redirect.googleusercontent.com/r/camvoice-test",
+    "https://oauth-redirect-sandbox.googleusercontent.com/r/camvoice-test",
+]
+PASSWORD = "owner password 1"
+
+
+@dataclass
+class Client:
+    client_id: str
+    secret: str | None
+    redirect_uri: str
+
+
+def register(
+    db: Database, name: str, uris: list[str], assistant: str | None, public: bool = False
+) -> Client:
+    secret = None if public else secrets.token_urlsafe(32)
+    client_id = secrets.token_urlsafe(18)
+    with db.session() as session:
+        session.add(
+            OAuthClient(
+                client_id=client_id,
+                name=name,
+                assistant=assistant,
+                secret_hash=digest(secret) if secret else None,
+                redirect_uris=uris,
+                public=public,
+            )
+        )
+    return Client(client_id, secret, uris[0])
+
+
+def make_owner(db: Database, email: str, cameras: dict[str, dict] | None = None) -> str:
+    with db.session() as session:
+        account = create_account(session, email, PASSWORD)
+        for name, fields in (cameras or {}).items():
+            add_camera(session, account, name, actor="test", **fields)
+        return account.id
+
+
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    match = CSRF.search(html)
+    assert match, "no CSRF token in page"
+    return match.group(1)
+
+
+class Browser:
+    """A person's browser: keeps cookies, submits forms, never follows the final redirect."""
+
+    def __init__(self, live: LiveServer, language: str = "en") -> None:
+        self.live = live
+        self.http = requests.Session()
+        self.http.headers["Accept-Language"] = language
+
+    def open(self, url: str) -> requests.Response:
+        return self.http.get(url, timeout=10, allow_redirects=False)
+
+    def sign_in(
+        self, page: requests.Response, email: str, password: str = PASSWORD
+    ) -> requests.Response:
+        nxt = re.search(r'name="next" value="([^"]*)"', page.text)
+        return self.http.post(
+            self.live.url + "/oauth/login",
+            data={
+                "csrf_token": csrf_of(page.text),
+                "email": email,
+                "password": password,
+                "next": nxt.group(1).replace("&amp;", "&") if nxt else "",
+            },
+            timeout=10,
+            allow_redirects=True,
+        )
+
+    def decide(self, consent: requests.Response, decision: str) -> requests.Response:
+        action = re.search(r'<form method="post" action="([^"]+)"', consent.text)
+        assert action, "no consent form"
+        return self.http.post(
+            self.live.url + action.group(1).replace("&amp;", "&"),
+            data={"csrf_token": csrf_of(consent.text), "decision": decision},
+            timeout=10,
+            allow_redirects=False,
+        )
+
+
+def oauth_session(client: Client, method: str, **kw: object) -> OAuth2Session:
+    return OAuth2Session(
+        client.client_id,
+        client.secret,
+        token_endpoint_auth_method=method,
+        redirect_uri=client.redirect_uri,
+        scope="cameras",
+        **kw,
+    )
+
+
+def link(
+    live: LiveServer,
+    client: Client,
+    email: str,
+    method: str = "client_secret_basic",
+    password: str = PASSWORD,
+) -> tuple[OAuth2Session, dict]:
+    """The whole linking flow: authorize, sign in, approve, exchange the code."""
+    session = oauth_session(client, method)
+    url, _state = session.create_authorization_url(live.url + "/oauth/authorize")
+    browser = Browser(live)
+    consent = browser.sign_in(browser.open(url), email, password)
+    location = browser.decide(consent, "approve").headers["Location"]
+    token = session.fetch_token(live.url + "/oauth/token", authorization_response=location)
+    return session, token
+
+
+def get_code(live: LiveServer, client: Client, email: str, **params: str) -> str:
+    """Authorize and approve; return just the code from the redirect."""
+    session = oauth_session(client, "client_secret_basic")
+    url, _ = session.create_authorization_url(live.url + "/oauth/authorize", **params)
+    browser = Browser(live)
+    consent = browser.sign_in(browser.open(url), email)
+    location = browser.decide(consent, "approve").headers["Location"]
+    return parse_qs(urlsplit(location).query)["code"][0]
+
+
+def token_request(live: LiveServer, client: Client, **data: str) -> requests.Response:
+    """A raw token-endpoint call with client_secret_post."""
+    body = {"client_id": client.client_id, **data}
+    if client.secret:
+        body["client_secret"] = client.secret
+    return requests.post(live.url + "/oauth/token", data=body, timeout=10)

@@ -1,0 +1,301 @@
+"""Google Home fulfillment over real HTTP with the demo cameras, and HomeGraph against a fake
+Google on 127.0.0.1."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select, update
+
+from camvoice import outbox
+from camvoice.app import create_app
+from camvoice.cameras import update_camera
+from camvoice.db import Database
+from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+from camvoice.models import AuditEvent, Camera, utcnow
+from camvoice.settings import Settings
+from oauth.models import Token
+from tests.conftest import LiveServer
+from tests.fake_google import FakeGoogle
+from tests.media_support import probe_video
+from tests.oauth_support import GOOGLE_URIS, make_owner, register
+
+EXPECTED_ERRORS = {
+    "Garage": ("ERROR", "securityRestriction"),
+    "Nursery": ("ERROR", "deviceNotReady"),
+    "Backyard": ("OFFLINE", "deviceOffline"),
+    "Living Room": ("ERROR", "inSleepMode"),
+}
+
+
+@pytest.fixture
+def demo(db: Database) -> dict[str, str]:
+    """The demo account's cameras by name."""
+    with db.session() as session:
+        return {c.name: c.id for c in seed(session).cameras}
+
+
+@pytest.fixture
+def server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[LiveServer]:
+    app = create_app(settings.model_copy(update={"media_dir": tmp_path / "media"}), db)
+    with LiveServer(app) as live:
+        yield live
+    app.extensions["camvoice.relays"].shutdown()
+
+
+@pytest.fixture
+def google(db: Database):  # type: ignore[no-untyped-def]
+    return register(db, "Google Home", GOOGLE_URIS, "google")
+
+
+def token_for(live: LiveServer, client, email: str, password: str = DEMO_PASSWORD) -> str:  # type: ignore[no-untyped-def]
+    from tests.oauth_support import link
+
+    _, token = link(live, client, email, "client_secret_post", password)
+    return str(token["access_token"])
+
+
+def fulfill(live: LiveServer, token: str | None, *inputs: dict[str, Any]) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = {"requestId": str(uuid.uuid4()), "inputs": list(inputs)}
+    return requests.post(live.url + "/google/fulfillment", json=body, headers=headers, timeout=30)
+
+
+def execute(ids: list[str], protocols: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "intent": "action.devices.EXECUTE",
+        "payload": {"commands": [{
+            "devices": [{"id": i} for i in ids],
+            "execution": [{"command": "action.devices.commands.GetCameraStream", "params": {
+                "StreamToChromecast": True,
+                "SupportedStreamProtocols": protocols or ["progressive_mp4", "hls", "dash"],
+            }}],
+        }]},
+    }  # fmt: skip
+
+
+def test_sync_lists_every_camera_with_camera_stream(server: LiveServer, google, demo) -> None:  # type: ignore[no-untyped-def]
+    token = token_for(server, google, DEMO_EMAIL)
+    response = fulfill(server, token, {"intent": "action.devices.SYNC"})
+    assert response.status_code == 200
+    body = response.json()
+    payload = body["payload"]
+    assert payload["agentUserId"].startswith("acc_") and "@" not in payload["agentUserId"]
+    devices = {d["name"]["name"]: d for d in payload["devices"]}
+    assert set(devices) == set(demo)  # blocked cameras are listed too
+    front = devices["Front Door"]
+    assert front["id"] == demo["Front Door"]
+    assert front["type"] == "action.devices.types.CAMERA"
+    assert front["traits"] == ["action.devices.traits.CameraStream"]
+    assert front["name"]["nicknames"] == ["porch", "puerta principal"]
+    assert front["roomHint"] == "Entrance"
+    assert front["willReportState"] is False  # no HomeGraph key configured here
+    assert front["deviceInfo"] == {
+        "manufacturer": "camvoice",
+        "model": "C6N demo",
+        "swVersion": "1.0.0",
+    }
+    assert front["attributes"] == {
+        "cameraStreamSupportedProtocols": ["hls"], "cameraStreamNeedAuthToken": False,
+    }  # fmt: skip
+
+
+def test_sync_is_per_owner(server: LiveServer, db: Database, google, demo) -> None:  # type: ignore[no-untyped-def]
+    make_owner(db, "other@example.com", {"Shed": {}})
+    token = token_for(server, google, "other@example.com", "owner password 1")
+    devices = fulfill(server, token, {"intent": "action.devices.SYNC"}).json()["payload"]["devices"]
+    assert [d["name"]["name"] for d in devices] == ["Shed"]
+
+
+def test_query_online_offline_and_foreign(server: LiveServer, db: Database, google, demo) -> None:  # type: ignore[no-untyped-def]
+    make_owner(db, "other@example.com", {"Shed": {}})
+    with db.session() as session:
+        shed = session.scalars(select(Camera).where(Camera.name == "Shed")).one().id
+    token = token_for(server, google, DEMO_EMAIL)
+    ids = [demo["Front Door"], demo["Backyard"], shed, "cam_nope"]
+    query = {"intent": "action.devices.QUERY", "payload": {"devices": [{"id": i} for i in ids]}}
+    devices = fulfill(server, token, query).json()["payload"]["devices"]
+    assert devices[demo["Front Door"]] == {"online": True, "status": "SUCCESS"}
+    assert devices[demo["Backyard"]] == {
+        "online": False,
+        "status": "OFFLINE",
+        "errorCode": "deviceOffline",
+    }
+    assert (
+        devices[shed] == devices["cam_nope"] == {"status": "ERROR", "errorCode": "deviceNotFound"}
+    )
+
+
+def test_execute_every_readiness_case_in_one_request(
+    server: LiveServer, db: Database, google, demo
+) -> None:  # type: ignore[no-untyped-def]
+    token = token_for(server, google, DEMO_EMAIL)
+    response = fulfill(server, token, execute(list(demo.values())))
+    assert response.status_code == 200
+    by_id = {c["ids"][0]: c for c in response.json()["payload"]["commands"]}
+    assert len(by_id) == 5
+    front = by_id[demo["Front Door"]]
+    assert front["status"] == "SUCCESS"
+    assert front["states"]["cameraStreamProtocol"] == "hls"
+    assert front["states"]["online"] is True
+    url = front["states"]["cameraStreamAccessUrl"]
+    assert url.startswith(f"http://127.0.0.1:8080/streams/{demo['Front Door']}/")
+    assert probe_video(url.replace("http://127.0.0.1:8080", server.url)) == "h264"
+    for name, (status, code) in EXPECTED_ERRORS.items():
+        result = by_id[demo[name]]
+        assert (result["status"], result["errorCode"]) == (status, code), name
+        assert "states" not in result
+    with db.session() as session:
+        actions = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.assistant == "google")
+        ).all()
+    assert actions.count("stream.requested") == 1 and actions.count("stream.denied") == 4
+
+
+def test_no_common_protocol_is_function_not_supported(server: LiveServer, google, demo) -> None:  # type: ignore[no-untyped-def]
+    token = token_for(server, google, DEMO_EMAIL)
+    result = fulfill(server, token, execute([demo["Front Door"]], ["dash", "webrtc"]))
+    assert result.json()["payload"]["commands"] == [
+        {"ids": [demo["Front Door"]], "status": "ERROR", "errorCode": "functionNotSupported"}
+    ]
+
+
+def test_receiver_app_id_when_configured(
+    settings: Settings, db: Database, google, demo, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    configured = settings.model_copy(
+        update={"google_receiver_app_id": "ABCD1234", "media_dir": tmp_path / "m"}
+    )
+    with LiveServer(create_app(configured, db)) as live:
+        token = token_for(live, google, DEMO_EMAIL)
+        states = fulfill(live, token, execute([demo["Front Door"]])).json()["payload"]["commands"][
+            0
+        ]["states"]
+    assert states["cameraStreamReceiverAppId"] == "ABCD1234"
+
+
+def test_bad_tokens_get_401(server: LiveServer, db: Database, google, demo) -> None:  # type: ignore[no-untyped-def]
+    sync = {"intent": "action.devices.SYNC"}
+    assert fulfill(server, None, sync).status_code == 401
+    assert fulfill(server, "garbage", sync).status_code == 401
+    token = token_for(server, google, DEMO_EMAIL)
+    with db.session() as session:
+        session.execute(update(Token).values(expires_at=utcnow() - timedelta(seconds=1)))
+    expired = fulfill(server, token, sync)
+    assert expired.status_code == 401
+    assert expired.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"requestId": "1"}',
+        b'{"requestId": "1", "inputs": []}',
+        b'{"requestId": "1", "inputs": [{"intent": "action.devices.FLY"}]}',
+        b'{"requestId": "1", "inputs": [{"intent": "action.devices.QUERY", "payload": {"devices": "x"}}]}',
+        b'{"requestId": "1", "inputs": [{"intent": "action.devices.EXECUTE", "payload": {"commands": [{"devices": [{"id": "a"}], "execution": [{"command": 1}]}]}}]}',
+        b'{"requestId": "1", "inputs": [{"intent": "action.devices.EXECUTE", "payload": {"commands": [{"devices": [{"id": "a"}], "execution": [{"command": "action.devices.commands.GetCameraStream", "params": {}}]}]}}]}',
+        b'{"requestId": "1", "inputs": [{"intent": "action.devices.QUERY", "payload": {"devices": [{"id": 5}]}}]}',
+    ],
+)
+def test_garbage_bodies_get_400(server: LiveServer, google, demo, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    token = token_for(server, google, DEMO_EMAIL)
+    response = requests.post(
+        server.url + "/google/fulfillment",
+        data=body,
+        timeout=10,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+def test_disconnect_revokes_only_that_link(server: LiveServer, db: Database, google, demo) -> None:  # type: ignore[no-untyped-def]
+    mine = token_for(server, google, DEMO_EMAIL)
+    household = token_for(server, google, DEMO_EMAIL)
+    response = fulfill(server, mine, {"intent": "action.devices.DISCONNECT"})
+    assert (response.status_code, response.json()["payload"]) == (200, {})
+    assert fulfill(server, mine, {"intent": "action.devices.SYNC"}).status_code == 401
+    assert fulfill(server, household, {"intent": "action.devices.SYNC"}).status_code == 200
+    with db.session() as session:
+        unlinked = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "account.unlinked")
+        ).one()
+        assert unlinked.detail["reason"] == "google_disconnect"
+
+
+# --- HomeGraph ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_google() -> Iterator[FakeGoogle]:
+    fake = FakeGoogle()
+    yield fake
+    fake.close()
+
+
+def test_homegraph_sync_and_report_state(
+    settings: Settings, db: Database, google, demo, fake_google: FakeGoogle, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    configured = settings.model_copy(update={
+        "google_homegraph_key": fake_google.key_file(tmp_path), "google_homegraph_url": fake_google.url,
+        "media_dir": tmp_path / "m",
+    })  # fmt: skip
+    with LiveServer(create_app(configured, db)) as live:
+        token = token_for(live, google, DEMO_EMAIL)
+        assert fulfill(live, token, {"intent": "action.devices.SYNC"}).json()["payload"]["devices"][
+            0
+        ]["willReportState"]
+    with db.session() as session:
+        front = session.get(Camera, demo["Front Door"])
+        update_camera(session, front, {"name": "Front Porch"}, actor="test")
+        update_camera(session, front, {"online": False}, actor="test")
+    while outbox.drain_once(db, max_attempts=3):
+        pass
+    account_id = front.owner_id
+    assert fake_google.calls == [
+        ("/v1/devices:requestSync", {"agentUserId": account_id, "async": False}),
+        ("/v1/devices:reportStateAndNotification", {
+            "requestId": fake_google.calls[1][1]["requestId"], "agentUserId": account_id,
+            "payload": {"devices": {"states": {demo["Front Door"]: {"online": False}}}},
+        }),
+    ]  # fmt: skip
+    assert fake_google.token_requests == 1  # the token is cached between calls
+
+    # Google forgot this owner (404): calls for them stop.
+    fake_google.unknown_users.add(account_id)
+    with db.session() as session:
+        update_camera(session, session.get(Camera, demo["Garage"]), {"name": "Garage 2"}, actor="t")
+    outbox.drain_once(db, max_attempts=3)
+    fake_google.unknown_users.clear()
+    with db.session() as session:
+        update_camera(session, session.get(Camera, demo["Garage"]), {"name": "Garage 3"}, actor="t")
+    outbox.drain_once(db, max_attempts=3)
+    assert len(fake_google.calls) == 2
+
+
+def test_no_homegraph_without_key_or_google_link(
+    settings: Settings, db: Database, demo, fake_google: FakeGoogle, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from camvoice.models import OutboxEvent
+
+    create_app(settings, db)  # no key: nothing is subscribed
+    with db.session() as session:
+        update_camera(session, session.get(Camera, demo["Garage"]), {"name": "G"}, actor="t")
+        assert session.scalars(select(OutboxEvent)).all() == []
+    configured = settings.model_copy(update={
+        "google_homegraph_key": fake_google.key_file(tmp_path), "google_homegraph_url": fake_google.url})  # fmt: skip
+    create_app(configured, db)
+    with db.session() as session:
+        update_camera(session, session.get(Camera, demo["Garage"]), {"name": "G2"}, actor="t")
+    while outbox.drain_once(db, max_attempts=3):
+        pass
+    assert fake_google.calls == []  # the owner never linked Google

@@ -1,0 +1,303 @@
+"""The HLS relay and snapshots over real HTTP, read back by a real player (ffprobe/ffmpeg)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from camvoice.app import create_app
+from camvoice.cameras import add_camera, update_camera
+from camvoice.db import Database
+from camvoice.models import AuditEvent, Camera
+from camvoice.settings import Settings
+from camvoice.streams import mint
+from camvoice.tickets import Audience, Protocol
+from tests.conftest import LiveServer
+from tests.media_support import ffmpeg_pids, probe_video, zombies
+from tests.oauth_support import make_owner
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
+
+@pytest.fixture
+def media_settings(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.model_copy(update={"media_dir": tmp_path / "media", "relay_idle_timeout": 3.0})
+
+
+@pytest.fixture
+def server(media_settings: Settings, db: Database) -> Iterator[LiveServer]:
+    app = create_app(media_settings, db)
+    with LiveServer(app) as live:
+        yield live
+    app.extensions["camvoice.relays"].shutdown()
+
+
+def camera(
+    db: Database, owner: str = "owner@example.com", name: str = "Front Door", **kw
+) -> Camera:  # type: ignore[no-untyped-def]
+    from camvoice.accounts import find_account
+
+    with db.session() as session:
+        exists = find_account(session, owner) is not None
+    if not exists:
+        make_owner(db, owner)
+    with db.session() as session:
+        return add_camera(session, find_account(session, owner), name, actor="test", **kw)
+
+
+def url_for(
+    settings: Settings,
+    server: LiveServer,
+    cam: Camera,
+    protocol=Protocol.HLS,
+    audience=Audience.GOOGLE,
+    **kw,
+) -> str:  # type: ignore[no-untyped-def]
+    url = mint(settings, cam, protocol, audience, **kw)
+    return url.replace(settings.public_url, server.url)
+
+
+def segments(playlist: str) -> list[str]:
+    return [line for line in playlist.splitlines() if line.endswith(".ts")]
+
+
+def test_demo_hls_plays_h264_with_aac(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    url = url_for(media_settings, server, camera(db))
+    response = requests.get(url, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "application/vnd.apple.mpegurl"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "#EXT-X-TARGETDURATION:1" in response.text
+    first = segments(response.text)[0]
+    seg = requests.get(url.rsplit("/", 1)[0] + "/" + first, timeout=10)
+    assert seg.status_code == 200
+    assert seg.headers["Content-Type"] == "video/mp2t"
+    assert probe_video(url) == "h264"
+
+
+def test_bad_tickets_get_403_on_playlist_and_segment(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    front = camera(db)
+    other = camera(db, name="Garage")
+    good = url_for(media_settings, server, front)
+    playlist = requests.get(good, timeout=30)
+    seg = segments(playlist.text)[0]
+    token = good.split("/")[-2]
+    payload, mac = token.split(".")
+    expired = media_settings.model_copy(update={"stream_ticket_ttl": 30})
+    expired_url = url_for(expired, server, front)
+    cases = {
+        "tampered": good.replace(token, f"{payload}.{mac[:-3]}abc"),
+        "other camera": good.replace(f"/streams/{front.id}/", f"/streams/{other.id}/"),
+        "wrong protocol": good.replace(
+            token, url_for(media_settings, server, front, Protocol.JPEG).rsplit("/", 1)[1][:-4]
+        ),
+    }
+    for name, bad in cases.items():
+        assert requests.get(bad, timeout=10).status_code == 403, name
+        assert requests.get(bad.rsplit("/", 1)[0] + "/" + seg, timeout=10).status_code == 403, name
+    # expired: move the clock by signing a ticket that expired already
+    import camvoice.tickets as tickets
+
+    stale = tickets.new_ticket(front.id, front.owner_id, Protocol.HLS, Audience.GOOGLE, ttl=-5)
+    stale_url = f"{server.url}/streams/{front.id}/{media_settings.signer().sign(stale)}/index.m3u8"
+    assert requests.get(stale_url, timeout=10).status_code == 403
+    assert requests.get(expired_url, timeout=30).status_code == 200
+    with db.session() as session:
+        reasons = [
+            e.detail["reason"]
+            for e in session.scalars(select(AuditEvent).where(AuditEvent.action == "stream.denied"))
+        ]
+    assert {"tampered", "wrong_camera", "wrong_protocol", "expired"} <= set(reasons)
+    with db.session() as session:
+        text = str([e.detail for e in session.scalars(select(AuditEvent))])
+    assert token not in text
+
+
+def test_started_view_outlives_ticket_expiry(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    short = media_settings.model_copy(update={"stream_ticket_ttl": 30})
+    front = camera(db)
+    url = url_for(short, server, front)
+    assert requests.get(url, timeout=30).status_code == 200
+    from sqlalchemy import update
+
+    # The ticket expires while the viewer is still watching: its session carries on...
+    import camvoice.tickets as tickets
+    from camvoice.streams import StreamView
+
+    original = tickets.Ticket.expired
+    tickets.Ticket.expired = property(lambda self: True)  # type: ignore[method-assign,assignment]
+    try:
+        assert requests.get(url, timeout=10).status_code == 200
+        # ...but not once the player has stopped fetching for a while.
+        with db.session() as session:
+            from datetime import timedelta
+
+            from camvoice.models import utcnow
+
+            session.execute(update(StreamView).values(last_seen=utcnow() - timedelta(minutes=5)))
+        assert requests.get(url, timeout=10).status_code == 403
+    finally:
+        tickets.Ticket.expired = original  # type: ignore[method-assign]
+
+
+def test_blocked_camera_stops_new_fetches(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    front = camera(db)
+    url = url_for(media_settings, server, front)
+    assert requests.get(url, timeout=30).status_code == 200
+    with db.session() as session:
+        update_camera(
+            session, session.get(Camera, front.id), {"image_encryption": True}, actor="test"
+        )
+    refused = requests.get(url, timeout=10)
+    assert refused.status_code == 403
+    assert "ENCRYPTION_ON" in refused.json()["message"]
+    with pytest.raises(ValueError), db.session() as session:
+        mint(media_settings, session.get(Camera, front.id), Protocol.HLS, Audience.ALEXA)
+
+
+def test_google_needs_audio_but_web_does_not(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    nursery = camera(db, name="Nursery", audio=False)
+    with pytest.raises(ValueError):
+        mint(media_settings, nursery, Protocol.HLS, Audience.GOOGLE)
+    assert requests.get(
+        url_for(media_settings, server, nursery, audience=Audience.WEB), timeout=30
+    ).ok
+
+
+def test_two_viewers_and_two_processes_share_one_ffmpeg(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    front = camera(db)
+    first = requests.get(url_for(media_settings, server, front), timeout=30)
+    second = requests.get(url_for(media_settings, server, front, audience=Audience.WEB), timeout=30)
+    assert first.ok and second.ok
+    other_process = create_app(media_settings, db)  # a second gunicorn worker, same media dir
+    with LiveServer(other_process) as live_b:
+        third = requests.get(url_for(media_settings, live_b, front), timeout=30)
+        assert third.ok
+        assert other_process.extensions["camvoice.relays"].running == {}
+    assert len(ffmpeg_pids(media_settings.media_path / front.id)) == 1
+    other_process.extensions["camvoice.relays"].shutdown()
+
+
+def test_idle_relay_stops_and_no_zombies(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    front = camera(db)
+    assert requests.get(url_for(media_settings, server, front), timeout=30).ok
+    folder = media_settings.media_path / front.id
+    assert len(ffmpeg_pids(folder)) == 1
+    deadline = time.monotonic() + 15
+    while ffmpeg_pids(folder) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ffmpeg_pids(folder) == []
+    assert zombies() == []
+
+
+def test_relay_cap_answers_503(media_settings: Settings, db: Database) -> None:
+    capped = media_settings.model_copy(update={"max_relays": 1})
+    app = create_app(capped, db)
+    with LiveServer(app) as live:
+        assert requests.get(url_for(capped, live, camera(db)), timeout=30).ok
+        busy = requests.get(url_for(capped, live, camera(db, name="Garage")), timeout=30)
+        assert busy.status_code == 503
+        assert busy.headers["Retry-After"] == "10"
+    app.extensions["camvoice.relays"].shutdown()
+
+
+def test_killed_ffmpeg_recovers_on_next_fetch(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    front = camera(db)
+    url = url_for(media_settings, server, front)
+    assert requests.get(url, timeout=30).ok
+    folder = media_settings.media_path / front.id
+    [pid] = ffmpeg_pids(folder)
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(2.5)  # the reaper notices and releases the relay
+    assert requests.get(url, timeout=30).ok
+    pids = ffmpeg_pids(folder)
+    assert len(pids) == 1 and pids != [pid]
+    assert probe_video(url) == "h264"
+
+
+def test_snapshot_is_a_jpeg(media_settings: Settings, server: LiveServer, db: Database) -> None:
+    front = camera(db)
+    url = url_for(media_settings, server, front, Protocol.JPEG, Audience.ALEXA)
+    response = requests.get(url, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "image/jpeg"
+    assert response.content.startswith(b"\xff\xd8")
+    hls_ticket_as_snapshot = url_for(media_settings, server, front).split("/")[-2]
+    bad = f"{server.url}/snapshots/{front.id}/{hls_ticket_as_snapshot}.jpg"
+    assert requests.get(bad, timeout=10).status_code == 403
+
+
+def test_revoked_link_stops_its_streams(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    from oauth.tokens import revoke_grant
+    from tests.oauth_support import ALEXA_URIS, link, register
+
+    client = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
+    front = camera(db)
+    with LiveServer(create_app(media_settings, db)) as live:
+        _, token = link(live, client, "owner@example.com")
+    from oauth.tokens import authenticate_bearer
+
+    with db.session() as session:
+        principal = authenticate_bearer(session, token["access_token"])
+    url = url_for(
+        media_settings, server, front, audience=Audience.ALEXA, grant_id=principal.grant_id
+    )
+    assert requests.get(url, timeout=30).ok
+    with db.session() as session:
+        revoke_grant(session, principal.grant_id, "unlinked", actor="test")
+    assert requests.get(url, timeout=10).status_code == 403
+
+
+def test_mediamtx_auth_hook(media_settings: Settings, server: LiveServer, db: Database) -> None:
+    front = camera(db)
+    ticket = url_for(media_settings, server, front, Protocol.RTSPS, Audience.ALEXA).rsplit("/", 1)[
+        1
+    ]
+    hook = server.url + "/media/auth"
+    read = {"action": "read", "path": f"cam/{front.id}", "protocol": "rtsp", "password": ticket}
+    assert requests.post(hook, json=read, timeout=10).status_code == 200
+    assert requests.post(hook, json={**read, "action": "publish"}, timeout=10).status_code == 401
+    assert requests.post(hook, json={**read, "password": "x.y"}, timeout=10).status_code == 401
+    assert (
+        requests.post(hook, json={**read, "path": "cam/cam_other"}, timeout=10).status_code == 401
+    )
+    assert requests.post(hook, data="nope", timeout=10).status_code == 400
+
+
+def test_no_ticket_or_url_in_logs(
+    media_settings: Settings, server: LiveServer, db: Database, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    front = camera(db, source="rtsp://admin:hunter2@127.0.0.1:9/stream")
+    with caplog.at_level("DEBUG"):
+        url = url_for(media_settings, server, front)
+        assert requests.get(url, timeout=30).status_code == 502  # nothing listens on port 9
+        time.sleep(1)
+    ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("urllib3"))
+    assert "ffmpeg[" in ours  # ffmpeg's complaint about the source was logged...
+    assert "hunter2" not in ours  # ...without the credentials in its URL
+    assert url.split("/")[-2] not in ours

@@ -1,0 +1,259 @@
+"""Scale-out: two gunicorn instances and two workers on one PostgreSQL and one Redis.
+
+Runs real `camvoice serve` and `camvoice worker` processes. Needs PostgreSQL and Redis on
+127.0.0.1; CI (CAMVOICE_REQUIRE_POSTGRES / CAMVOICE_REQUIRE_REDIS) makes their absence a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+from sqlalchemy import select
+
+from camvoice import outbox
+from camvoice.cameras import update_camera
+from camvoice.db import Database
+from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+from camvoice.models import Camera, OutboxEvent
+from tests.conftest import (
+    VENV_BIN,
+    _pg_url,
+    drop_pg_database,
+    free_port,
+    new_pg_database,
+)
+from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
+from tests.oauth_support import ALEXA_URIS, Browser, link, register, token_request
+
+pytestmark = pytest.mark.postgres
+REDIS_URL = os.environ.get("CAMVOICE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+FORWARDER = "scale-out-forwarder-secret-0123456789"
+
+
+class Instance:
+    """A `camvoice serve` (or `worker`) process, addressed like LiveServer."""
+
+    def __init__(self, args: list[str], env: dict[str, str], port: int | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}" if port else ""
+        self.process = subprocess.Popen([str(VENV_BIN / "camvoice"), *args], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ready = requests.get(self.url + "/readyz", timeout=5)
+                if ready.ok:
+                    assert ready.json()["redis"] == "ok"
+                    return
+            except (requests.ConnectionError, requests.Timeout):
+                time.sleep(0.2)
+        raise AssertionError(f"{self.url} never became ready")
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=10, **kw)
+
+    def post(self, path: str, **kw: Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=10, **kw)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(20)
+
+
+@pytest.fixture
+def cluster(pg_template: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        if os.environ.get("CAMVOICE_REQUIRE_REDIS") == "1":
+            pytest.fail(f"Redis unreachable at {REDIS_URL} and CAMVOICE_REQUIRE_REDIS=1")
+        pytest.skip(f"Redis unreachable at {REDIS_URL}")
+    name = new_pg_database(pg_template)
+    url = _pg_url(name).replace("postgresql://", "postgresql+psycopg://")
+    amazon = FakeAmazon()
+    env = {
+        **os.environ,
+        "CAMVOICE_DATABASE_URL": url,
+        "CAMVOICE_REDIS_URL": REDIS_URL,
+        "CAMVOICE_SECRET_KEY": "shared-secret-key-" + uuid.uuid4().hex,
+        "CAMVOICE_DATA_DIR": str(tmp_path / "data"),
+        "CAMVOICE_ALEXA_FORWARDER_SECRET": FORWARDER,
+        "CAMVOICE_ALEXA_CLIENT_ID": CLIENT_ID,
+        "CAMVOICE_ALEXA_CLIENT_SECRET": CLIENT_SECRET,
+        "CAMVOICE_ALEXA_LWA_TOKEN_URL": amazon.url + "/auth/o2/token",
+        "CAMVOICE_ALEXA_EVENT_GATEWAY_URL": amazon.url + "/v3/events",
+        "CAMVOICE_WORKER_POLL_INTERVAL": "0.2",
+        "CAMVOICE_LOGIN_MAX_FAILURES_ACCOUNT": "5",
+    }
+    db = Database(url)
+    with db.session() as session:
+        seed(session)
+    a = Instance(["serve", "--port", str(port_a := free_port()), "--workers", "2"], env, port_a)
+    b = Instance(["serve", "--port", str(port_b := free_port()), "--workers", "2"], env, port_b)
+    a.wait_ready()
+    b.wait_ready()
+    yield {"a": a, "b": b, "db": db, "env": env, "amazon": amazon}
+    for instance in (a, b):
+        instance.stop()
+    amazon.close()
+    db.dispose()
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter("camvoice:limit:*"):
+        client.delete(key)
+    drop_pg_database(name)
+
+
+def directive(
+    live: Instance, token: str, namespace: str, name: str, **extra: Any
+) -> dict[str, Any]:
+    body = json.dumps({"directive": {
+        "header": {"namespace": namespace, "name": name, "payloadVersion": "3",
+                   "messageId": str(uuid.uuid4()), "correlationToken": "c"},
+        **extra}}).encode()  # fmt: skip
+    ts = str(int(time.time()))
+    sig = hmac.new(FORWARDER.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    reply = live.post("/alexa/smart-home", data=body,
+                      headers={"X-Camvoice-Timestamp": ts, "X-Camvoice-Signature": sig})  # fmt: skip
+    assert reply.status_code == 200
+    return reply.json()  # type: ignore[no-any-return]
+
+
+def pending(db: Database) -> int:
+    with db.session() as session:
+        return len(
+            session.scalars(select(OutboxEvent).where(OutboxEvent.status == "pending")).all()
+        )
+
+
+def discover(live: Instance, token: str) -> dict[str, str]:
+    answer = directive(live, token, "Alexa.Discovery", "Discover",
+                       payload={"scope": {"type": "BearerToken", "token": token}})  # fmt: skip
+    return {e["friendlyName"]: e["endpointId"] for e in answer["event"]["payload"]["endpoints"]}
+
+
+def test_two_instances_share_everything(cluster: dict[str, Any]) -> None:
+    a, b, db = cluster["a"], cluster["b"], cluster["db"]
+    client = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
+
+    # Linked through A, used at B.
+    _, token = link(a, client, DEMO_EMAIL, password=DEMO_PASSWORD)  # type: ignore[arg-type]
+    cameras = discover(b, token["access_token"])
+    assert "Front Door" in cameras
+
+    # Refresh at B twice (r1 -> r2 -> r3): r1 is now superseded, and A refuses it.
+    r2 = token_request(
+        b, client, grant_type="refresh_token", refresh_token=token["refresh_token"]
+    ).json()  # type: ignore[arg-type]
+    r3 = token_request(b, client, grant_type="refresh_token", refresh_token=r2["refresh_token"])  # type: ignore[arg-type]
+    assert r3.status_code == 200
+    old = token_request(a, client, grant_type="refresh_token", refresh_token=token["refresh_token"])  # type: ignore[arg-type]
+    assert (old.status_code, old.json()["error"]) == (400, "invalid_grant")
+
+    # Sign-in failures counted across both instances hit the limit (5 per account).
+    for instance in (a, b, a, b, a):
+        browser = Browser(instance)  # type: ignore[arg-type]
+        page = browser.http.get(instance.url + "/oauth/login", timeout=10)
+        assert browser.sign_in(page, DEMO_EMAIL, "wrong password").status_code == 401
+    browser = Browser(b)  # type: ignore[arg-type]
+    page = browser.http.get(b.url + "/oauth/login", timeout=10)
+    assert browser.sign_in(page, DEMO_EMAIL, DEMO_PASSWORD).status_code == 429
+
+
+def test_camera_change_and_outbox_across_instances_and_workers(cluster: dict[str, Any]) -> None:
+    a, b, db, env, amazon = (
+        cluster["a"],
+        cluster["b"],
+        cluster["db"],
+        cluster["env"],
+        cluster["amazon"],
+    )
+    client = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
+    _, token = link(a, client, DEMO_EMAIL, password=DEMO_PASSWORD)  # type: ignore[arg-type]
+    access = token["access_token"]
+    granted = directive(a, access, "Alexa.Authorization", "AcceptGrant", payload={
+        "grant": {"type": "OAuth2.AuthorizationCode", "code": amazon.new_code()},
+        "grantee": {"type": "BearerToken", "token": access}})  # fmt: skip
+    assert granted["event"]["header"]["name"] == "AcceptGrant.Response"
+
+    # A camera change made through A's process shows in Discovery at B.
+    front = discover(a, access)["Front Door"]
+    subprocess.run([str(VENV_BIN / "camvoice"), "cameras", "set", front, "--name", "Front Porch"],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    assert "Front Porch" in discover(b, access)
+
+    # Many changes, two workers, one of them stopped halfway: every event arrives exactly once.
+    for topic in ("camera.added", "camera.removed", "camera.changed"):
+        outbox.subscribe(topic, "alexa.events", lambda t, p: None)  # names only: workers deliver
+    with db.session() as session:
+        cameras = session.query(Camera).all()
+        for round_ in range(10):
+            for camera in cameras:
+                update_camera(session, camera, {"online": round_ % 2 == 0}, actor="test")
+    workers = [Instance(["worker"], env) for _ in range(2)]
+    time.sleep(1.5)
+    workers[0].stop()  # graceful: finishes the event in hand, leaves the rest to the other
+    deadline = time.monotonic() + 90
+    while pending(db) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    workers[1].stop()
+    assert pending(db) == 0
+    with db.session() as session:
+        online_changes = [
+            e
+            for e in session.scalars(
+                select(OutboxEvent).where(OutboxEvent.topic == "camera.changed")
+            )
+            if "online" in e.payload["changed"]
+        ]
+        assert {e.status for e in session.scalars(select(OutboxEvent))} == {"delivered"}
+    ids = [e["event"]["header"]["messageId"] for e in amazon.events]
+    assert len(ids) == len(set(ids))
+    changes = [e for e in amazon.events if e["event"]["header"]["name"] == "ChangeReport"]
+    assert len(changes) == len(online_changes) > 40  # each delivered once, none lost
+    assert amazon.problems == []
+
+
+def test_stopping_an_instance_loses_no_answered_request(cluster: dict[str, Any]) -> None:
+    a, b = cluster["a"], cluster["b"]
+    answered: list[tuple[str, int, dict[str, Any]]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load(instance: Instance) -> None:
+        while not stop.is_set():
+            try:
+                reply = instance.get("/readyz")
+                answered.append((instance.url, reply.status_code, reply.json()))
+            except requests.ConnectionError:
+                failures.append(instance.url)  # refused after shutdown: not answered, not lost
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    b.stop()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert answered and all(code == 200 and body["status"] == "ok" for _, code, body in answered)
+    assert any(url == a.url for url, _, _ in answered[-10:])  # A kept serving
+    assert set(failures) <= {b.url}

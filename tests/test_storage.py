@@ -1,0 +1,145 @@
+"""Storage on SQLite and PostgreSQL: migrations, accounts, cameras, audit and outbox atomicity."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select, text
+
+from camvoice import outbox
+from camvoice.accounts import AccountError, authenticate, create_account
+from camvoice.cameras import BACKENDS, CameraError, add_camera, remove_camera, update_camera
+from camvoice.db import Database
+from camvoice.models import Account, AuditEvent, Camera, OutboxEvent
+
+
+def count(db: Database, model: type) -> int:
+    with db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_migrated_database_is_current(db: Database) -> None:
+    assert db.pending_migrations() is False
+    db.upgrade()  # idempotent
+    assert db.pending_migrations() is False
+
+
+def test_empty_database_reports_pending(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    fresh = Database(f"sqlite:///{tmp_path / 'empty.db'}")
+    assert fresh.pending_migrations() is True
+
+
+def test_sqlite_runs_wal_with_foreign_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    with db.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_account_password_is_argon2id_and_checks(db: Database) -> None:
+    with db.session() as session:
+        account = create_account(session, "Owner@Example.com", "correct horse")
+        assert account.password_hash.startswith("$argon2id$")
+        assert "correct horse" not in account.password_hash
+    with db.session() as session:
+        assert authenticate(session, "owner@example.com", "correct horse") is not None
+        assert authenticate(session, "owner@example.com", "wrong password") is None
+        assert authenticate(session, "nobody@example.com", "correct horse") is None
+        with pytest.raises(AccountError, match="already exists"):
+            create_account(session, "OWNER@example.com", "another password")
+
+
+def test_deleting_account_cascades_to_cameras(db: Database) -> None:
+    with db.session() as session:
+        owner = create_account(session, "a@example.com", "password-a")
+        add_camera(session, owner, "Porch", actor="test")
+    with db.session() as session:
+        session.delete(session.scalars(select(Account)).one())
+    assert count(db, Camera) == 0
+
+
+def test_change_writes_audit_and_outbox_in_same_transaction(db: Database) -> None:
+    delivered: list[dict] = []
+    outbox.subscribe("camera.changed", "recorder", lambda topic, p: delivered.append(p))
+    with db.session() as session:
+        owner = create_account(session, "a@example.com", "password-a")
+        camera_id = add_camera(session, owner, "Porch", actor="test").id
+    before_audit, before_outbox = count(db, AuditEvent), count(db, OutboxEvent)
+
+    with pytest.raises(RuntimeError), db.session() as session:
+        camera = session.get(Camera, camera_id)
+        assert update_camera(session, camera, {"image_encryption": True}, actor="test")
+        raise RuntimeError("crash before commit")
+    assert (count(db, AuditEvent), count(db, OutboxEvent)) == (before_audit, before_outbox)
+    with db.session() as session:
+        assert session.get(Camera, camera_id).image_encryption is False
+
+    with db.session() as session:
+        camera = session.get(Camera, camera_id)
+        assert update_camera(session, camera, {"image_encryption": True}, actor="test") == {
+            "image_encryption": True
+        }
+        assert update_camera(session, camera, {"image_encryption": True}, actor="test") == {}
+    assert count(db, AuditEvent) == before_audit + 1
+    with db.session() as session:
+        event = session.scalars(select(OutboxEvent)).one()
+        assert event.payload == {
+            "account_id": event.payload["account_id"],
+            "camera_id": camera_id,
+            "changed": ["image_encryption"],
+        }
+        audit_row = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc())).first()
+        assert audit_row.detail == {
+            "before": {"image_encryption": False},
+            "after": {"image_encryption": True},
+        }
+
+
+def test_bad_camera_input_is_refused(db: Database) -> None:
+    with db.session() as session:
+        owner = create_account(session, "a@example.com", "password-a")
+        with pytest.raises(CameraError, match="rtsp"):
+            add_camera(session, owner, "Porch", actor="test", source="http://cam/stream")
+        with pytest.raises(CameraError, match="empty"):
+            add_camera(session, owner, "   ", actor="test")
+        camera = add_camera(session, owner, "Porch", actor="test")
+        with pytest.raises(CameraError, match="unknown"):
+            update_camera(session, camera, {"owner_id": "acc_other"}, actor="test")
+
+
+def test_rtsp_credentials_never_reach_the_audit_log(db: Database) -> None:
+    with db.session() as session:
+        owner = create_account(session, "a@example.com", "password-a")
+        camera = add_camera(session, owner, "Porch", actor="test")
+        update_camera(
+            session, camera, {"source": "rtsp://admin:pa55word@10.0.0.9:554/h264"}, actor="t"
+        )
+    with db.session() as session:
+        details = [str(e.detail) for e in session.scalars(select(AuditEvent))]
+    assert not any("pa55word" in d for d in details)
+    assert any("rtsp://***@10.0.0.9:554/h264" in d for d in details)
+
+
+def test_one_owner_never_sees_another_owners_camera(db: Database) -> None:
+    local = BACKENDS["local"]
+    with db.session() as session:
+        alice = create_account(session, "alice@example.com", "password-a")
+        bob = create_account(session, "bob@example.com", "password-b")
+        alice_cam = add_camera(session, alice, "Alice Porch", actor="test")
+        add_camera(session, bob, "Bob Garage", actor="test")
+        assert local.get_camera(session, bob.id, alice_cam.id) is None
+        assert local.get_camera(session, alice.id, alice_cam.id) is alice_cam
+        assert [c.name for c in local.list_cameras(session, bob.id)] == ["Bob Garage"]
+
+
+def test_remove_camera_audits_and_publishes(db: Database) -> None:
+    outbox.subscribe("camera.removed", "recorder", lambda topic, p: None)
+    with db.session() as session:
+        owner = create_account(session, "a@example.com", "password-a")
+        camera = add_camera(session, owner, "Porch", actor="test")
+    with db.session() as session:
+        remove_camera(session, session.get(Camera, camera.id), actor="test")
+    assert count(db, Camera) == 0
+    with db.session() as session:
+        assert session.scalars(select(OutboxEvent.topic)).all() == ["camera.removed"]
+        actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
+        assert actions == ["camera.added", "camera.removed"]
