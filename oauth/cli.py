@@ -80,7 +80,8 @@ def clients_add(
     uris = list(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
     secret = None if public else secrets.token_urlsafe(32)
     client = OAuthClient(
-        client_id=secrets.token_urlsafe(18),
+        # Hex, not URL-safe base64: an id starting with "-" reads as an option in shells.
+        client_id=secrets.token_hex(16),
         name=name,
         assistant=assistant or guess_assistant(uris),
         secret_hash=digest(secret) if secret else None,
