@@ -9,7 +9,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from camvoice import media
+from camvoice import ezviz, media
 from camvoice.db import Database
 from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
 from camvoice.relay import RelayManager, find_ffmpeg
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         MAX_CONTENT_LENGTH=1024 * 1024,
     )
     app.extensions["camvoice.settings"] = settings
+    ezviz.install(settings)
     app.extensions["camvoice.db"] = db
     app.extensions["camvoice.redis"] = redis_client(settings)
     app.extensions["camvoice.limiter"] = (
@@ -90,6 +91,8 @@ def configure_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # /readyz would log on every probe
     # Authlib logs issued tokens at DEBUG ("Issue token ..."): never let that level through.
     logging.getLogger("authlib").setLevel(logging.INFO)
+    # urllib3 logs every request line at DEBUG: camera-cloud URLs carry their tokens in the query.
+    logging.getLogger("urllib3").setLevel(logging.INFO)
 
 
 def healthz() -> Response:

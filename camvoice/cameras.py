@@ -1,7 +1,8 @@
 """The camera registry: backends that serve cameras, and the changes owners and operators make.
 
 A Backend is where a camera's settings come from. `local` keeps them in camvoice's own database
-(the embedded default); a camera cloud (EZVIZ) can implement the same interface later.
+(the embedded default); `ezviz` (camvoice/ezviz.py) syncs an owner's EZVIZ cameras into the same
+table, so directives read one registry whichever backend a camera comes from.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from camvoice import audit, outbox
+from camvoice import audit, outbox, tickets
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
 
@@ -24,6 +25,10 @@ class CameraError(ValueError):
     """A caller's mistake: unknown camera, bad source URL, empty name."""
 
 
+class StreamUnavailable(Exception):
+    """A backend could not give a camera's stream right now; the message is safe to show."""
+
+
 class Backend(Protocol):
     """Where an owner's cameras and their settings live."""
 
@@ -33,8 +38,18 @@ class Backend(Protocol):
 
     def get_camera(self, session: Session, account_id: str, camera_id: str) -> Camera | None: ...
 
-    def apply(self, session: Session, camera: Camera, changes: dict[str, Any]) -> None:
-        """Push changed settings to where they really live."""
+    def apply(
+        self, session: Session, camera: Camera, changes: dict[str, Any], code: str | None = None
+    ) -> None:
+        """Push changed settings to where they really live (`code`: the camera label's code)."""
+        ...
+
+    def recheck(self, session: Session, camera: Camera, protocol: tickets.Protocol) -> None:
+        """Refresh what the readiness rules read, just before a stream is handed out."""
+        ...
+
+    def upstream_hls(self, session: Session, camera: Camera) -> str | None:
+        """The HLS address a camera cloud streams from, or None when camvoice relays it."""
         ...
 
 
@@ -52,9 +67,17 @@ class LocalBackend:
         # Another owner's camera is indistinguishable from a missing one.
         return camera if camera is not None and camera.owner_id == account_id else None
 
-    def apply(self, session: Session, camera: Camera, changes: dict[str, Any]) -> None:
+    def apply(
+        self, session: Session, camera: Camera, changes: dict[str, Any], code: str | None = None
+    ) -> None:
         for key, value in changes.items():
             setattr(camera, key, value)
+
+    def recheck(self, session: Session, camera: Camera, protocol: tickets.Protocol) -> None:
+        """The database is the camera's truth: nothing to ask."""
+
+    def upstream_hls(self, session: Session, camera: Camera) -> str | None:
+        return None
 
 
 BACKENDS: dict[str, Backend] = {"local": LocalBackend()}
@@ -64,14 +87,23 @@ def backend_for(camera: Camera) -> Backend:
     return BACKENDS[camera.backend]
 
 
-def validate_source(source: str | None) -> str | None:
-    """`demo`, an rtsp:// or rtsps:// URL with a host, or None for no stream."""
-    if source is None or source == "demo":
+def validate_source(source: str | None, backend: str = "local") -> str | None:
+    """`demo`, an rtsp:// or rtsps:// URL with a host, `ezviz` (the platform's HLS), or None."""
+    if source is None or source == "demo" or (source == "ezviz" and backend == "ezviz"):
         return source
     parts = urlsplit(source)
     if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
         raise CameraError(f"stream source must be 'demo' or an rtsp:// URL, not {redact(source)!r}")
     return source
+
+
+def protocols(camera: Camera) -> frozenset[tickets.Protocol]:
+    """What a camera's source can be served as: the platform's HLS is HLS only (no RTSPS)."""
+    if not camera.source:
+        return frozenset()
+    if camera.source == "ezviz":
+        return frozenset({tickets.Protocol.HLS})
+    return frozenset(tickets.Protocol)
 
 
 def redact(source: str | None) -> str | None:
@@ -91,6 +123,7 @@ def add_camera(
     *,
     actor: str,
     source: str | None = "demo",
+    backend: str = "local",
     **fields: Any,
 ) -> Camera:
     name = name.strip()
@@ -99,7 +132,13 @@ def add_camera(
     unknown = set(fields) - set(SETTINGS) - set(DESCRIPTIVE)
     if unknown:
         raise CameraError(f"unknown camera fields: {', '.join(sorted(unknown))}")
-    camera = Camera(owner_id=owner.id, name=name, source=validate_source(source), **fields)
+    camera = Camera(
+        owner_id=owner.id,
+        name=name,
+        backend=backend,
+        source=validate_source(source, backend),
+        **fields,
+    )
     session.add(camera)
     session.flush()
     audit.record(session, "camera.added", actor=actor, account_id=owner.id, camera_id=camera.id)
@@ -108,21 +147,34 @@ def add_camera(
 
 
 def update_camera(
-    session: Session, camera: Camera, changes: dict[str, Any], *, actor: str
+    session: Session,
+    camera: Camera,
+    changes: dict[str, Any],
+    *,
+    actor: str,
+    push: bool = True,
+    code: str | None = None,
 ) -> dict[str, Any]:
-    """Apply changes through the camera's backend; audit and publish only what really changed."""
+    """Apply changes through the camera's backend; audit and publish only what really changed.
+
+    `push=False` records changes that came from the backend itself (a sync): nothing to send back.
+    """
     unknown = set(changes) - set(SETTINGS) - set(DESCRIPTIVE)
     if unknown:
         raise CameraError(f"unknown camera fields: {', '.join(sorted(unknown))}")
     if "source" in changes:
-        changes["source"] = validate_source(changes["source"])
+        changes["source"] = validate_source(changes["source"], camera.backend)
     if "name" in changes and not str(changes["name"]).strip():
         raise CameraError("camera name must not be empty")
     changed = {k: v for k, v in changes.items() if getattr(camera, k) != v}
     if not changed:
         return {}
     before = {k: getattr(camera, k) for k in changed}
-    backend_for(camera).apply(session, camera, changed)
+    if push:
+        backend_for(camera).apply(session, camera, changed, code)
+    else:
+        for key, value in changed.items():
+            setattr(camera, key, value)
     session.flush()
     shown = {k: (redact(v) if k == "source" else v) for k, v in changed.items()}
     shown_before = {k: (redact(v) if k == "source" else v) for k, v in before.items()}

@@ -36,7 +36,9 @@ def subscribe_adapters(db: Database, settings: Settings) -> None:
     """Changes made from the CLI emit the same outbox events as changes made in the app."""
     import fulfillment
     import skills
+    from camvoice import ezviz
 
+    ezviz.install(settings)
     fulfillment.subscribe(db, settings)
     skills.subscribe(db, settings)
 
@@ -207,15 +209,22 @@ def cameras_add(ctx: Context, owner: str, as_json: bool, **opts: Any) -> None:
 @click.argument("camera_id")
 @click.option("--name")
 @setting_options
+@click.option(
+    "--verification-code-stdin",
+    "code_stdin",
+    is_flag=True,
+    help="Read the camera label's verification code (EZVIZ: --encryption off needs it).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def cameras_set(ctx: Context, camera_id: str, as_json: bool, **opts: Any) -> None:
-    """Change a camera's settings."""
+def cameras_set(ctx: Context, camera_id: str, as_json: bool, code_stdin: bool, **opts: Any) -> None:
+    """Change a camera's settings (an EZVIZ camera's go to the EZVIZ platform)."""
     require_migrated(ctx)
+    code = sys.stdin.readline().strip() if code_stdin else None
     try:
         with ctx.db.session() as session:
             camera = camera_or_fail(session, camera_id)
-            registry.update_camera(session, camera, collect(opts), actor="cli")
+            registry.update_camera(session, camera, collect(opts), actor="cli", code=code)
             shown = registry.describe(camera)
     except registry.CameraError as exc:
         fail(str(exc))
@@ -245,6 +254,105 @@ def cameras_list(ctx: Context, owner: str | None, as_json: bool) -> None:
         owner_id = owner_or_fail(session, owner).id if owner else None
         rows = [registry.describe(c) for c in registry.all_cameras(session, owner_id)]
     emit(rows, as_json, lambda d: "\n".join(camera_line(r) for r in d))
+
+
+# --- backends -------------------------------------------------------------------------------
+
+
+@main.group()
+def backends() -> None:
+    """Camera clouds an owner's cameras come from (EZVIZ Open Platform)."""
+
+
+@backends.command("add")
+@click.argument("kind", type=click.Choice(["ezviz"]))
+@click.option("--owner", required=True, help="Owner's email.")
+@click.option("--app-key", required=True, help="The Open Platform application's AppKey.")
+@click.option("--app-secret-stdin", is_flag=True, required=True, help="Read the AppSecret.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def backends_add(
+    ctx: Context, kind: str, owner: str, app_key: str, app_secret_stdin: bool, as_json: bool
+) -> None:
+    """Link an owner's EZVIZ account and import its cameras (the secret is read from stdin)."""
+    from camvoice import ezviz
+
+    require_migrated(ctx)
+    secret = sys.stdin.readline().strip()
+    with ctx.db.session() as session:
+        account = owner_or_fail(session, owner)
+    try:
+        report = ezviz.link_account(ctx.db, ctx.settings, account, app_key, secret, actor="cli")
+    except registry.CameraError as exc:
+        fail(str(exc))
+    shown = {"owner": owner, "backend": kind, **vars(report)}
+    emit(shown, as_json, lambda d: f"linked EZVIZ for {owner}: {d['added']} cameras imported")
+
+
+@backends.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def backends_list(ctx: Context, as_json: bool) -> None:
+    """Linked camera-cloud accounts and how their sync goes (never the secret)."""
+    from sqlalchemy import select
+
+    from camvoice.ezviz import EzvizLink
+
+    require_migrated(ctx)
+    with ctx.db.session() as session:
+        rows = [
+            {
+                "owner": account.email,
+                "backend": "ezviz",
+                "app_key": link.app_key,
+                "region": link.area_domain,
+                "last_sync_at": link.last_sync_at,
+                "next_sync_at": link.next_sync_at,
+                "last_error": link.last_error,
+            }
+            for link, account in session.execute(
+                select(EzvizLink, Account).join(Account, Account.id == EzvizLink.account_id)
+            )
+        ]
+    emit(rows, as_json, lambda d: "\n".join(
+        f"{r['owner']}\tezviz\t{r['app_key']}\t{r['last_error'] or 'ok'}" for r in d))  # fmt: skip
+
+
+@backends.command("sync")
+@click.option("--owner", required=True, help="Owner's email.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def backends_sync(ctx: Context, owner: str, as_json: bool) -> None:
+    """Sync an owner's EZVIZ cameras now instead of waiting for the worker."""
+    from camvoice import ezviz
+
+    require_migrated(ctx)
+    with ctx.db.session() as session:
+        account = owner_or_fail(session, owner)
+        if session.get(ezviz.EzvizLink, account.id) is None:
+            fail(f"{owner} has no EZVIZ account linked")
+    report = ezviz.sync_now(ctx.db, ctx.settings, account.id)
+    if report is None:
+        with ctx.db.session() as session:
+            fail(f"sync failed: {session.get(ezviz.EzvizLink, account.id).last_error}")  # type: ignore[union-attr]
+    emit(vars(report), as_json, lambda d: ", ".join(f"{k} {v}" for k, v in d.items()))
+
+
+@backends.command("remove")
+@click.argument("kind", type=click.Choice(["ezviz"]))
+@click.option("--owner", required=True, help="Owner's email.")
+@pass_ctx
+def backends_remove(ctx: Context, kind: str, owner: str) -> None:
+    """Forget an owner's EZVIZ keys and remove the cameras that came from it."""
+    from camvoice import ezviz
+
+    require_migrated(ctx)
+    try:
+        with ctx.db.session() as session:
+            removed = ezviz.unlink_account(session, owner_or_fail(session, owner), actor="cli")
+    except registry.CameraError as exc:
+        fail(str(exc))
+    click.echo(f"unlinked EZVIZ for {owner}; removed {removed} cameras")
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -364,7 +472,7 @@ def doctor(ctx: Context) -> None:
 @main.command()
 @pass_ctx
 def worker(ctx: Context) -> None:
-    """Deliver outbox events until stopped (SIGINT/SIGTERM)."""
+    """Deliver outbox events and sync EZVIZ accounts until stopped (SIGINT/SIGTERM)."""
     require_migrated(ctx)
     from camvoice.app import configure_logging
 
@@ -372,8 +480,14 @@ def worker(ctx: Context) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from camvoice import ezviz
+
     outbox.run_worker(
-        ctx.db, ctx.settings.outbox_max_attempts, ctx.settings.worker_poll_interval, stop
+        ctx.db,
+        ctx.settings.outbox_max_attempts,
+        ctx.settings.worker_poll_interval,
+        stop,
+        periodic=lambda: ezviz.sync_due(ctx.db, ctx.settings),
     )
 
 

@@ -9,7 +9,9 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
 
-from camvoice import snapshots
+from camvoice import hls_proxy, snapshots
+from camvoice.cameras import StreamUnavailable, backend_for
+from camvoice.models import Camera
 from camvoice.relay import PLAYLIST, SEGMENT, RelayBusy, RelayFailed, RelayManager
 from camvoice.streams import admit, record_denial
 from camvoice.tickets import Protocol, TicketError
@@ -61,6 +63,10 @@ def playlist(camera_id: str, token: str) -> Response:
     camera, refusal = check(camera_id, token, Protocol.HLS, audit=True)
     if refusal is not None:
         return refusal  # type: ignore[no-any-return]
+    if camera.backend != "local":
+        proxied = cloud_playlist(camera.id)
+        if proxied is not None:
+            return proxied
     try:
         folder = relays().ensure(camera.id, camera.source, camera.name)
     except RelayBusy:
@@ -78,6 +84,58 @@ def playlist(camera_id: str, token: str) -> Response:
         mimetype="application/vnd.apple.mpegurl",
         headers={"Cache-Control": "no-cache, no-store"},
     )
+
+
+def unavailable(message: str) -> Response:
+    response = jsonify(error="stream_unavailable", message=message)
+    response.status_code = 502
+    return response
+
+
+def cloud_playlist(camera_id: str) -> Response | None:
+    """A camera cloud's playlist with every URI rewritten to a sealed, ticketed one.
+
+    None when the camera's backend does not stream it itself (camvoice's relay does).
+    """
+    with database().session() as session:
+        camera = session.get(Camera, camera_id)
+        if camera is None:
+            abort(404)
+        try:
+            url = backend_for(camera).upstream_hls(session, camera)
+        except StreamUnavailable as exc:
+            return unavailable(f"The camera's stream did not start: {exc}.")
+    if url is None:
+        return None
+    timeout = settings().ezviz_timeout
+    try:
+        text, base = hls_proxy.media_playlist(url, timeout)
+    except hls_proxy.UpstreamError as exc:
+        log.warning("cloud playlist of %s failed: %s", camera_id, exc)
+        return unavailable("The camera cloud's stream did not answer.")
+    body = hls_proxy.rewrite(settings(), camera_id, text, base)
+    return Response(
+        body,
+        mimetype="application/vnd.apple.mpegurl",
+        headers={"Cache-Control": "no-cache, no-store"},
+    )
+
+
+@bp.get("/streams/<camera_id>/<token>/p/<sealed>")
+def cloud_segment(camera_id: str, token: str, sealed: str) -> Response:
+    """A segment (or init section) of a camera cloud's stream, fetched through camvoice."""
+    _camera, refusal = check(camera_id, token, Protocol.HLS, audit=False)
+    if refusal is not None:
+        return refusal  # type: ignore[no-any-return]
+    url = hls_proxy.unseal(settings(), camera_id, sealed)
+    if url is None:
+        abort(404, description="segment no longer available")
+    try:
+        chunks, kind = hls_proxy.segment(url, settings().ezviz_timeout)
+    except hls_proxy.UpstreamError as exc:
+        log.warning("cloud segment of %s failed: %s", camera_id, exc)
+        return unavailable("The camera cloud's segment did not answer.")
+    return Response(chunks, mimetype=kind, headers={"Cache-Control": "max-age=60"})
 
 
 @bp.get("/streams/<camera_id>/<token>/<segment>")

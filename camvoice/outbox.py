@@ -126,9 +126,16 @@ def drain_once(db: Database, max_attempts: int, batch: int = 20) -> int:
 
 
 def run_worker(
-    db: Database, max_attempts: int, poll_interval: float, stop: threading.Event
+    db: Database,
+    max_attempts: int,
+    poll_interval: float,
+    stop: threading.Event,
+    periodic: Callable[[], int] | None = None,
 ) -> None:
-    """Drain until `stop` is set, sleeping `poll_interval` whenever nothing is due."""
+    """Drain until `stop` is set, sleeping `poll_interval` whenever nothing is due.
+
+    `periodic` (the camera-cloud sync) runs between batches and says how much it did.
+    """
     log.info("worker started")
     while not stop.is_set():
         try:
@@ -136,6 +143,11 @@ def run_worker(
         except Exception:
             log.exception("outbox drain failed; retrying")
             busy = 0
+        if periodic is not None:
+            try:
+                busy += periodic()
+            except Exception:
+                log.exception("periodic work failed; retrying")
         if not busy:
             stop.wait(poll_interval)
     log.info("worker stopped")

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     alexa_verify_requests: bool = True
     redis_url: SecretStr | None = None
     worker_poll_interval: float = Field(1.0, gt=0)
+    ezviz_api_url: str = "https://open.ezvizlife.com"
+    ezviz_sync_interval: float = Field(300.0, ge=5)
+    ezviz_timeout: float = Field(5.0, gt=0, le=30)
+    ezviz_live_timeout: float = Field(2.0, gt=0, le=10)
     outbox_max_attempts: int = Field(8, ge=1)
 
     @field_validator("public_url")

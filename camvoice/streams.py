@@ -15,6 +15,7 @@ from sqlalchemy import String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice import audit
+from camvoice.cameras import backend_for, protocols
 from camvoice.models import Base, Camera, utcnow
 from camvoice.readiness import Assistant, Blocker, readiness
 from camvoice.settings import Settings
@@ -41,9 +42,35 @@ class StreamView(Base):
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def blockers_for(camera: Camera, audience: Audience) -> list[Blocker]:
-    """The readiness rules for an audience; the web console follows Alexa's (no audio rule)."""
-    return readiness(camera, Assistant.GOOGLE if audience is Audience.GOOGLE else Assistant.ALEXA)
+def blockers_for(
+    camera: Camera, audience: Audience, protocol: Protocol | None = None
+) -> list[Blocker]:
+    """The readiness rules for an audience; the web console follows Alexa's (no audio rule).
+
+    With a protocol, a source that cannot be served that way (the EZVIZ platform's HLS asked for
+    as RTSPS) is NO_STREAM too.
+    """
+    blockers = readiness(
+        camera, Assistant.GOOGLE if audience is Audience.GOOGLE else Assistant.ALEXA
+    )
+    if protocol is not None and protocol not in protocols(camera) and camera.source:
+        blockers.append(Blocker.NO_STREAM)
+    return blockers
+
+
+def stream_blockers(
+    session: Session, camera: Camera, audience: Audience, protocol: Protocol
+) -> list[Blocker]:
+    """The blockers just before minting: the last known state, then one check with the backend.
+
+    A camera cloud is asked only once the last synced state passes, so a known-blocked camera
+    costs no call. Raises LookupError when the backend says the camera is no longer the owner's.
+    """
+    blockers = blockers_for(camera, audience, protocol)
+    if blockers:
+        return blockers
+    backend_for(camera).recheck(session, camera, protocol)
+    return blockers_for(camera, audience, protocol)
 
 
 def mint(
@@ -54,7 +81,7 @@ def mint(
     grant_id: str | None = None,
 ) -> str:
     """A signed, short-lived URL for a camera that passed its readiness rules."""
-    if blockers_for(camera, audience):
+    if blockers_for(camera, audience, protocol):
         raise ValueError("refusing to mint a stream URL for a blocked camera")
     ticket = new_ticket(
         camera.id, camera.owner_id, protocol, audience, settings.stream_ticket_ttl, grant_id
@@ -92,7 +119,7 @@ def admit(
     camera = session.get(Camera, ticket.camera_id)
     if camera is None or camera.owner_id != ticket.account_id:
         raise TicketError("no_such_camera")
-    blockers = blockers_for(camera, ticket.audience)
+    blockers = blockers_for(camera, ticket.audience, ticket.protocol)
     if blockers:
         raise TicketError("blocked:" + ",".join(b.value for b in blockers))
     if ticket.grant_id and not grant_is_live(session, ticket.grant_id):

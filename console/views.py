@@ -9,11 +9,11 @@ from typing import Any
 from flask import Blueprint, Response, abort, redirect, render_template, request, session, url_for
 from sqlalchemy import select
 
-from camvoice import audit
-from camvoice.cameras import BACKENDS, update_camera
+from camvoice import audit, ezviz
+from camvoice.cameras import BACKENDS, CameraError, update_camera
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
-from camvoice.streams import blockers_for, mint
+from camvoice.streams import mint, stream_blockers
 from camvoice.tickets import Audience, Protocol
 from camvoice.web import check_csrf, csrf_token, database, language, settings
 from console.i18n import TEXT
@@ -82,19 +82,20 @@ def home() -> Response:
 
 
 @bp.get("/console")
-def cameras() -> str:
+def cameras(problem: str | None = None) -> str:
     account = owner()
     lang = language()
     with database().session() as db_session:
+        link = db_session.get(ezviz.EzvizLink, account.id)
         rows = []
         for camera in BACKENDS["local"].list_cameras(db_session, account.id):
-            row = {"camera": camera, "fixable": camera.backend == "local"}
+            row = {"camera": camera, "fixable": True}
             for assistant in Assistant:
                 row[assistant.value] = [
                     (b.value, explain(b, lang)) for b in readiness(camera, assistant)
                 ]
             rows.append(row)
-    return page("cameras.html", account=account, rows=rows)
+    return page("cameras.html", account=account, rows=rows, ezviz=link, problem=problem)
 
 
 @bp.post("/console/cameras/<camera_id>/fix")
@@ -106,11 +107,28 @@ def fix(camera_id: str) -> Response:
         abort(400, description="unknown fix")
     if action == "encryption" and request.form.get("confirm") != "yes":
         abort(400, description="turning off Image Encryption needs your explicit confirmation")
-    with database().session() as db_session:
-        camera = BACKENDS["local"].get_camera(db_session, account.id, camera_id)
-        if camera is None or camera.backend != "local":
-            abort(404)
-        update_camera(db_session, camera, dict(FIXES[action]), actor=f"owner:{account.id}")
+    try:
+        with database().session() as db_session:
+            camera = BACKENDS["local"].get_camera(db_session, account.id, camera_id)
+            if camera is None:
+                abort(404)
+            update_camera(db_session, camera, dict(FIXES[action]), actor=f"owner:{account.id}",
+                          code=request.form.get("code"))  # fmt: skip
+    except CameraError as exc:
+        return Response(cameras(problem=str(exc)), status=400)
+    return redirect(url_for("console.cameras"), code=303)  # type: ignore[return-value]
+
+
+@bp.post("/console/ezviz")
+def link_ezviz() -> Response:
+    """The owner's own EZVIZ Open Platform keys: checked, kept sealed, cameras imported."""
+    check_csrf()
+    account = owner()
+    key, secret = request.form.get("app_key", ""), request.form.get("app_secret", "")
+    try:
+        ezviz.link_account(database(), settings(), account, key, secret, f"owner:{account.id}")
+    except CameraError as exc:
+        return Response(cameras(problem=str(exc)), status=400)
     return redirect(url_for("console.cameras"), code=303)  # type: ignore[return-value]
 
 
@@ -122,7 +140,11 @@ def live(camera_id: str) -> str:
         if camera is None:
             abort(404)
         hls = None
-        if not blockers_for(camera, Audience.WEB):
+        try:
+            blocked = stream_blockers(db_session, camera, Audience.WEB, Protocol.HLS)
+        except LookupError:
+            abort(404)
+        if not blocked:
             hls = local(mint(settings(), camera, Protocol.HLS, Audience.WEB), settings())
     return page("live.html", account=account, camera=camera, hls=hls)
 

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 from camvoice import audit
 from camvoice.cameras import BACKENDS
 from camvoice.models import Camera
-from camvoice.readiness import BLOCKERS, Assistant, Blocker, readiness
+from camvoice.readiness import BLOCKERS, Blocker
 from camvoice.settings import Settings
-from camvoice.streams import mint
+from camvoice.streams import mint, stream_blockers
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Principal, revoke_grant
 
@@ -141,7 +141,10 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
         return error(camera_id, "functionNotSupported")
     params = execution["params"]
     theirs = params["SupportedStreamProtocols"]
-    blockers = readiness(camera, Assistant.GOOGLE)
+    try:
+        blockers = stream_blockers(ctx.session, camera, Audience.GOOGLE, Protocol.HLS)
+    except LookupError:
+        return error(camera_id, "deviceNotFound")
     if blockers:
         record(ctx, camera, "stream.denied", reason=",".join(b.value for b in blockers))
         return blocked(camera_id, blockers[0])

@@ -7,8 +7,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from camvoice.cameras import protocols
 from camvoice.models import Camera
 from camvoice.settings import Settings
+from camvoice.tickets import Protocol
 
 PAYLOAD_VERSION = "3"
 MAX_ENDPOINTS = 300
@@ -74,7 +76,7 @@ def endpoint(camera: Camera, settings: Settings, streams: bool) -> dict[str, Any
             },
         },
     ]
-    if streams:
+    if streams and Protocol.RTSPS in protocols(camera):
         capabilities.insert(1, {
             "type": "AlexaInterface",
             "interface": "Alexa.CameraStreamController",

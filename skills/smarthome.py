@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from camvoice import audit
 from camvoice.cameras import BACKENDS
 from camvoice.models import Camera
-from camvoice.readiness import BLOCKERS, Assistant, explain, readiness
+from camvoice.readiness import BLOCKERS, explain
 from camvoice.settings import Settings
-from camvoice.streams import mint
+from camvoice.streams import mint, stream_blockers
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Failure, Principal, authenticate_bearer
 from skills import messages
@@ -92,7 +92,10 @@ def discover(req: Request) -> Message:
 
 def initialize_camera_streams(req: Request) -> Message:
     principal, camera = req.endpoint_owner()
-    blockers = readiness(camera, Assistant.ALEXA)
+    try:
+        blockers = stream_blockers(req.session, camera, Audience.ALEXA, Protocol.RTSPS)
+    except LookupError:
+        raise DirectiveError("NO_SUCH_ENDPOINT", "no such camera for this account") from None
     if blockers:
         record(req, camera, "stream.denied", reason=",".join(b.value for b in blockers))
         info = BLOCKERS[blockers[0]]

@@ -27,7 +27,7 @@ from ask_sdk_model.ui import LinkAccountCard
 from camvoice.cameras import BACKENDS
 from camvoice.models import Camera
 from camvoice.readiness import Assistant, explain, readiness
-from camvoice.streams import mint
+from camvoice.streams import mint, stream_blockers
 from camvoice.tickets import Audience, Protocol
 from camvoice.web import database, settings
 from oauth.tokens import Principal, authenticate_bearer
@@ -130,7 +130,17 @@ class ShowCameraHandler(AbstractRequestHandler):
         if not isinstance(camera, Camera):
             return camera
         builder = handler_input.response_builder
-        blockers = readiness(camera, Assistant.ALEXA)
+        with database().session() as session:
+            fresh = session.get(Camera, camera.id)
+            try:
+                blockers = (
+                    stream_blockers(session, fresh, Audience.ALEXA, Protocol.HLS) if fresh else []
+                )
+            except LookupError:
+                fresh = None
+        if fresh is None:
+            return builder.speak(say(lang, "gone", name=camera.name)).response
+        camera = fresh
         if blockers:
             reason = " ".join(explain(b, lang) for b in blockers)
             return builder.speak(say(lang, "blocked", name=camera.name, reason=reason)).response

@@ -1,0 +1,404 @@
+"""The EZVIZ backend against a fake Open Platform on 127.0.0.1: import, sync, readiness, streams
+through camvoice's ticketed playlist, fixes, token renewal, rate limiting, and secrets kept."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select, text, update
+
+from camvoice import ezviz, outbox
+from camvoice.app import create_app
+from camvoice.cameras import CameraError, update_camera
+from camvoice.db import Database
+from camvoice.ezviz import EzvizLink
+from camvoice.models import Account, AuditEvent, Camera, utcnow
+from camvoice.readiness import Assistant, Blocker, readiness
+from camvoice.settings import Settings
+from skills import messages
+from tests.conftest import LiveServer, run_cli
+from tests.fake_ezviz import FakeEzviz, make_hls
+from tests.media_support import probe_video
+from tests.oauth_support import GOOGLE_URIS, make_owner, register
+
+APP_KEY = "f3b1c0de5a7e4c1b9d2e"
+APP_SECRET = "s3cr3t-" + uuid.uuid4().hex
+OWNER = "ezviz.owner@example.com"
+
+
+@pytest.fixture(scope="session")
+def hls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_hls(tmp_path_factory.mktemp("ezviz-hls"))
+
+
+@pytest.fixture
+def platform(hls_dir: Path) -> Iterator[FakeEzviz]:
+    fake = FakeEzviz(APP_KEY, APP_SECRET, hls_dir)
+    fake.add("SN001", "Front Door")
+    fake.add("SN002", "Garage", encrypt=True)
+    fake.add("SN003", "Nursery", mic=False)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def ez(settings: Settings, platform: FakeEzviz, tmp_path: Path) -> Settings:
+    configured = settings.model_copy(
+        update={"ezviz_api_url": platform.url, "media_dir": tmp_path / "media"}
+    )
+    ezviz.install(configured)
+    return configured
+
+
+@pytest.fixture
+def owner(db: Database) -> Account:
+    make_owner(db, OWNER)
+    with db.session() as session:
+        return session.scalars(select(Account).where(Account.email == OWNER)).one()
+
+
+def linked(db: Database, ez: Settings, owner: Account) -> dict[str, Camera]:
+    ezviz.link_account(db, ez, owner, APP_KEY, APP_SECRET, actor="test")
+    return cameras_of(db, owner)
+
+
+def cameras_of(db: Database, owner: Account) -> dict[str, Camera]:
+    with db.session() as session:
+        stmt = select(Camera).where(Camera.owner_id == owner.id)
+        return {c.serial or c.name: c for c in session.scalars(stmt)}
+
+
+# --- import -------------------------------------------------------------------------------
+
+
+def test_cli_links_the_account_and_imports_its_cameras(
+    cli_env: dict[str, str], db: Database, owner: Account, platform: FakeEzviz
+) -> None:
+    env = {**cli_env, "CAMVOICE_EZVIZ_API_URL": platform.url}
+    wrong = run_cli("backends", "add", "ezviz", "--owner", OWNER, "--app-key", APP_KEY,
+                    "--app-secret-stdin", env=env, stdin="not-the-secret\n", check=False)  # fmt: skip
+    assert wrong.returncode == 2
+    assert "10030" in wrong.stderr and "appSecret do not match" in wrong.stderr
+    done = run_cli("backends", "add", "ezviz", "--owner", OWNER, "--app-key", APP_KEY,
+                   "--app-secret-stdin", "--json", env=env, stdin=APP_SECRET + "\n")  # fmt: skip
+    assert json.loads(done.stdout)["added"] == 3
+    # The token comes from the global host; every later call goes to the areaDomain it named.
+    assert set(platform.paths("global")) == {"/api/lapp/token/get"}
+    assert "/api/lapp/device/list" in platform.paths("region")
+
+    listed = json.loads(run_cli("cameras", "list", "--owner", OWNER, "--json", env=env).stdout)
+    by_serial = {c["serial"]: c for c in listed}
+    assert {c["backend"] for c in listed} == {"ezviz"}
+    assert by_serial["SN001"]["readiness"]["google"]["ready"] is True
+    assert by_serial["SN001"]["model"] == "CS-C6N-A0-1C2WFR"
+    garage = by_serial["SN002"]["readiness"]
+    assert [b["code"] for b in garage["alexa"]["blockers"]] == ["ENCRYPTION_ON"]
+    nursery = by_serial["SN003"]["readiness"]
+    assert nursery["alexa"]["ready"] and [b["code"] for b in nursery["google"]["blockers"]] == [
+        "AUDIO_OFF"
+    ]
+
+    shown = run_cli("backends", "list", "--json", env=env).stdout
+    assert json.loads(shown)[0]["app_key"] == APP_KEY and json.loads(shown)[0]["region"]
+    for output in (wrong.stdout, wrong.stderr, done.stdout, done.stderr, shown):
+        assert APP_SECRET not in output
+    with db.session() as session:
+        row = session.execute(text("SELECT * FROM ezviz_links")).one()
+    assert not any(APP_SECRET in str(v) or v in platform.tokens for v in row)
+
+
+def test_paging_reads_every_device(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    for n in range(4, 56):
+        platform.add(f"SN{n:03d}", f"Camera {n}")
+    cameras = linked(db, ez, owner)
+    assert len(cameras) == 55
+    lists = [f for _, p, f in platform.calls if p == "/api/lapp/device/list"]
+    assert [(f["pageStart"], f["pageSize"]) for f in lists] == [("0", "50"), ("1", "50")]
+
+
+# --- sync -------------------------------------------------------------------------------------
+
+
+def test_sync_adds_renames_and_removes_with_the_usual_outbox_events(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    for topic in ("camera.added", "camera.changed", "camera.removed"):
+        outbox.subscribe(topic, "recorder", lambda t, p: events.append((t, p)))
+    cameras = linked(db, ez, owner)
+    while outbox.drain_once(db, max_attempts=3):
+        pass
+    assert sorted(t for t, _ in events) == ["camera.added"] * 3
+    events.clear()
+
+    platform.devices["SN001"].name = "Front Porch"
+    platform.devices["SN002"].encrypt = False
+    del platform.devices["SN003"]
+    platform.add("SN004", "Backyard", online=False)
+    report = ezviz.sync_now(db, ez, owner.id)
+    assert report == ezviz.SyncReport(added=1, changed=2, removed=1)
+    while outbox.drain_once(db, max_attempts=3):
+        pass
+    got = {(t, p["camera_id"]): p for t, p in events}
+    now = cameras_of(db, owner)
+    assert set(got) == {
+        ("camera.changed", cameras["SN001"].id),
+        ("camera.changed", cameras["SN002"].id),
+        ("camera.removed", cameras["SN003"].id),
+        ("camera.added", now["SN004"].id),
+    }
+    assert got[("camera.changed", cameras["SN001"].id)]["changed"] == ["name"]
+    assert now["SN001"].name == "Front Porch" and now["SN001"].id == cameras["SN001"].id
+    assert readiness(now["SN002"], Assistant.ALEXA) == []
+    assert readiness(now["SN004"], Assistant.ALEXA) == [Blocker.OFFLINE]
+    with db.session() as session:
+        actors = set(session.scalars(select(AuditEvent.actor).where(AuditEvent.actor == "ezviz")))
+    assert actors == {"ezviz"}
+
+    events.clear()
+    assert ezviz.sync_now(db, ez, owner.id) == ezviz.SyncReport()
+    assert outbox.drain_once(db, max_attempts=3) == 0 and events == []
+
+
+def test_expired_token_is_renewed_and_the_call_retried_once(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    linked(db, ez, owner)
+    with db.session() as session:
+        sealed_before = session.get(EzvizLink, owner.id).access_token  # type: ignore[union-attr]
+    platform.expire_tokens()
+    platform.calls.clear()
+    assert ezviz.sync_now(db, ez, owner.id) == ezviz.SyncReport()
+    assert platform.paths("global") == ["/api/lapp/token/get"]
+    assert platform.paths("region")[:2] == ["/api/lapp/device/list"] * 2  # refused, then retried
+    with db.session() as session:
+        link = session.get(EzvizLink, owner.id)
+        assert link.access_token != sealed_before and link.failures == 0  # type: ignore[union-attr]
+    # The renewed token was kept: the next sync asks for none.
+    platform.calls.clear()
+    ezviz.sync_now(db, ez, owner.id)
+    assert platform.paths("global") == []
+
+
+def test_rate_limit_backs_off_and_a_failed_sync_changes_nothing(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    linked(db, ez, owner)
+    del platform.devices["SN003"]
+    platform.forced = ["10029"]
+    before = utcnow()
+    assert ezviz.sync_now(db, ez, owner.id) is None
+    with db.session() as session:
+        link = session.get(EzvizLink, owner.id)
+        assert link is not None and link.failures == 1 and "10029" in (link.last_error or "")
+        assert link.next_sync_at - before >= timedelta(seconds=2 * ez.ezviz_sync_interval)
+    assert len(cameras_of(db, owner)) == 3  # nothing removed on a failed sync
+
+    platform.calls.clear()
+    assert ezviz.sync_due(db, ez) == 0 and platform.calls == []  # still backing off
+    platform.forced = ["10029"]
+    with db.session() as session:
+        session.execute(update(EzvizLink).values(next_sync_at=utcnow() - timedelta(seconds=1)))
+    assert ezviz.sync_due(db, ez) == 1
+    with db.session() as session:
+        link = session.get(EzvizLink, owner.id)
+        assert link is not None and link.failures == 2
+        assert link.next_sync_at - utcnow() >= timedelta(seconds=3.5 * ez.ezviz_sync_interval)
+        session.execute(update(EzvizLink).values(next_sync_at=utcnow() - timedelta(seconds=1)))
+    assert ezviz.sync_due(db, ez) == 1
+    assert "SN003" not in cameras_of(db, owner)
+    with db.session() as session:
+        link = session.get(EzvizLink, owner.id)
+        assert link is not None and link.failures == 0 and link.last_error is None
+
+
+def test_unknown_code_is_a_transient_failure_never_an_unlink(
+    db: Database,
+    ez: Settings,
+    owner: Account,
+    platform: FakeEzviz,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    linked(db, ez, owner)
+    platform.forced = ["77777"]
+    with caplog.at_level(logging.WARNING):
+        assert ezviz.sync_now(db, ez, owner.id) is None
+    assert "undocumented code 77777" in caplog.text
+    with db.session() as session:
+        assert session.get(EzvizLink, owner.id) is not None
+    assert len(cameras_of(db, owner)) == 3
+
+
+def test_secrets_never_reach_the_logs(
+    db: Database,
+    ez: Settings,
+    owner: Account,
+    platform: FakeEzviz,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        linked(db, ez, owner)
+        platform.expire_tokens()
+        platform.forced = ["10029"]
+        ezviz.sync_now(db, ez, owner.id)
+        ezviz.sync_now(db, ez, owner.id)
+    assert caplog.records, "nothing was logged: the check would prove nothing"
+    for secret in (APP_SECRET, *platform.tokens):
+        assert secret not in caplog.text
+
+
+# --- fixes --------------------------------------------------------------------------------
+
+
+def test_fixes_go_to_the_platform_and_need_the_verification_code(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    cameras = linked(db, ez, owner)
+    with db.session() as session:
+        garage = session.get(Camera, cameras["SN002"].id)
+        with pytest.raises(CameraError, match="6-letter verification code"):
+            update_camera(session, garage, {"image_encryption": False}, actor="owner")
+        with pytest.raises(CameraError, match="verification code is wrong"):
+            update_camera(session, garage, {"image_encryption": False}, actor="o", code="ZZZZZZ")
+        with pytest.raises(CameraError, match="changed in the EZVIZ app"):
+            update_camera(session, garage, {"online": False}, actor="owner")
+    assert platform.devices["SN002"].encrypt is True
+    with db.session() as session:
+        garage = session.get(Camera, cameras["SN002"].id)
+        update_camera(session, garage, {"image_encryption": False}, actor="owner:x", code="ABCDEF")
+        nursery = session.get(Camera, cameras["SN003"].id)
+        update_camera(session, nursery, {"audio": True}, actor="owner:x")
+    assert platform.devices["SN002"].encrypt is False and platform.devices["SN003"].mic is True
+    encrypt_off = [f for _, p, f in platform.calls if p == "/api/lapp/device/encrypt/off"]
+    assert (
+        encrypt_off[-1]["validateCode"] == "ABCDEF" and encrypt_off[-1]["deviceSerial"] == "SN002"
+    )
+    with db.session() as session:
+        audited = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.action == "camera.changed", AuditEvent.actor == "owner:x"
+            )
+        ).all()
+    assert {a.camera_id for a in audited} == {cameras["SN002"].id, cameras["SN003"].id}
+    # The next sync agrees: nothing to change.
+    assert ezviz.sync_now(db, ez, owner.id) == ezviz.SyncReport()
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+def google_token(live: LiveServer, db: Database) -> str:
+    from tests.oauth_support import PASSWORD, link
+
+    client = register(db, "Google Home", GOOGLE_URIS, "google")
+    _, token = link(live, client, OWNER, "client_secret_post", PASSWORD)
+    return str(token["access_token"])
+
+
+def execute(live: LiveServer, token: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    body = {"requestId": "r1", "inputs": [{"intent": "action.devices.EXECUTE", "payload": {
+        "commands": [{"devices": [{"id": i} for i in ids], "execution": [{
+            "command": "action.devices.commands.GetCameraStream",
+            "params": {"StreamToChromecast": True, "SupportedStreamProtocols": ["hls"]}}]}]}}]}  # fmt: skip
+    response = requests.post(live.url + "/google/fulfillment", json=body, timeout=30,
+                             headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    assert response.status_code == 200
+    return {c["ids"][0]: c for c in response.json()["payload"]["commands"]}
+
+
+def test_google_plays_the_platform_hls_through_camvoice(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    cameras = linked(db, ez, owner)
+    app = create_app(ez, db)
+    with LiveServer(app) as live:
+        token = google_token(live, db)
+        ids = {serial: camera.id for serial, camera in cameras.items()}
+        got = execute(live, token, list(ids.values()))
+        assert got[ids["SN002"]]["errorCode"] == "securityRestriction"
+        assert got[ids["SN003"]]["errorCode"] == "deviceNotReady"
+        # Blocked by the last sync: the platform was not asked for their streams.
+        asked = [f["deviceSerial"] for _, p, f in platform.calls if "live/address" in p]
+        assert asked == ["SN001"]
+        front = got[ids["SN001"]]
+        assert front["status"] == "SUCCESS"
+        url = front["states"]["cameraStreamAccessUrl"]
+        assert url.startswith(f"{ez.public_url}/streams/{ids['SN001']}/")
+        local = url.replace(ez.public_url, live.url)
+        playlist = requests.get(local, timeout=10)
+        assert playlist.status_code == 200 and "#EXTINF" in playlist.text
+        assert platform.region.url not in playlist.text and "key=" not in playlist.text
+        assert probe_video(local) == "h264"
+        assert len(platform.live_urls) == 1  # the playlist used the address the check got
+
+        # Encryption turned on in the EZVIZ app after the last sync: the platform's 60019
+        # becomes the ENCRYPTION_ON blocker, and the playlist already handed out stops.
+        platform.devices["SN001"].encrypt = True
+        assert execute(live, token, [ids["SN001"]])[ids["SN001"]]["errorCode"] == (
+            "securityRestriction"
+        )
+        assert requests.get(local, timeout=10).status_code == 403
+        # A device moved to another EZVIZ account: deviceNotFound, and it leaves the registry.
+        platform.devices["SN001"].encrypt = False
+        with db.session() as session:
+            front_cam = session.get(Camera, ids["SN001"])
+            update_camera(session, front_cam, {"image_encryption": False}, actor="t", push=False)
+        del platform.devices["SN001"]
+        assert execute(live, token, [ids["SN001"]])[ids["SN001"]]["errorCode"] == "deviceNotFound"
+    app.extensions["camvoice.relays"].shutdown()
+
+
+def test_segments_are_sealed_to_their_camera(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    from camvoice import hls_proxy
+    from camvoice.streams import mint
+    from camvoice.tickets import Audience, Protocol
+
+    cameras = linked(db, ez, owner)
+    front, nursery = cameras["SN001"], cameras["SN003"]
+    app = create_app(ez, db)
+    with LiveServer(app) as live:
+        with db.session() as session:
+            url = mint(ez, session.get(Camera, front.id), Protocol.HLS, Audience.WEB)
+        local = url.replace(ez.public_url, live.url)
+        body = requests.get(local, timeout=10).text
+        segment = next(line for line in body.splitlines() if line.startswith("p/"))
+        base = local.rsplit("/", 1)[0]
+        fetched = requests.get(f"{base}/{segment}", timeout=10)
+        assert fetched.status_code == 200 and fetched.content[:1] == b"\x47"  # MPEG-TS sync byte
+        # The same sealed segment under another camera's path is refused.
+        sealed = segment.removeprefix("p/")
+        assert hls_proxy.unseal(ez, nursery.id, sealed) is None
+        tampered = f"{base}/p/{sealed[:-4]}AAAA"
+        assert requests.get(tampered, timeout=10).status_code == 404
+    app.extensions["camvoice.relays"].shutdown()
+
+
+def test_alexa_needs_a_local_stream_for_an_ezviz_camera(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    cameras = linked(db, ez, owner)
+
+    def interfaces(camera: Camera) -> set[str]:
+        endpoint = messages.endpoint(camera, ez, streams=True)
+        return {c["interface"] for c in endpoint["capabilities"]}
+
+    with db.session() as session:
+        front = session.get(Camera, cameras["SN001"].id)
+        assert "Alexa.CameraStreamController" not in interfaces(front)  # cloud HLS only
+        source = "rtsp://admin:ABCDEF@192.0.2.10:554/h264/ch1/main/av_stream"
+        update_camera(session, front, {"source": source}, actor="owner")
+        assert "Alexa.CameraStreamController" in interfaces(front)
+        with pytest.raises(CameraError):
+            update_camera(session, front, {"source": "http://example.com/x.m3u8"}, actor="o")
