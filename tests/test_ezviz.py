@@ -402,3 +402,93 @@ def test_alexa_needs_a_local_stream_for_an_ezviz_camera(
         assert "Alexa.CameraStreamController" in interfaces(front)
         with pytest.raises(CameraError):
             update_camera(session, front, {"source": "http://example.com/x.m3u8"}, actor="o")
+
+
+def test_alexa_stream_request_rechecks_the_device_once(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    from camvoice.streams import stream_blockers
+    from camvoice.tickets import Audience, Protocol
+
+    cameras = linked(db, ez, owner)
+    with db.session() as session:
+        front = session.get(Camera, cameras["SN001"].id)
+        update_camera(session, front, {"source": "rtsp://admin:ABCDEF@192.0.2.10/ch1"}, actor="o")
+    platform.devices["SN001"].encrypt = True  # turned on in the EZVIZ app since the last sync
+    platform.calls.clear()
+    with db.session() as session:
+        front = session.get(Camera, cameras["SN001"].id)
+        blockers = stream_blockers(session, front, Audience.ALEXA, Protocol.RTSPS)
+    assert blockers == [Blocker.ENCRYPTION_ON]
+    assert platform.paths() == ["/api/lapp/device/info"]
+    # Known blocked: the next request costs no platform call at all.
+    with db.session() as session:
+        front = session.get(Camera, cameras["SN001"].id)
+        assert stream_blockers(session, front, Audience.ALEXA, Protocol.RTSPS)
+    assert platform.paths() == ["/api/lapp/device/info"]
+    # A platform that does not answer in time leaves the last synced state in charge.
+    platform.close()
+    with db.session() as session:
+        nursery = session.get(Camera, cameras["SN003"].id)
+        assert stream_blockers(session, nursery, Audience.ALEXA, Protocol.HLS) == []
+
+
+def test_worker_syncs_on_schedule(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    import threading
+    import time
+
+    linked(db, ez, owner)
+    platform.devices["SN001"].name = "Porch"
+    with db.session() as session:
+        session.execute(update(EzvizLink).values(next_sync_at=utcnow() - timedelta(seconds=1)))
+    stop = threading.Event()
+    worker = threading.Thread(target=outbox.run_worker, args=(db, 3, 0.05, stop),
+                              kwargs={"periodic": lambda: ezviz.sync_due(db, ez)})  # fmt: skip
+    worker.start()
+    try:
+        deadline = time.monotonic() + 15
+        while cameras_of(db, owner)["SN001"].name != "Porch":
+            assert time.monotonic() < deadline, "the worker did not sync"
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join(10)
+    with db.session() as session:
+        link = session.get(EzvizLink, owner.id)
+        assert link is not None and link.next_sync_at > utcnow()
+
+
+def test_console_links_ezviz_and_fixes_with_the_label_code(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    from tests.oauth_support import PASSWORD, Browser, csrf_of
+
+    app = create_app(ez, db)
+    with LiveServer(app) as live:
+        browser = Browser(live)
+        browser.sign_in(browser.http.get(live.url + "/console", timeout=10), OWNER, PASSWORD)
+        page = browser.http.get(live.url + "/console", timeout=10)
+        form = {"csrf_token": csrf_of(page.text), "app_key": APP_KEY}
+        refused = browser.http.post(live.url + "/console/ezviz", timeout=30,
+                                    data={**form, "app_secret": "wrong"})  # fmt: skip
+        assert refused.status_code == 400 and "10030" in refused.text
+        done = browser.http.post(live.url + "/console/ezviz", timeout=30,
+                                 data={**form, "app_secret": APP_SECRET}, allow_redirects=False)  # fmt: skip
+        assert done.status_code == 303
+        page = browser.http.get(live.url + "/console", timeout=10)
+        assert 'data-camera="Garage"' in page.text and APP_KEY in page.text
+        assert APP_SECRET not in page.text and 'name="code"' in page.text
+
+        garage = cameras_of(db, owner)["SN002"].id
+        fix = {"csrf_token": csrf_of(page.text), "fix": "encryption", "confirm": "yes"}
+        url = f"{live.url}/console/cameras/{garage}/fix"
+        wrong = browser.http.post(url, data={**fix, "code": "QWERTY"}, timeout=30)
+        assert wrong.status_code == 400 and "verification code is wrong" in wrong.text
+        assert platform.devices["SN002"].encrypt is True
+        right = browser.http.post(url, data={**fix, "code": "ABCDEF"}, timeout=30,
+                                  allow_redirects=False)  # fmt: skip
+        assert right.status_code == 303 and platform.devices["SN002"].encrypt is False
+        assert cameras_of(db, owner)["SN002"].image_encryption is False
+    app.extensions["camvoice.relays"].shutdown()
