@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from cryptography.fernet import InvalidToken
 from sqlalchemy import ForeignKey, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -148,14 +149,19 @@ class Keys:
 
     @classmethod
     def load(cls, link: EzvizLink, settings: Settings) -> Keys:
+        """Unseal a link's keys; a changed secret key makes them unreadable: enter them again."""
         sealer = settings.sealer()
+        try:
+            secret = sealer.decrypt(link.app_secret.encode()).decode()
+            token = (
+                sealer.decrypt(link.access_token.encode()).decode() if link.access_token else None
+            )
+        except InvalidToken:
+            raise EzvizError(
+                "keys", Kind.CREDENTIALS, "stored keys unreadable: enter them again"
+            ) from None
         return cls(
-            link.account_id,
-            link.app_key,
-            sealer.decrypt(link.app_secret.encode()).decode(),
-            sealer.decrypt(link.access_token.encode()).decode() if link.access_token else None,
-            link.token_expires_at,
-            link.area_domain,
+            link.account_id, link.app_key, secret, token, link.token_expires_at, link.area_domain
         )
 
     def store(self, link: EzvizLink, settings: Settings) -> None:
@@ -193,12 +199,16 @@ class Client:
             {"appKey": self.keys.app_key, "appSecret": self.keys.app_secret},
             token=False,
         )
-        data = body.get("data") or {}
+        data = obj(body.get("data"))
         token, expires = data.get("accessToken"), data.get("expireTime")
-        if not isinstance(token, str) or not isinstance(expires, int | float):
+        try:
+            expires_at = datetime.fromtimestamp(float(expires) / 1000, UTC)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError, OSError):
+            expires_at = None
+        if not isinstance(token, str) or not token or expires_at is None:
             raise EzvizError("token", Kind.TRANSIENT, "token answer without accessToken")
         self.keys.access_token = token
-        self.keys.expires_at = datetime.fromtimestamp(expires / 1000, UTC)
+        self.keys.expires_at = expires_at
         self.keys.area_domain = self._area(data.get("areaDomain"))
         self.keys.renewed = True
 
@@ -206,8 +216,12 @@ class Client:
         """The regional host for every later call; it must speak the same scheme as the API."""
         if not isinstance(area, str) or not area:
             return self.api_url  # the China platform answers without one
-        parts = urlsplit(area)
-        if parts.scheme != urlsplit(self.api_url).scheme or not parts.hostname:
+        try:
+            parts = urlsplit(area)
+            hostname = parts.hostname
+        except ValueError:
+            hostname = None
+        if not hostname or parts.scheme != urlsplit(self.api_url).scheme:
             raise EzvizError("token", Kind.TRANSIENT, "token answer with a bad areaDomain")
         return area.rstrip("/")
 
@@ -232,6 +246,11 @@ class Client:
         return body  # type: ignore[no-any-return]
 
 
+def obj(value: Any) -> dict[str, Any]:
+    """A JSON object from the platform, or {} for anything else (null, a list, a string)."""
+    return value if isinstance(value, dict) else {}
+
+
 def enabled(data: Any) -> bool:
     """A switch status: `data` is an object or a one-item list, `enable` 0/1 as int or string."""
     if isinstance(data, list):
@@ -244,12 +263,24 @@ def list_devices(client: Client) -> list[dict[str, Any]]:
     devices: list[dict[str, Any]] = []
     for page in range(MAX_PAGES):
         body = client.call("/api/lapp/device/list", pageStart=page, pageSize=PAGE_SIZE)
-        items = [d for d in body.get("data") or [] if isinstance(d, dict)]
+        data = body.get("data")
+        if not isinstance(data, list):
+            break  # not a page of devices: an empty account answers []
+        items = [d for d in data if isinstance(d, dict)]
         devices.extend(items)
-        total = (body.get("page") or {}).get("total")
-        if not items or not isinstance(total, int) or len(devices) >= total:
-            break
-    return devices
+        try:
+            total = int(obj(body.get("page")).get("total"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            total = None  # no count: a short page is the last one
+        if total is not None:
+            if len(devices) >= total:
+                return devices
+            if not items:
+                break  # an empty page before the count was reached
+        elif len(items) < PAGE_SIZE:
+            return devices
+    # Never return a list that may be short: the sync would remove the cameras missing from it.
+    raise EzvizError("list", Kind.TRANSIENT, "device list incomplete")
 
 
 def read_device(client: Client, item: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +291,7 @@ def read_device(client: Client, item: dict[str, Any]) -> dict[str, Any]:
         "model": str(item.get("deviceType") or "EZVIZ camera")[:128],
         "firmware": str(item.get("deviceVersion") or "unknown")[:64],
     }
-    info = client.call("/api/lapp/device/info", deviceSerial=serial).get("data") or {}
+    info = obj(client.call("/api/lapp/device/info", deviceSerial=serial).get("data"))
     fields["online"] = str(info.get("status", item.get("status"))) == "1"
     fields["image_encryption"] = str(info.get("isEncrypt")) == "1"
     if not fields["online"]:
@@ -316,14 +347,21 @@ def sync_account(db: Database, settings: Settings, account_id: str) -> SyncRepor
                 if link is not None:
                     keys.store(link, settings)
     with db.session() as session:
-        return apply_sync(session, account_id, read)
+        return apply_sync(session, account_id, keys.app_key, read)
 
 
-def apply_sync(session: Session, account_id: str, read: dict[str, dict[str, Any]]) -> SyncReport:
-    """Add, rename, update and remove cameras, with the same audit and outbox events as a person."""
+def apply_sync(
+    session: Session, account_id: str, app_key: str, read: dict[str, dict[str, Any]]
+) -> SyncReport:
+    """Add, rename, update and remove cameras, with the same audit and outbox events as a person.
+
+    The link row is locked and checked again first: an owner who unlinked (or changed keys)
+    while the platform was being read must not get the old account's cameras back.
+    """
     report = SyncReport()
+    link = session.get(EzvizLink, account_id, with_for_update=True)
     owner = session.get(Account, account_id)
-    if owner is None:
+    if owner is None or link is None or link.app_key != app_key:
         return report
     stmt = select(Camera).where(Camera.owner_id == account_id, Camera.backend == "ezviz")
     known = {camera.serial: camera for camera in session.scalars(stmt)}
@@ -354,7 +392,9 @@ def sync_now(db: Database, settings: Settings, account_id: str) -> SyncReport | 
     now = utcnow()
     try:
         report = sync_account(db, settings, account_id)
-    except EzvizError as exc:
+    except Exception as exc:  # an odd answer must not stop the worker or skip the backoff
+        if not isinstance(exc, EzvizError):
+            log.exception("EZVIZ sync of %s failed unexpectedly", account_id)
         with db.session() as session:
             link = session.get(EzvizLink, account_id)
             if link is None:
@@ -389,7 +429,7 @@ def sync_due(db: Database, settings: Settings) -> int:
         ).all()
     synced = 0
     for account_id, when in due:
-        lease = now + timedelta(seconds=settings.ezviz_sync_interval)
+        lease = utcnow() + timedelta(seconds=settings.ezviz_sync_interval)
         with db.session() as session:
             claimed = session.execute(
                 update(EzvizLink)
@@ -420,7 +460,8 @@ def link_account(
         link.app_key = app_key
         link.app_secret = sealer.encrypt(app_secret.encode()).decode()
         keys.store(link, settings)
-        link.next_sync_at = utcnow()
+        # The first sync runs right here; a worker's turn comes one interval later.
+        link.next_sync_at = utcnow() + timedelta(seconds=settings.ezviz_sync_interval)
         session.add(link)
         audit.record(session, "ezviz.linked", actor=actor, account_id=owner.id)
     report = sync_now(db, settings, owner.id)
@@ -498,7 +539,6 @@ class EzvizBackend(LocalBackend):
             client, link = self.client(session, camera)
         except EzvizError as exc:
             raise CameraError(str(exc)) from None
-        client.timeout = self.settings.ezviz_timeout
         try:
             for path, form in calls:
                 try:
@@ -528,7 +568,7 @@ class EzvizBackend(LocalBackend):
                     info = client.call("/api/lapp/device/info", deviceSerial=camera.serial)
                 finally:
                     client.keys.store(link, self.settings)
-                data = info.get("data") or {}
+                data = obj(info.get("data"))
                 changes = {
                     "online": str(data.get("status")) == "1",
                     "image_encryption": str(data.get("isEncrypt")) == "1",
@@ -585,8 +625,9 @@ class EzvizBackend(LocalBackend):
             )
         finally:
             client.keys.store(link, self.settings)
-        url = (body.get("data") or {}).get("url")
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+        url = obj(body.get("data")).get("url")
+        # https on the real platform; plain http only when the API itself is (a local fake).
+        if not isinstance(url, str) or urlsplit(url).scheme != urlsplit(client.api_url).scheme:
             raise EzvizError("live", Kind.TRANSIENT, "live address answer without an HLS URL")
         with self._lock:
             self._live[camera.id] = (url, time.monotonic() + LIVE_SECONDS * 0.8)

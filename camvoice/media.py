@@ -110,10 +110,10 @@ def cloud_playlist(camera_id: str) -> Response | None:
     timeout = settings().ezviz_timeout
     try:
         text, base = hls_proxy.media_playlist(url, timeout)
+        body = hls_proxy.rewrite(settings(), camera_id, text, base)
     except hls_proxy.UpstreamError as exc:
         log.warning("cloud playlist of %s failed: %s", camera_id, exc)
         return unavailable("The camera cloud's stream did not answer.")
-    body = hls_proxy.rewrite(settings(), camera_id, text, base)
     return Response(
         body,
         mimetype="application/vnd.apple.mpegurl",
@@ -135,7 +135,11 @@ def cloud_segment(camera_id: str, token: str, sealed: str) -> Response:
     except hls_proxy.UpstreamError as exc:
         log.warning("cloud segment of %s failed: %s", camera_id, exc)
         return unavailable("The camera cloud's segment did not answer.")
-    return Response(chunks, mimetype=kind, headers={"Cache-Control": "max-age=60"})
+    return Response(
+        chunks,
+        mimetype=kind,
+        headers={"Cache-Control": "max-age=60", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @bp.get("/streams/<camera_id>/<token>/<segment>")

@@ -122,11 +122,12 @@ class Settings(BaseSettings):
         """Shared by the app and its RTSPS relay subprocess, derived so nobody configures it."""
         return hmac.new(self.key().encode(), b"camvoice rtsps relay", hashlib.sha256).hexdigest()
 
-    def sealer(self) -> Fernet:
-        """Encrypts secrets camvoice reads back later (Alexa tokens), keyed by the secret key."""
+    def sealer(self, purpose: bytes = b"camvoice sealed secrets") -> Fernet:
+        """Encrypts what camvoice reads back later (Alexa tokens, EZVIZ keys), keyed by the secret
+        key; each purpose gets its own derived key."""
         from cryptography.fernet import Fernet
 
-        derived = hmac.new(self.key().encode(), b"camvoice sealed secrets", hashlib.sha256).digest()
+        derived = hmac.new(self.key().encode(), purpose, hashlib.sha256).digest()
         return Fernet(base64.urlsafe_b64encode(derived))
 
     def key(self) -> str:

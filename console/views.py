@@ -142,10 +142,12 @@ def live(camera_id: str) -> str:
         hls = None
         try:
             blocked = stream_blockers(db_session, camera, Audience.WEB, Protocol.HLS)
-        except LookupError:
-            abort(404)
-        if not blocked:
+        except LookupError:  # removed by its backend: keep that removal, then say so
+            blocked, camera = [], None
+        if camera is not None and not blocked:
             hls = local(mint(settings(), camera, Protocol.HLS, Audience.WEB), settings())
+    if camera is None:
+        abort(404)
     return page("live.html", account=account, camera=camera, hls=hls)
 
 

@@ -112,6 +112,9 @@ class FakeEzviz:
         self.tokens: set[str] = set()
         self.calls: list[tuple[str, str, dict[str, str]]] = []  # (host, path, form)
         self.forced: list[str] = []  # codes the coming regional calls answer (10029: rate limit)
+        self.odd: dict[str, Any] = {}  # path -> a "200" answer's data of an unexpected shape
+        self.master: str | None = None  # served instead of the real master playlist
+        self.issued: list[str] = []  # every token ever handed out
         self.live_urls: list[str] = []
         self.lock = threading.Lock()
         self.region = Host(self._regional, self._stream)
@@ -146,6 +149,7 @@ class FakeEzviz:
             return "10030", None
         token = "at." + secrets.token_hex(16)
         self.tokens.add(token)
+        self.issued.append(token)
         expires = int(time.time() * 1000) + WEEK_MS
         return "200", {"accessToken": token, "expireTime": expires, "areaDomain": self.region.url}
 
@@ -156,6 +160,8 @@ class FakeEzviz:
                 return "10002", None
             if self.forced:
                 return self.forced.pop(0), None
+            if path in self.odd:
+                return "200", {"data": self.odd[path]}
             if path == "/api/lapp/device/list":
                 return self._list(form)
             device = self.devices.get(form.get("deviceSerial", ""))
@@ -244,6 +250,8 @@ class FakeEzviz:
         if parts[1] not in self.devices or not file.is_file():
             return 404, b"not found", "text/plain"
         kind = "application/vnd.apple.mpegurl" if file.suffix == ".m3u8" else "video/mp2t"
+        if self.master is not None and parts[2] == "index.m3u8":
+            return 200, self.master.encode(), kind
         return 200, file.read_bytes(), kind
 
 

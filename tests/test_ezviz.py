@@ -253,7 +253,8 @@ def test_secrets_never_reach_the_logs(
         ezviz.sync_now(db, ez, owner.id)
         ezviz.sync_now(db, ez, owner.id)
     assert caplog.records, "nothing was logged: the check would prove nothing"
-    for secret in (APP_SECRET, *platform.tokens):
+    assert len(platform.issued) == 2
+    for secret in (APP_SECRET, *platform.issued):
         assert secret not in caplog.text
 
 
@@ -317,8 +318,13 @@ def execute(live: LiveServer, token: str, ids: list[str]) -> dict[str, dict[str,
 
 
 def test_google_plays_the_platform_hls_through_camvoice(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database,
+    ez: Settings,
+    owner: Account,
+    platform: FakeEzviz,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     cameras = linked(db, ez, owner)
     app = create_app(ez, db)
     with LiveServer(app) as live:
@@ -355,7 +361,11 @@ def test_google_plays_the_platform_hls_through_camvoice(
             update_camera(session, front_cam, {"image_encryption": False}, actor="t", push=False)
         del platform.devices["SN001"]
         assert execute(live, token, [ids["SN001"]])[ids["SN001"]]["errorCode"] == "deviceNotFound"
+        assert "SN001" not in cameras_of(db, owner)
     app.extensions["camvoice.relays"].shutdown()
+    assert caplog.records
+    for secret in (*platform.live_urls, *platform.issued, APP_SECRET):
+        assert secret.split("?")[-1] not in caplog.text
 
 
 def test_segments_are_sealed_to_their_camera(
@@ -377,11 +387,25 @@ def test_segments_are_sealed_to_their_camera(
         base = local.rsplit("/", 1)[0]
         fetched = requests.get(f"{base}/{segment}", timeout=10)
         assert fetched.status_code == 200 and fetched.content[:1] == b"\x47"  # MPEG-TS sync byte
-        # The same sealed segment under another camera's path is refused.
+        assert fetched.headers["Content-Type"] == "video/mp2t"
+        # The same sealed segment under another camera's valid ticket is refused.
+        with db.session() as session:
+            other = mint(ez, session.get(Camera, nursery.id), Protocol.HLS, Audience.WEB)
+        other_base = other.replace(ez.public_url, live.url).rsplit("/", 1)[0]
+        assert requests.get(f"{other_base}/{segment}", timeout=10).status_code == 404
+        assert requests.get(f"{other_base}/index.m3u8", timeout=10).status_code == 200
         sealed = segment.removeprefix("p/")
-        assert hls_proxy.unseal(ez, nursery.id, sealed) is None
-        tampered = f"{base}/p/{sealed[:-4]}AAAA"
+        tampered = f"{base}/p/{sealed[:-8]}AAAA.ts"
         assert requests.get(tampered, timeout=10).status_code == 404
+        # A tampered upstream playlist pointing at an internal address is never followed.
+        fetched_before = len(platform.calls)
+        platform.master = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhttp://169.254.169.254/latest\n"
+        refused = requests.get(local, timeout=10)
+        assert refused.status_code == 502 and "169.254" not in refused.text
+        platform.master = "#EXTM3U\n#EXTINF:2,\nhttp://10.0.0.1/seg0.ts\n"
+        assert requests.get(local, timeout=10).status_code == 502
+        assert len(platform.calls) == fetched_before  # the cached live address, no new call
+    assert hls_proxy.unseal(ez, nursery.id, sealed) is None
     app.extensions["camvoice.relays"].shutdown()
 
 
@@ -492,3 +516,46 @@ def test_console_links_ezviz_and_fixes_with_the_label_code(
         assert right.status_code == 303 and platform.devices["SN002"].encrypt is False
         assert cameras_of(db, owner)["SN002"].image_encryption is False
     app.extensions["camvoice.relays"].shutdown()
+
+
+def test_odd_platform_answers_never_crash_a_request(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    cameras = linked(db, ez, owner)
+    app = create_app(ez, db)
+    with LiveServer(app) as live:
+        token = google_token(live, db)
+        front = cameras["SN001"].id
+        platform.odd["/api/lapp/v2/live/address/get"] = None  # "200" without an address
+        got = execute(live, token, [front])[front]
+        # No answer is not a blocker: the last sync stands and the URL is camvoice's own...
+        assert got["status"] == "SUCCESS"
+        # ...and the playlist says plainly that the stream did not start.
+        url = got["states"]["cameraStreamAccessUrl"].replace(ez.public_url, live.url)
+        refused = requests.get(url, timeout=10)
+        assert refused.status_code == 502 and refused.json()["error"] == "stream_unavailable"
+    app.extensions["camvoice.relays"].shutdown()
+
+    platform.odd["/api/lapp/device/info"] = ["not", "an", "object"]
+    platform.odd["/api/lapp/device/list"] = "garbage"
+    assert ezviz.sync_now(db, ez, owner.id) is None  # incomplete list: nothing is removed
+    assert len(cameras_of(db, owner)) == 3
+    with db.session() as session:
+        assert "incomplete" in (session.get(EzvizLink, owner.id).last_error or "")  # type: ignore[union-attr]
+
+
+def test_unlinking_mid_sync_does_not_bring_cameras_back(
+    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+) -> None:
+    linked(db, ez, owner)
+    with db.session() as session:
+        keys = ezviz.Keys.load(session.get(EzvizLink, owner.id), ez)  # type: ignore[arg-type]
+    client = ezviz.Client(keys, ez.ezviz_api_url, ez.ezviz_timeout)
+    read = {
+        str(d["deviceSerial"]): ezviz.read_device(client, d) for d in ezviz.list_devices(client)
+    }
+    with db.session() as session:
+        assert ezviz.unlink_account(session, session.get(Account, owner.id), actor="t") == 3  # type: ignore[arg-type]
+    with db.session() as session:
+        assert ezviz.apply_sync(session, owner.id, APP_KEY, read) == ezviz.SyncReport()
+    assert cameras_of(db, owner) == {}
