@@ -8,19 +8,18 @@ ffmpeg-made stream behind a master playlist. Requests are form POSTs; every answ
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from camvoice.relay import find_ffmpeg
+from tests.fake_http import GetRoute, JsonServer
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 Answer = tuple[str, Any]  # (code, data)
@@ -60,47 +59,17 @@ class Device:
     lens_cover: bool = True
 
 
-class Host:
-    """One HTTP host: form POSTs routed to `post`, GETs to `get`."""
+def host(post: Callable[[str, dict[str, str]], Answer], get: GetRoute) -> JsonServer:
+    """One platform host: form POSTs answered in the platform's envelope, GETs for files."""
 
-    def __init__(
-        self,
-        post: Callable[[str, dict[str, str]], Answer],
-        get: Callable[[str], tuple[int, bytes, str]],
-    ) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                form = dict(parse_qsl(raw.decode()))
-                code, data = post(urlsplit(self.path).path, form)
-                body = {"code": code, "msg": "Operate success!" if code == "200" else "error"}
-                if data is not None:
-                    body.update(
-                        data if isinstance(data, dict) and "data" in data else {"data": data}
-                    )
-                self._send(200, json.dumps(body).encode(), "application/json")
+    def route(path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, Any]]:
+        code, data = post(urlsplit(path).path, dict(parse_qsl(raw.decode())))
+        body = {"code": code, "msg": "Operate success!" if code == "200" else "error"}
+        if data is not None:
+            body.update(data if isinstance(data, dict) and "data" in data else {"data": data})
+        return 200, body
 
-            def do_GET(self) -> None:
-                status, payload, kind = get(self.path)
-                self._send(status, payload, kind)
-
-            def _send(self, status: int, payload: bytes, kind: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    return JsonServer(route, get)
 
 
 class FakeEzviz:
@@ -117,8 +86,8 @@ class FakeEzviz:
         self.issued: list[str] = []  # every token ever handed out
         self.live_urls: list[str] = []
         self.lock = threading.Lock()
-        self.region = Host(self._regional, self._stream)
-        self.global_host = Host(self._global, lambda path: (404, b"not found", "text/plain"))
+        self.region = host(self._regional, self._stream)
+        self.global_host = host(self._global, lambda path: (404, b"not found", "text/plain"))
         self.url = self.global_host.url
 
     def add(self, serial: str, name: str, **state: Any) -> Device:

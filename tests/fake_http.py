@@ -10,20 +10,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Route = Callable[[str, Message, bytes], tuple[int, dict[str, Any] | None]]
+GetRoute = Callable[[str], tuple[int, bytes, str]]  # path -> (status, body, content type)
 
 
 class JsonServer:
-    """Calls route(path, headers, body) for every POST; answers its (status, JSON or None)."""
+    """Calls route(path, headers, body) for every POST; answers its (status, JSON or None).
+    GETs go to `get` when given (files such as an HLS stream)."""
 
-    def __init__(self, route: Route) -> None:
+    def __init__(self, route: Route, get: GetRoute | None = None) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status, body = route(self.path, self.headers, raw)
                 data = json.dumps(body).encode() if body is not None else b""
+                self._send(status, data, "application/json")
+
+            def do_GET(self) -> None:
+                status, data, kind = get(self.path) if get else (404, b"", "text/plain")
+                self._send(status, data, kind)
+
+            def _send(self, status: int, data: bytes, kind: str) -> None:
                 self.send_response(status)
                 if data:
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
