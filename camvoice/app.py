@@ -148,5 +148,7 @@ def unexpected_error(exc: Exception) -> tuple[Response, int]:
     """Never a traceback to the caller; the log keeps it for the operator."""
     if isinstance(exc, HTTPException):
         return http_error(exc), exc.code or 500  # type: ignore[return-value]
-    log.exception("unhandled error on %s %s", request.method, request.path)
+    # The route, not the path: stream and snapshot paths carry live tickets.
+    rule = request.url_rule.rule if request.url_rule else "(no route)"
+    log.exception("unhandled error on %s %s", request.method, rule)
     return jsonify(error="server_error", message="Internal error; it has been logged."), 500

@@ -461,6 +461,12 @@ def doctor(ctx: Context) -> None:
         ("ffmpeg (HLS relay)", None if ffmpeg else "not found: pip install imageio-ffmpeg")
     )
     checks.append(("RTSPS relay (Alexa)", relay_problem(settings)))
+    port_443 = settings.rtsps_url_template or settings.rtsps_port == 443
+    checks.append((
+        "RTSPS port (Alexa)",
+        None if port_443 else f"stream URLs name port {settings.rtsps_port}; Alexa plays RTSPS on "
+        "443 only: set CAMVOICE_RTSPS_PORT=443, or forward 443 and set CAMVOICE_RTSPS_URL_TEMPLATE",
+    ))  # fmt: skip
     https = settings.public_url.startswith("https://")
     checks.append(("public URL", None if https else f"{settings.public_url} is not https"))
     for name, problem in checks:

@@ -193,7 +193,7 @@ def mediamtx_auth() -> Response:
     if refusal is not None:
         return Response(status=401)
     sent = request.headers.get(RELAY_SECRET_HEADER, "")
-    if sent and hmac.compare_digest(sent, settings().relay_secret()):
+    if sent and hmac.compare_digest(sent.encode(), settings().relay_secret().encode()):
         # Our own relay needs the camera's source (it may hold credentials): only it gets it.
         return jsonify(source=camera.source, name=camera.name)
     return Response(status=200)

@@ -95,9 +95,10 @@ class TicketSigner:
             kid = body["k"]
         except (ValueError, KeyError, TypeError):
             raise TicketError("tampered") from None
-        if kid not in self.keys:
+        if not isinstance(kid, str) or kid not in self.keys:
             raise TicketError("unknown_key")
-        if not hmac.compare_digest(mac, self._mac(kid, payload)):
+        # Bytes: compare_digest raises on non-ASCII text, and a URL may carry any.
+        if not hmac.compare_digest(mac.encode(), self._mac(kid, payload).encode()):
             raise TicketError("tampered")
         ticket = Ticket(
             id=body["i"],

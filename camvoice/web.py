@@ -35,7 +35,11 @@ def check_csrf() -> None:
     """Refuse a form post whose token is missing or not this session's (400)."""
     sent = request.form.get(CSRF_FIELD, "")
     expected = session.get(CSRF_FIELD, "")
-    if not sent or not expected or not hmac.compare_digest(str(sent), str(expected)):
+    if (
+        not sent
+        or not expected
+        or not hmac.compare_digest(str(sent).encode(), str(expected).encode())
+    ):
         abort(400, description="The form expired or was not sent from this site. Reload and retry.")
 
 

@@ -56,7 +56,7 @@ def fulfillment() -> Response:
     payload: dict[str, Any] = {}
     try:
         with database().session() as session:
-            principal = authenticate_bearer(session, bearer_token())
+            principal = authenticate_bearer(session, bearer_token(), "google")
             if not isinstance(principal, Principal):
                 return unauthorized(principal.value)
             homegraph = "camvoice.homegraph" in current_app.extensions

@@ -8,6 +8,7 @@ and revocation of what a replayed code issued.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from datetime import timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import InvalidRequestError, grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
-from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from flask import Flask
 from sqlalchemy import update
@@ -25,7 +26,14 @@ from camvoice import audit
 from camvoice.models import Account, utcnow
 from camvoice.web import database
 from oauth.models import SCOPES, AuthorizationCode, Grant, OAuthClient, Token, digest
-from oauth.tokens import find_token, new_secret, revoke_grant, rotate, store_tokens
+from oauth.tokens import (
+    REFRESH_RETRY_GRACE,
+    find_token,
+    new_secret,
+    revoke_grant,
+    rotate,
+    store_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +132,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             row = session.get(AuthorizationCode, code_hash)
             if row is None or row.client_id != client.client_id:
                 return None
-            if row.expires_at <= utcnow():
+            if row.expires_at <= utcnow() or not self.presented_by_its_client(row):
+                # Checked before the code is spent: a stolen code sent with a wrong verifier or
+                # redirect URI neither burns it for the real client nor revokes their link.
                 return None
             claimed = session.execute(
                 update(AuthorizationCode)
@@ -152,6 +162,21 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             if grant_id:
                 revoke_grant(session, grant_id, "code_replayed", actor="oauth")
             return None
+
+    def presented_by_its_client(self, row: AuthorizationCode) -> bool:
+        """The redirect URI and PKCE verifier of this request match what the code was bound to.
+
+        Authlib checks both again after redeeming; checking here first keeps redemption honest.
+        """
+        payload = self.request.payload
+        if row.redirect_uri and payload.redirect_uri != row.redirect_uri:
+            return False
+        if not row.code_challenge:
+            return True
+        verifier = payload.data.get("code_verifier")
+        return isinstance(verifier, str) and hmac.compare_digest(
+            create_s256_code_challenge(verifier).encode(), row.code_challenge.encode()
+        )
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Kept (marked used) rather than deleted, so a replay can be recognised."""
@@ -189,7 +214,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             reason = None
             if grant is None or grant.revoked_at is not None or token.revoked_at is not None:
                 reason = "revoked"
-            elif token.superseded_at is not None:
+            elif token.superseded_at is not None or (
+                token.used_at is not None and utcnow() - token.used_at > REFRESH_RETRY_GRACE
+            ):
                 reason = "reused"
                 revoke_grant(session, token.grant_id, "refresh_token_reused", actor="oauth")
             if reason:

@@ -19,6 +19,7 @@ from camvoice.models import utcnow
 from oauth.models import Grant, OAuthClient, Token, digest
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)  # don't write last_used_at on every request
+REFRESH_RETRY_GRACE = timedelta(seconds=120)  # a used refresh token may be retried this long
 
 
 def new_secret() -> str:
@@ -70,8 +71,9 @@ def store_tokens(
 def rotate(session: Session, used: Token) -> None:
     """A refresh token was just used: its parent and the parent's other children die now.
 
-    The used token itself stays valid until one of its own children is used, so a client that
-    lost our answer (a retry) can present it again without breaking the link.
+    The used token itself stays valid for REFRESH_RETRY_GRACE, or until one of its own children
+    is used, so a client that lost our answer (a retry) can present it again without breaking the
+    link; later, presenting it again is reuse.
     """
     now = utcnow()
     if used.used_at is None:
@@ -140,8 +142,14 @@ class Principal:
     scopes: frozenset[str]
 
 
-def authenticate_bearer(session: Session, token: str | None) -> Principal | Failure:
-    """Turn an access token into (account, client, scopes), or a typed failure."""
+def authenticate_bearer(
+    session: Session, token: str | None, assistant: str | None = None
+) -> Principal | Failure:
+    """Turn an access token into (account, client, scopes), or a typed failure.
+
+    With `assistant`, a token issued to the other assistant's client is INVALID here (RFC 9700
+    2.3: a token is for its audience): an Alexa token cannot disconnect Google, nor the reverse.
+    """
     if not token:
         return Failure.MISSING
     # One query for token, link and client: this runs on every directive.
@@ -153,7 +161,9 @@ def authenticate_bearer(session: Session, token: str | None) -> Principal | Fail
     ).one_or_none()
     if row is None:
         return Failure.INVALID
-    access, grant, assistant = row
+    access, grant, client_assistant = row
+    if assistant and client_assistant and client_assistant != assistant:
+        return Failure.INVALID
     if access.revoked_at is not None or grant.revoked_at is not None:
         return Failure.REVOKED
     if access.is_expired():
@@ -164,7 +174,7 @@ def authenticate_bearer(session: Session, token: str | None) -> Principal | Fail
     return Principal(
         account_id=access.account_id,
         client_id=access.client_id,
-        assistant=assistant,
+        assistant=client_assistant,
         grant_id=grant.id,
         scopes=frozenset(access.scope.split()),
     )

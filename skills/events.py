@@ -177,7 +177,7 @@ def make_handler(db: Database, settings: Settings) -> Any:
             return  # removed since: its own camera.removed event sends the DeleteReport
         if topic == "camera.added" or changed & SYNC_FIELDS:
             gateway.send(account_id, lambda token: add_or_update(endpoint, token))
-        if changed - SYNC_FIELDS:
+        if "online" in changed:  # connectivity is the one property Alexa holds for a camera
             gateway.send(account_id, lambda token: change_report(camera_id, health, token))
 
     return handle

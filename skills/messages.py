@@ -61,6 +61,12 @@ def resolution(camera: Camera) -> dict[str, int]:
     )
 
 
+def audio_codec(camera: Camera) -> str:
+    """The relay adds AAC to the demo pattern; a real camera's audio is not passed (H.264 only).
+    Discovery and InitializeCameraStreams both say it, so they cannot disagree."""
+    return "AAC" if camera.source == "demo" else "NONE"
+
+
 def endpoint(camera: Camera, settings: Settings, streams: bool) -> dict[str, Any]:
     """One camera as a discovery endpoint. `streams` is False when no RTSPS relay can serve it."""
     capabilities: list[dict[str, Any]] = [
@@ -86,7 +92,7 @@ def endpoint(camera: Camera, settings: Settings, streams: bool) -> dict[str, Any
                 "resolutions": [resolution(camera)],
                 "authorizationTypes": ["NONE"],  # the ticket is in the URL
                 "videoCodecs": ["H264"],
-                "audioCodecs": ["AAC"],
+                "audioCodecs": [audio_codec(camera)],
             }],
         })  # fmt: skip
     manufacturer = clean_text(settings.manufacturer, "camvoice")

@@ -55,7 +55,9 @@ class Request:
 
     def principal(self, token: object) -> Principal:
         """The owner behind a bearer token. Only real token failures unlink the skill."""
-        result = authenticate_bearer(self.session, token if isinstance(token, str) else None)
+        result = authenticate_bearer(
+            self.session, token if isinstance(token, str) else None, "alexa"
+        )
         if result is Failure.EXPIRED:
             raise DirectiveError("EXPIRED_AUTHORIZATION_CREDENTIAL", "access token expired")
         if isinstance(result, Failure):
@@ -78,7 +80,12 @@ class Request:
 
 def discover(req: Request) -> Message:
     scope = req.payload.get("scope")
-    principal = req.principal(scope.get("token") if isinstance(scope, dict) else None)
+    try:
+        principal = req.principal(scope.get("token") if isinstance(scope, dict) else None)
+    except DirectiveError:
+        # Amazon's rule for Discovery: a bad or expired token gets no endpoints, not an error.
+        return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
+                                 {"endpoints": []})  # fmt: skip
     cameras = BACKENDS["local"].list_cameras(req.session, principal.account_id)
     streams = streams_available(req.settings)
     endpoints = [messages.endpoint(c, req.settings, streams) for c in cameras][
@@ -125,7 +132,7 @@ def initialize_camera_streams(req: Request) -> Message:
         "resolution": messages.resolution(camera),
         "authorizationType": "NONE",
         "videoCodec": "H264",
-        "audioCodec": "AAC" if camera.source == "demo" else "NONE",
+        "audioCodec": messages.audio_codec(camera),
     }
     record(req, camera, "stream.requested", protocol="rtsps")
     return messages.response(
@@ -146,7 +153,11 @@ def accept(req: Request) -> Message:
         raise DirectiveError(
             "INVALID_DIRECTIVE", "payload.grant.code and payload.grantee are required"
         )
-    principal = req.principal(grantee.get("token"))
+    try:
+        principal = req.principal(grantee.get("token"))
+    except DirectiveError as exc:  # Alexa.Authorization has its own error for every failure
+        raise DirectiveError("ACCEPT_GRANT_FAILED", str(exc),
+                             namespace="Alexa.Authorization") from None  # fmt: skip
     try:
         accept_grant(req.session, req.settings, principal.account_id, str(grant["code"]))
     except LwaError as exc:

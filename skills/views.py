@@ -32,7 +32,7 @@ def signature_ok(secret: str, timestamp: str, body: bytes, signature: str) -> bo
     expected = hmac.new(
         secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256
     ).hexdigest()
-    return age <= MAX_SKEW and hmac.compare_digest(expected, signature)
+    return age <= MAX_SKEW and hmac.compare_digest(expected.encode(), signature.encode())
 
 
 @bp.post("/alexa/smart-home")

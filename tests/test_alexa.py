@@ -169,6 +169,11 @@ def test_discover_lists_the_owners_cameras_only(
     for e in endpoints.values():
         assert re.fullmatch(r"[A-Za-z0-9_\-=#;:?@&]{1,256}", e["endpointId"])
         assert 1 <= len(e["friendlyName"]) <= 128 and 1 <= len(e["description"]) <= 128
+    # A bad token during discovery gets an empty endpoint list, not an error (Amazon's rule).
+    refused = send(directive("Alexa.Discovery", "Discover",
+                             payload={"scope": {"type": "BearerToken", "token": "garbage"}}))  # fmt: skip
+    assert refused["event"]["header"]["name"] == "Discover.Response"
+    assert refused["event"]["payload"] == {"endpoints": []}
 
 
 def test_no_stream_capability_without_a_relay(
@@ -464,6 +469,8 @@ def test_accept_grant_stores_tokens_encrypted(
     assert not any(t in blob for t in amazon.access_tokens | amazon.refresh_tokens)
     failed = accept_grant(token, "not-a-code")
     assert error_of(failed) == ("Alexa.Authorization", "ACCEPT_GRANT_FAILED")
+    bad_grantee = accept_grant("garbage", amazon.new_code())
+    assert error_of(bad_grantee) == ("Alexa.Authorization", "ACCEPT_GRANT_FAILED")
 
 
 def drain(db: Database) -> None:
@@ -480,6 +487,7 @@ def test_proactive_events_reach_the_gateway(
         front = session.get(Camera, demo["Front Door"])
         update_camera(session, front, {"name": "Front Porch"}, actor="test")
         update_camera(session, front, {"online": False}, actor="test")
+        update_camera(session, front, {"image_encryption": True}, actor="test")  # no property
         owner = front.owner
         added = add_camera(session, owner, "Attic", actor="test")
     with db.session() as session:

@@ -24,7 +24,7 @@ from oauth.models import Token
 from tests.conftest import LiveServer
 from tests.fake_google import FakeGoogle
 from tests.media_support import probe_video
-from tests.oauth_support import GOOGLE_URIS, make_owner, register
+from tests.oauth_support import ALEXA_URIS, GOOGLE_URIS, make_owner, register
 
 EXPECTED_ERRORS = {
     "Garage": ("ERROR", "securityRestriction"),
@@ -190,6 +190,11 @@ def test_bad_tokens_get_401(server: LiveServer, db: Database, google, demo) -> N
     expired = fulfill(server, token, sync)
     assert expired.status_code == 401
     assert expired.headers["WWW-Authenticate"].startswith("Bearer")
+    # A token issued to the Alexa client is not Google's: it cannot SYNC, nor DISCONNECT.
+    alexa = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
+    alexa_token = token_for(server, alexa, DEMO_EMAIL)
+    assert fulfill(server, alexa_token, {"intent": "action.devices.DISCONNECT"}).status_code == 401
+    assert fulfill(server, alexa_token, sync).status_code == 401
 
 
 @pytest.mark.parametrize(

@@ -189,10 +189,21 @@ def s256(verifier: str) -> str:
 VERIFIER = "v" * 20 + "-verifier-" + "x" * 30
 
 
-def test_pkce_verifier_mismatch_is_invalid_grant(live: LiveServer, alexa: Client) -> None:
+def test_pkce_verifier_mismatch_is_invalid_grant(
+    live: LiveServer, db: Database, alexa: Client
+) -> None:
     code = get_code(live, alexa, OWNER, code_challenge=s256(VERIFIER), code_challenge_method="S256")
     wrong = redeem(live, alexa, code, code_verifier="w" * 50)
     assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_grant")
+    # The thief's failed try neither spent the code nor unlinked: the real client still can.
+    first = redeem(live, alexa, code, code_verifier=VERIFIER)
+    assert first.status_code == 200
+    # A replay with a made-up verifier is refused without revoking the real client's link...
+    assert redeem(live, alexa, code, code_verifier="w" * 50).json()["error"] == "invalid_grant"
+    assert isinstance(bearer(db, first.json()["access_token"]), Principal)
+    # ...while a replay that proves possession of the verifier does revoke it (RFC 6749 4.1.2).
+    assert redeem(live, alexa, code, code_verifier=VERIFIER).json()["error"] == "invalid_grant"
+    assert bearer(db, first.json()["access_token"]) is Failure.REVOKED
 
 
 def test_pkce_right_verifier_works(live: LiveServer, alexa: Client) -> None:
@@ -263,6 +274,26 @@ def test_refresh_rotation_grace_and_reuse_detection(
     assert (reused.status_code, reused.json()["error"]) == (400, "invalid_grant")
     assert bearer(db, fresh_access) is Failure.REVOKED
     assert refresh(live, alexa, third.json()["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+def test_a_used_refresh_token_is_retried_only_briefly(
+    live: LiveServer, db: Database, alexa: Client
+) -> None:
+    from oauth.models import Token
+    from oauth.tokens import REFRESH_RETRY_GRACE
+
+    _, first = link(live, alexa, OWNER)
+    second = refresh(live, alexa, first["refresh_token"])
+    assert second.status_code == 200
+    with db.session() as s:  # the retry comes long after the answer was lost
+        s.execute(
+            update(Token)
+            .where(Token.used_at.is_not(None))
+            .values(used_at=utcnow() - REFRESH_RETRY_GRACE - timedelta(seconds=1))
+        )
+    late = refresh(live, alexa, first["refresh_token"])
+    assert (late.status_code, late.json()["error"]) == (400, "invalid_grant")
+    assert bearer(db, second.json()["access_token"]) is Failure.REVOKED
 
 
 def test_refresh_token_of_another_client_is_refused(

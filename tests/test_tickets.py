@@ -58,6 +58,15 @@ def test_tampering_is_detected() -> None:
         with pytest.raises(TicketError) as err:
             signer.verify(bad, "cam_a" if bad != forged else "cam_b", Protocol.HLS)
         assert err.value.reason == "tampered"
+    # Odd input is refused like any forgery, never an exception of another kind (a 500).
+    import base64
+    import json
+
+    listed = base64.urlsafe_b64encode(json.dumps({"k": ["k1"]}).encode()).decode().rstrip("=")
+    for bad, reason in ((f"{payload}.é{mac[1:]}", "tampered"), (f"{listed}.{mac}", "unknown_key")):
+        with pytest.raises(TicketError) as err:
+            signer.verify(bad, "cam_a", Protocol.HLS)
+        assert err.value.reason == reason
 
 
 def test_expiry_is_reported() -> None:

@@ -44,7 +44,7 @@ def lang_of(handler_input: HandlerInput) -> str:
 def owner(handler_input: HandlerInput) -> Principal | None:
     token = handler_input.request_envelope.context.system.user.access_token
     with database().session() as session:
-        result = authenticate_bearer(session, token)
+        result = authenticate_bearer(session, token, "alexa")
     return result if isinstance(result, Principal) else None
 
 
