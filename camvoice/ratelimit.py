@@ -1,5 +1,8 @@
 """Fixed-window counters of failures (sign-in attempts), shared by every process and instance.
 
+A caller counts an attempt before doing the work and forgives it on success, so parallel
+attempts cannot all pass the check before any of them is counted.
+
 With CAMVOICE_REDIS_URL they live in Redis (INCR + EXPIRE, one round trip); without it, in the
 database, which every instance shares too (one atomic upsert per failure, one primary-key read
 per check). Either way a limit counts across all web processes.
@@ -11,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 import redis
-from sqlalchemy import Integer, String, case
+from sqlalchemy import Integer, String, case, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -56,10 +59,20 @@ def record_failure(session: Session, key: str, window: timedelta) -> None:
     session.expire_all()
 
 
+def forgive(session: Session, key: str) -> None:
+    """Take back one counted attempt that turned out well."""
+    session.execute(
+        update(RateLimit).where(RateLimit.key == key, RateLimit.count > 0)
+        .values(count=RateLimit.count - 1)
+    )  # fmt: skip
+
+
 class Limiter(Protocol):
     def retry_after(self, key: str, limit: int, window: timedelta) -> int | None: ...
 
     def record_failure(self, key: str, window: timedelta) -> None: ...
+
+    def forgive(self, key: str) -> None: ...
 
 
 class DatabaseLimiter:
@@ -73,6 +86,10 @@ class DatabaseLimiter:
     def record_failure(self, key: str, window: timedelta) -> None:
         with self.db.session() as session:
             record_failure(session, key, window)
+
+    def forgive(self, key: str) -> None:
+        with self.db.session() as session:
+            forgive(session, key)
 
 
 class RedisLimiter:
@@ -95,3 +112,11 @@ class RedisLimiter:
         pipe.incr(self.PREFIX + key)
         pipe.expire(self.PREFIX + key, int(window.total_seconds()), nx=True)
         pipe.execute()
+
+    def forgive(self, key: str) -> None:
+        # DECR on a key that expired meanwhile would create it at -1: only touch a live one.
+        self.client.eval(
+            "if redis.call('exists', KEYS[1]) == 1 then return redis.call('decr', KEYS[1]) end",
+            1,
+            self.PREFIX + key,
+        )

@@ -152,7 +152,11 @@ def login() -> Any:
     ]
     lang = language()
     limiter = current_app.extensions["camvoice.limiter"]
-    wait = max((limiter.retry_after(k, n, window) or 0) for k, n in keys)
+    # Counted before the password is checked, forgiven on success: a burst of parallel guesses
+    # cannot all pass the check before the first failure is counted.
+    for key, _ in keys:
+        limiter.record_failure(key, window)
+    wait = max((limiter.retry_after(k, n + 1, window) or 0) for k, n in keys)
     if wait:
         body, _ = page(
             "login.html",
@@ -166,8 +170,6 @@ def login() -> Any:
         account = authenticate(db_session, email, password)
         account_id = account.id if account else None
     if account_id is None:
-        for key, _ in keys:
-            limiter.record_failure(key, window)
         return page(
             "login.html",
             401,
@@ -176,6 +178,8 @@ def login() -> Any:
             client_name=None,
             error=TEXT[lang]["bad_credentials"],
         )
+    for key, _ in keys:
+        limiter.forgive(key)
     session.clear()  # a fresh session on sign-in: no fixation
     session["account_id"] = account_id
     return redirect(target, code=303)

@@ -506,6 +506,41 @@ def test_sign_in_failures_hit_the_account_limit(
     assert "do not match an account" in unknown.text
 
 
+def test_parallel_guesses_cannot_slip_under_the_limit(
+    live: LiveServer, db: Database, alexa: Client
+) -> None:
+    browsers = [Browser(live) for _ in range(12)]
+    pages = [b.open(authorize_url(live, alexa.client_id, ALEXA_URIS[0])) for b in browsers]
+    barrier = threading.Barrier(len(browsers))
+    statuses: list[int] = []
+
+    def guess(browser: Browser, page: requests.Response) -> None:
+        barrier.wait()
+        statuses.append(browser.sign_in(page, OWNER, "wrong password").status_code)
+
+    threads = [
+        threading.Thread(target=guess, args=pair) for pair in zip(browsers, pages, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(statuses) == 12 and set(statuses) <= {401, 429}
+    assert statuses.count(401) <= 5  # the account limit, however the requests interleave
+
+
+def test_a_successful_sign_in_costs_no_attempt(live: LiveServer, alexa: Client) -> None:
+    browser = Browser(live)
+    page = browser.open(authorize_url(live, alexa.client_id, ALEXA_URIS[0]))
+    for _ in range(4):
+        assert browser.sign_in(page, OWNER, "wrong password").status_code == 401
+    assert browser.sign_in(page, OWNER).status_code == 200  # signed in: the consent page
+    other = Browser(live)
+    page = other.open(authorize_url(live, alexa.client_id, ALEXA_URIS[0]))
+    assert other.sign_in(page, OWNER, "wrong password").status_code == 401  # the 5th failure
+    assert other.sign_in(page, OWNER, "wrong password").status_code == 429
+
+
 def test_same_message_for_unknown_email_and_wrong_password(live: LiveServer, alexa: Client) -> None:
     browser = Browser(live)
     page = browser.open(authorize_url(live, alexa.client_id, ALEXA_URIS[0]))

@@ -257,3 +257,29 @@ def test_stopping_an_instance_loses_no_answered_request(cluster: dict[str, Any])
     assert answered and all(code == 200 and body["status"] == "ok" for _, code, body in answered)
     assert any(url == a.url for url, _, _ in answered[-10:])  # A kept serving
     assert set(failures) <= {b.url}
+
+
+def test_redis_limiter_counts_and_forgives() -> None:
+    from datetime import timedelta
+
+    from camvoice.ratelimit import RedisLimiter
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        if os.environ.get("CAMVOICE_REQUIRE_REDIS") == "1":
+            pytest.fail(f"Redis unreachable at {REDIS_URL} and CAMVOICE_REQUIRE_REDIS=1")
+        pytest.skip(f"Redis unreachable at {REDIS_URL}")
+    limiter, key, window = RedisLimiter(client), f"test:{uuid.uuid4().hex}", timedelta(seconds=60)
+    try:
+        for _ in range(3):
+            limiter.record_failure(key, window)
+        assert limiter.retry_after(key, 3, window) is not None
+        limiter.forgive(key)
+        assert limiter.retry_after(key, 3, window) is None
+        client.delete(RedisLimiter.PREFIX + key)
+        limiter.forgive(key)  # nothing counted (expired): must not go negative
+        assert client.get(RedisLimiter.PREFIX + key) is None
+    finally:
+        client.delete(RedisLimiter.PREFIX + key)
