@@ -170,11 +170,8 @@ def update_camera(
     if not changed:
         return {}
     before = {k: getattr(camera, k) for k in changed}
-    if push:
-        backend_for(camera).apply(session, camera, changed, code)
-    else:
-        for key, value in changed.items():
-            setattr(camera, key, value)
+    # A change that came from the backend itself (a sync) only needs recording here.
+    (backend_for(camera) if push else BACKENDS["local"]).apply(session, camera, changed, code)
     session.flush()
     shown = {k: (redact(v) if k == "source" else v) for k, v in changed.items()}
     shown_before = {k: (redact(v) if k == "source" else v) for k, v in before.items()}

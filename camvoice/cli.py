@@ -331,10 +331,10 @@ def backends_sync(ctx: Context, owner: str, as_json: bool) -> None:
         account = owner_or_fail(session, owner)
         if session.get(ezviz.EzvizLink, account.id) is None:
             fail(f"{owner} has no EZVIZ account linked")
-    report = ezviz.sync_now(ctx.db, ctx.settings, account.id)
-    if report is None:
-        with ctx.db.session() as session:
-            fail(f"sync failed: {session.get(ezviz.EzvizLink, account.id).last_error}")  # type: ignore[union-attr]
+    try:
+        report = ezviz.sync_now(ctx.db, ctx.settings, account.id)
+    except ezviz.SyncFailed as exc:
+        fail(f"sync failed: {exc}")
     emit(vars(report), as_json, lambda d: ", ".join(f"{k} {v}" for k, v in d.items()))
 
 

@@ -9,6 +9,7 @@ bounded call. Every call is a form POST answered by {"code": "200", "msg": ..., 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -310,6 +311,10 @@ def read_device(client: Client, item: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
+class SyncFailed(CameraError):
+    """A sync that changed nothing; recorded on the link (last_error, backoff) before raising."""
+
+
 @dataclass
 class SyncReport:
     added: int = 0
@@ -387,8 +392,9 @@ def backoff(interval: float, failures: int) -> float:
     return min(interval * 2 ** min(failures, 10), max(MAX_BACKOFF, interval))
 
 
-def sync_now(db: Database, settings: Settings, account_id: str) -> SyncReport | None:
-    """Sync one owner and schedule the next sync; a failure backs off and is kept for the owner."""
+def sync_now(db: Database, settings: Settings, account_id: str) -> SyncReport:
+    """Sync one owner and schedule the next sync; a failure backs off, is kept for the owner,
+    and raises SyncFailed."""
     now = utcnow()
     try:
         report = sync_account(db, settings, account_id)
@@ -397,14 +403,14 @@ def sync_now(db: Database, settings: Settings, account_id: str) -> SyncReport | 
             log.exception("EZVIZ sync of %s failed unexpectedly", account_id)
         with db.session() as session:
             link = session.get(EzvizLink, account_id)
-            if link is None:
-                return None
-            link.failures += 1
-            delay = backoff(settings.ezviz_sync_interval, link.failures)
-            link.next_sync_at = now + timedelta(seconds=delay)
-            link.last_error = str(exc)[:255]
-        log.warning("EZVIZ sync of %s failed (%s); next try in %.0f s", account_id, exc, delay)
-        return None
+            if link is not None:
+                link.failures += 1
+                delay = backoff(settings.ezviz_sync_interval, link.failures)
+                link.next_sync_at = now + timedelta(seconds=delay)
+                link.last_error = str(exc)[:255]
+                log.warning("EZVIZ sync of %s failed (%s); next try in %.0f s",
+                            account_id, exc, delay)  # fmt: skip
+        raise SyncFailed(str(exc)[:255]) from None
     with db.session() as session:
         link = session.get(EzvizLink, account_id)
         if link is not None:
@@ -437,7 +443,8 @@ def sync_due(db: Database, settings: Settings) -> int:
                 .values(next_sync_at=lease)
             ).rowcount
         if claimed == 1:
-            sync_now(db, settings, account_id)
+            with contextlib.suppress(SyncFailed):  # recorded on the link, retried after backoff
+                sync_now(db, settings, account_id)
             synced += 1
     return synced
 
@@ -464,12 +471,12 @@ def link_account(
         link.next_sync_at = utcnow() + timedelta(seconds=settings.ezviz_sync_interval)
         session.add(link)
         audit.record(session, "ezviz.linked", actor=actor, account_id=owner.id)
-    report = sync_now(db, settings, owner.id)
-    if report is None:
-        with db.session() as session:
-            error = session.get(EzvizLink, owner.id).last_error  # type: ignore[union-attr]
-        raise CameraError(f"keys saved, but the first sync failed: {error}; the worker retries")
-    return report
+    try:
+        return sync_now(db, settings, owner.id)
+    except SyncFailed as exc:
+        raise CameraError(
+            f"keys saved, but the first sync failed: {exc}; the worker retries"
+        ) from None
 
 
 def unlink_account(session: Session, owner: Account, actor: str) -> int:
@@ -502,12 +509,17 @@ class EzvizBackend(LocalBackend):
         self._live: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
 
-    def client(self, session: Session, camera: Camera) -> tuple[Client, EzvizLink]:
+    def call(self, session: Session, camera: Camera, path: str, **form: Any) -> dict[str, Any]:
+        """One bounded platform call about a camera, keeping a token renewed on the way."""
         link = session.get(EzvizLink, camera.owner_id)
         if link is None:
             raise EzvizError("unlinked", Kind.TRANSIENT, "the owner's EZVIZ account is not linked")
         keys = Keys.load(link, self.settings)
-        return Client(keys, self.settings.ezviz_api_url, self.settings.ezviz_live_timeout), link
+        client = Client(keys, self.settings.ezviz_api_url, self.settings.ezviz_live_timeout)
+        try:
+            return client.call(path, deviceSerial=camera.serial, **form)
+        finally:
+            keys.store(link, self.settings)
 
     def apply(
         self, session: Session, camera: Camera, changes: dict[str, Any], code: str | None = None
@@ -526,31 +538,16 @@ class EzvizBackend(LocalBackend):
                 calls.append(("/api/lapp/device/scene/switch/set", {"enable": 0}))
             elif key not in self.LOCAL:
                 raise CameraError(f"{key} of an EZVIZ camera is changed in the EZVIZ app")
-        if calls:
-            self.call_all(session, camera, calls)
-        for key, value in changes.items():
-            setattr(camera, key, value)
-
-    def call_all(
-        self, session: Session, camera: Camera, calls: list[tuple[str, dict[str, Any]]]
-    ) -> None:
-        """Make the owner's changes on the platform, each error told in the owner's terms."""
-        try:
-            client, link = self.client(session, camera)
-        except EzvizError as exc:
-            raise CameraError(str(exc)) from None
-        try:
-            for path, form in calls:
-                try:
-                    client.call(path, deviceSerial=camera.serial, **form)
-                except EzvizError as exc:
-                    if exc.kind is Kind.WRONG_CODE:
-                        raise CameraError("the verification code is wrong: it is the 6 capital "
-                                          "letters on the camera's label") from None  # fmt: skip
-                    if exc.kind is not Kind.ALREADY:
-                        raise CameraError(f"EZVIZ did not make the change ({exc})") from None
-        finally:
-            client.keys.store(link, self.settings)
+        for path, form in calls:  # each error told in the owner's terms
+            try:
+                self.call(session, camera, path, **form)
+            except EzvizError as exc:
+                if exc.kind is Kind.WRONG_CODE:
+                    raise CameraError("the verification code is wrong: it is the 6 capital "
+                                      "letters on the camera's label") from None  # fmt: skip
+                if exc.kind is not Kind.ALREADY:
+                    raise CameraError(f"EZVIZ did not make the change ({exc})") from None
+        super().apply(session, camera, changes)
 
     def recheck(self, session: Session, camera: Camera, protocol: Protocol) -> None:
         """One bounded call before a stream is handed out; the answer updates the synced copy.
@@ -563,12 +560,7 @@ class EzvizBackend(LocalBackend):
                 self.live_url(session, camera, fresh=True)
                 changes = {"online": True, "image_encryption": False, "sleep_mode": False}
             else:
-                client, link = self.client(session, camera)
-                try:
-                    info = client.call("/api/lapp/device/info", deviceSerial=camera.serial)
-                finally:
-                    client.keys.store(link, self.settings)
-                data = obj(info.get("data"))
+                data = obj(self.call(session, camera, "/api/lapp/device/info").get("data"))
                 changes = {
                     "online": str(data.get("status")) == "1",
                     "image_encryption": str(data.get("isEncrypt")) == "1",
@@ -613,21 +605,12 @@ class EzvizBackend(LocalBackend):
             cached = self._live.get(camera.id)
         if cached and not fresh and cached[1] > time.monotonic():
             return cached[0]
-        client, link = self.client(session, camera)
-        try:
-            body = client.call(
-                "/api/lapp/v2/live/address/get",
-                deviceSerial=camera.serial,
-                channelNo=1,
-                protocol=2,  # HLS
-                quality=1,
-                expireTime=LIVE_SECONDS,
-            )
-        finally:
-            client.keys.store(link, self.settings)
+        body = self.call(session, camera, "/api/lapp/v2/live/address/get",
+                         channelNo=1, protocol=2, quality=1, expireTime=LIVE_SECONDS)  # fmt: skip
         url = obj(body.get("data")).get("url")
         # https on the real platform; plain http only when the API itself is (a local fake).
-        if not isinstance(url, str) or urlsplit(url).scheme != urlsplit(client.api_url).scheme:
+        api_scheme = urlsplit(self.settings.ezviz_api_url).scheme
+        if not isinstance(url, str) or urlsplit(url).scheme != api_scheme:
             raise EzvizError("live", Kind.TRANSIENT, "live address answer without an HLS URL")
         with self._lock:
             self._live[camera.id] = (url, time.monotonic() + LIVE_SECONDS * 0.8)

@@ -106,6 +106,11 @@ def test_cli_links_the_account_and_imports_its_cameras(
         "AUDIO_OFF"
     ]
 
+    synced = run_cli("backends", "sync", "--owner", OWNER, "--json", env=env).stdout
+    assert json.loads(synced) == {"added": 0, "changed": 0, "removed": 0}
+    platform.forced = ["10029"]
+    limited = run_cli("backends", "sync", "--owner", OWNER, env=env, check=False)
+    assert limited.returncode == 2 and "sync failed: EZVIZ 10029" in limited.stderr
     shown = run_cli("backends", "list", "--json", env=env).stdout
     assert json.loads(shown)[0]["app_key"] == APP_KEY and json.loads(shown)[0]["region"]
     for output in (wrong.stdout, wrong.stderr, done.stdout, done.stderr, shown):
@@ -197,7 +202,8 @@ def test_rate_limit_backs_off_and_a_failed_sync_changes_nothing(
     del platform.devices["SN003"]
     platform.forced = ["10029"]
     before = utcnow()
-    assert ezviz.sync_now(db, ez, owner.id) is None
+    with pytest.raises(ezviz.SyncFailed, match="10029"):
+        ezviz.sync_now(db, ez, owner.id)
     with db.session() as session:
         link = session.get(EzvizLink, owner.id)
         assert link is not None and link.failures == 1 and "10029" in (link.last_error or "")
@@ -231,8 +237,8 @@ def test_unknown_code_is_a_transient_failure_never_an_unlink(
 ) -> None:
     linked(db, ez, owner)
     platform.forced = ["77777"]
-    with caplog.at_level(logging.WARNING):
-        assert ezviz.sync_now(db, ez, owner.id) is None
+    with caplog.at_level(logging.WARNING), pytest.raises(ezviz.SyncFailed):
+        ezviz.sync_now(db, ez, owner.id)
     assert "undocumented code 77777" in caplog.text
     with db.session() as session:
         assert session.get(EzvizLink, owner.id) is not None
@@ -250,7 +256,8 @@ def test_secrets_never_reach_the_logs(
         linked(db, ez, owner)
         platform.expire_tokens()
         platform.forced = ["10029"]
-        ezviz.sync_now(db, ez, owner.id)
+        with pytest.raises(ezviz.SyncFailed):  # renews the expired token, then meets 10029
+            ezviz.sync_now(db, ez, owner.id)
         ezviz.sync_now(db, ez, owner.id)
     assert caplog.records, "nothing was logged: the check would prove nothing"
     assert len(platform.issued) == 2
@@ -538,7 +545,8 @@ def test_odd_platform_answers_never_crash_a_request(
 
     platform.odd["/api/lapp/device/info"] = ["not", "an", "object"]
     platform.odd["/api/lapp/device/list"] = "garbage"
-    assert ezviz.sync_now(db, ez, owner.id) is None  # incomplete list: nothing is removed
+    with pytest.raises(ezviz.SyncFailed, match="incomplete"):  # nothing is removed
+        ezviz.sync_now(db, ez, owner.id)
     assert len(cameras_of(db, owner)) == 3
     with db.session() as session:
         assert "incomplete" in (session.get(EzvizLink, owner.id).last_error or "")  # type: ignore[union-attr]
