@@ -89,7 +89,7 @@ def cameras(problem: str | None = None) -> str:
         link = db_session.get(ezviz.EzvizLink, account.id)
         rows = []
         for camera in BACKENDS["local"].list_cameras(db_session, account.id):
-            row = {"camera": camera, "fixable": True}
+            row: dict[str, Any] = {"camera": camera}
             for assistant in Assistant:
                 row[assistant.value] = [
                     (b.value, explain(b, lang)) for b in readiness(camera, assistant)
@@ -139,14 +139,13 @@ def live(camera_id: str) -> str:
         camera = BACKENDS["local"].get_camera(db_session, account.id, camera_id)
         if camera is None:
             abort(404)
-        hls = None
+        hls, gone = None, False
         try:
-            blocked = stream_blockers(db_session, camera, Audience.WEB, Protocol.HLS)
-        except LookupError:  # removed by its backend: keep that removal, then say so
-            blocked, camera = [], None
-        if camera is not None and not blocked:
-            hls = local(mint(settings(), camera, Protocol.HLS, Audience.WEB), settings())
-    if camera is None:
+            if not stream_blockers(db_session, camera, Audience.WEB, Protocol.HLS):
+                hls = local(mint(settings(), camera, Protocol.HLS, Audience.WEB), settings())
+        except LookupError:  # removed by its backend: commit that removal, then say so
+            gone = True
+    if gone:
         abort(404)
     return page("live.html", account=account, camera=camera, hls=hls)
 
