@@ -8,7 +8,6 @@ and revocation of what a replayed code issued.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from datetime import timedelta
 from typing import Any
@@ -17,7 +16,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import InvalidRequestError, grants
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
-from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
+from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from flask import Flask
 from sqlalchemy import update
@@ -174,9 +173,8 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         if not row.code_challenge:
             return True
         verifier = payload.data.get("code_verifier")
-        return isinstance(verifier, str) and hmac.compare_digest(
-            create_s256_code_challenge(verifier).encode(), row.code_challenge.encode()
-        )
+        compare = S256CodeChallenge.CODE_CHALLENGE_METHODS["S256"]  # Authlib's own check
+        return isinstance(verifier, str) and bool(compare(verifier, row.code_challenge))
 
     def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
         """Kept (marked used) rather than deleted, so a replay can be recognised."""
