@@ -23,15 +23,16 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from camvoice import ezviz
+from backends.ezviz.backend import EzvizBackend
+from backends.ezviz.sync import link_account, sync_now
 from camvoice.accounts import create_account
-from camvoice.app import create_app
-from camvoice.cameras import add_camera
 from camvoice.db import Database
 from camvoice.models import Account, Camera
-from camvoice.settings import Settings, load_settings
-from camvoice.streams import mint, stream_blockers
+from camvoice.services import EXTENSION, Services
+from camvoice.settings import load_settings
 from camvoice.tickets import Audience, Protocol
+from service.app import create_app
+from service.wiring import build_services
 from tests.fake_ezviz import FakeEzviz, make_hls
 
 KEY, SECRET = "bench-key", "bench-secret"
@@ -44,15 +45,21 @@ class Quiet(WSGIRequestHandler):
         pass
 
 
-def scratch(folder: Path, api_url: str) -> tuple[Settings, Database, Account]:
+def scratch(folder: Path, api_url: str) -> tuple[Services, Account]:
+    """A migrated SQLite database with one owner, and the wiring the CLI and worker build."""
     settings = load_settings(data_dir=folder / "data", ezviz_api_url=api_url,
                              secret_key="bench-" + "x" * 40)  # fmt: skip
     db = Database(settings.sqlalchemy_url)
     db.upgrade()
-    ezviz.install(settings)
     with db.session() as session:
         owner = create_account(session, "bench@example.com", "bench password 1")
-    return settings, db, owner
+    return build_services(settings, db), owner
+
+
+def link_and_import(services: Services, owner: Account) -> None:
+    """Link the keys (one token call), then run the first import as the worker would."""
+    link_account(services, owner, KEY, SECRET, actor="bench")
+    sync_now(services, owner.id)
 
 
 def bench_sync(sizes: list[int]) -> None:
@@ -63,18 +70,18 @@ def bench_sync(sizes: list[int]) -> None:
             fake = FakeEzviz(KEY, SECRET)
             for n in range(size):
                 fake.add(f"SN{n:05d}", f"Camera {n}")
-            settings, db, owner = scratch(Path(tmp), fake.url)
+            services, owner = scratch(Path(tmp), fake.url)
             started = time.perf_counter()
-            ezviz.link_account(db, settings, owner, KEY, SECRET, actor="bench")
+            link_and_import(services, owner)
             imported = time.perf_counter() - started
             calls = len(fake.calls)
             started = time.perf_counter()
-            ezviz.sync_now(db, settings, owner.id)
+            sync_now(services, owner.id)
             resync = time.perf_counter() - started
             print(f"{size:>8} {imported:>9.2f} {calls:>6} {resync:>9.2f} "
                   f"{resync / size * 1000:>10.1f}")  # fmt: skip
             fake.close()
-            db.dispose()
+            services.db.dispose()
 
 
 def bench_stream(runs: int) -> None:
@@ -82,25 +89,26 @@ def bench_stream(runs: int) -> None:
         folder = Path(tmp)
         fake = FakeEzviz(KEY, SECRET, make_hls(folder / "hls"))
         fake.add("SN00001", "Front Door")
-        settings, db, owner = scratch(folder, fake.url)
-        ezviz.link_account(db, settings, owner, KEY, SECRET, actor="bench")
+        services, owner = scratch(folder, fake.url)
+        link_and_import(services, owner)
+        settings, db = services.settings, services.db
         app = create_app(settings, db)
+        wired: Services = app.extensions[EXTENSION]  # the app's own wiring serves the requests
         server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_port}"
-        backend = ezviz.BACKENDS["ezviz"]
-        assert isinstance(backend, ezviz.EzvizBackend)
+        assert isinstance(wired.registry.backends["ezviz"], EzvizBackend)
 
         with db.session() as session:
-            add_camera(session, session.get(Account, owner.id), "Demo", actor="bench")
+            wired.registry.add(session, session.get(Account, owner.id), "Demo", actor="bench")  # type: ignore[arg-type]
 
         def start(name: str) -> tuple[float, float, float]:
             """(check + mint, playlist, first segment) seconds for a camera, through camvoice."""
             began = time.perf_counter()
             with db.session() as session:
                 camera = session.query(Camera).filter_by(owner_id=owner.id, name=name).one()
-                assert stream_blockers(session, camera, Audience.WEB, Protocol.HLS) == []
-                url = mint(settings, camera, Protocol.HLS, Audience.WEB)
+            # Readiness, one check with the backend, then the signed URL (StreamRefused if not).
+            url = wired.streams.open(db, camera, Audience.WEB, Protocol.HLS).url
             minted = time.perf_counter()
             local = url.replace(settings.public_url, base)
             playlist = requests.get(local, timeout=20)

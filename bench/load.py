@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from camvoice.accounts import create_account  # noqa: E402
-from camvoice.app import create_app  # noqa: E402
 from camvoice.cameras import add_camera  # noqa: E402
 from camvoice.db import Database  # noqa: E402
-from camvoice.rtsps import self_signed  # noqa: E402
 from camvoice.settings import load_settings  # noqa: E402
+from media.rtsps import self_signed  # noqa: E402
+from service.app import create_app  # noqa: E402
 from tests.oauth_support import ALEXA_URIS, link, register  # noqa: E402
 
 BIN = Path(sys.executable).parent

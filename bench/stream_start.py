@@ -24,11 +24,11 @@ import requests
 from camvoice.accounts import create_account
 from camvoice.cameras import add_camera
 from camvoice.db import Database
-from camvoice.relay import find_ffmpeg
-from camvoice.rtsps import gstreamer_available, self_signed
 from camvoice.settings import load_settings
 from camvoice.streams import mint
 from camvoice.tickets import Audience, Protocol
+from media.relay import find_ffmpeg
+from media.rtsps import gstreamer_available, self_signed
 
 BIN = Path(sys.executable).parent
 

@@ -1,20 +1,25 @@
-"""The camera registry: backends that serve cameras, and the changes owners and operators make.
+"""The camera registry: one table of cameras whichever backend they come from, and the changes
+owners, operators and backends make to it.
 
-A Backend is where a camera's settings come from. `local` keeps them in camvoice's own database
-(the embedded default); `ezviz` (camvoice/ezviz.py) syncs an owner's EZVIZ cameras into the same
-table, so directives read one registry whichever backend a camera comes from.
+A Backend is where a camera's settings really live. The composition root registers them
+(backends/: `local`, the service's own database, and `ezviz`, a camera cloud synced into the same
+table), so directives read one registry. Backends are called with no transaction open: they may
+talk to a camera cloud, and a transaction must never wait on the network.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from camvoice import audit, outbox, tickets
+from camvoice import audit, tickets
+from camvoice.db import Database
 from camvoice.models import Account, Camera
+from camvoice.outbox import Outbox
 from camvoice.readiness import Assistant, explain, readiness
 
 SETTINGS = ("online", "image_encryption", "audio", "sleep_mode", "status_light")
@@ -25,66 +30,53 @@ class CameraError(ValueError):
     """A caller's mistake: unknown camera, bad source URL, empty name."""
 
 
+class CameraGone(LookupError):
+    """The backend says the camera is not (or no longer) the owner's; it has been removed."""
+
+
 class StreamUnavailable(Exception):
     """A backend could not give a camera's stream right now; the message is safe to show."""
 
 
 class Backend(Protocol):
-    """Where an owner's cameras and their settings live."""
+    """Where cameras and their settings really live. Called with no transaction open."""
 
     name: str
 
-    def list_cameras(self, session: Session, account_id: str) -> list[Camera]: ...
-
-    def get_camera(self, session: Session, account_id: str, camera_id: str) -> Camera | None: ...
-
-    def apply(
-        self, session: Session, camera: Camera, changes: dict[str, Any], code: str | None = None
-    ) -> None:
-        """Push changed settings to where they really live (`code`: the camera label's code)."""
+    def push(self, camera: Camera, changes: dict[str, Any], code: str | None) -> None:
+        """Make changed settings true where they live (`code`: the camera label's code).
+        Raises CameraError, in the owner's words, when that fails."""
         ...
 
-    def recheck(self, session: Session, camera: Camera, protocol: tickets.Protocol) -> None:
-        """Refresh what the readiness rules read, just before a stream is handed out."""
+    def recheck(self, camera: Camera, protocol: tickets.Protocol) -> None:
+        """Ask where the camera lives whether it still streams, just before a URL is handed out,
+        and record what was learnt. Raises CameraGone when it left the owner."""
         ...
 
-    def upstream_hls(self, session: Session, camera: Camera) -> str | None:
+    def upstream_hls(self, camera: Camera) -> str | None:
         """The HLS address a camera cloud streams from, or None when camvoice relays it."""
         ...
 
 
-class LocalBackend:
-    """Cameras kept in camvoice's own database, managed by the CLI and the console."""
+@dataclass(frozen=True)
+class CloudLink:
+    """An owner's account at a camera cloud, as the console shows it."""
 
-    name = "local"
-
-    def list_cameras(self, session: Session, account_id: str) -> list[Camera]:
-        stmt = select(Camera).where(Camera.owner_id == account_id).order_by(Camera.name)
-        return list(session.scalars(stmt))
-
-    def get_camera(self, session: Session, account_id: str, camera_id: str) -> Camera | None:
-        camera = session.get(Camera, camera_id)
-        # Another owner's camera is indistinguishable from a missing one.
-        return camera if camera is not None and camera.owner_id == account_id else None
-
-    def apply(
-        self, session: Session, camera: Camera, changes: dict[str, Any], code: str | None = None
-    ) -> None:
-        for key, value in changes.items():
-            setattr(camera, key, value)
-
-    def recheck(self, session: Session, camera: Camera, protocol: tickets.Protocol) -> None:
-        """The database is the camera's truth: nothing to ask."""
-
-    def upstream_hls(self, session: Session, camera: Camera) -> str | None:
-        return None
+    label: str  # what identifies the account to its owner (EZVIZ: the appKey)
+    importing: bool  # linked, and the first import has not run yet
+    last_error: str | None
 
 
-BACKENDS: dict[str, Backend] = {"local": LocalBackend()}
+@runtime_checkable
+class CloudBackend(Backend, Protocol):
+    """A backend an owner links their own camera-cloud account to."""
 
+    def link(self, owner: Account, credentials: dict[str, str], actor: str) -> None:
+        """Check and keep the owner's credentials; the worker imports the cameras.
+        Raises CameraError when they are refused."""
+        ...
 
-def backend_for(camera: Camera) -> Backend:
-    return BACKENDS[camera.backend]
+    def link_of(self, account_id: str) -> CloudLink | None: ...
 
 
 def validate_source(source: str | None, backend: str = "local") -> str | None:
@@ -116,90 +108,152 @@ def redact(source: str | None) -> str | None:
     return f"{parts.scheme}://***@{host}{port}{parts.path}"
 
 
-def add_camera(
-    session: Session,
-    owner: Account,
-    name: str,
-    *,
-    actor: str,
-    source: str | None = "demo",
-    backend: str = "local",
-    **fields: Any,
-) -> Camera:
-    name = name.strip()
-    if not name:
-        raise CameraError("camera name must not be empty")
+class Registry:
+    """Reads and changes of cameras, with the audit rows and outbox events every change makes."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.backends: dict[str, Backend] = {}
+
+    def register(self, backend: Backend) -> None:
+        self.backends[backend.name] = backend
+
+    def backend_for(self, camera: Camera) -> Backend:
+        return self.backends[camera.backend]
+
+    def cloud(self, name: str) -> CloudBackend | None:
+        """The camera cloud called `name`, when one is registered."""
+        backend = self.backends.get(name)
+        return backend if isinstance(backend, CloudBackend) else None
+
+    def owned_cameras(self, session: Session, account_id: str) -> list[Camera]:
+        """Every camera of an owner, whichever backend it comes from, by name."""
+        stmt = select(Camera).where(Camera.owner_id == account_id).order_by(Camera.name)
+        return list(session.scalars(stmt))
+
+    def owned_camera(self, session: Session, account_id: str, camera_id: str) -> Camera | None:
+        """One camera of an owner; another owner's camera is indistinguishable from none."""
+        camera = session.get(Camera, camera_id)
+        return camera if camera is not None and camera.owner_id == account_id else None
+
+    def add(
+        self,
+        session: Session,
+        owner: Account,
+        name: str,
+        *,
+        actor: str,
+        source: str | None = "demo",
+        backend: str = "local",
+        **fields: Any,
+    ) -> Camera:
+        name = name.strip()
+        if not name:
+            raise CameraError("camera name must not be empty")
+        check_fields(fields)
+        camera = Camera(
+            owner_id=owner.id,
+            name=name,
+            backend=backend,
+            source=validate_source(source, backend),
+            **fields,
+        )
+        session.add(camera)
+        session.flush()
+        audit.record(session, "camera.added", actor=actor, account_id=owner.id, camera_id=camera.id)
+        self.outbox.publish(
+            session, "camera.added", {"account_id": owner.id, "camera_id": camera.id}
+        )
+        return camera
+
+    def record(
+        self, session: Session, camera: Camera, changes: dict[str, Any], *, actor: str
+    ) -> dict[str, Any]:
+        """Write changes that are already true where the camera lives (a sync, a backend's
+        answer, or a push that succeeded); audit and publish only what really changed."""
+        changed = self._validated(camera, changes)
+        if not changed:
+            return {}
+        before = {k: getattr(camera, k) for k in changed}
+        for key, value in changed.items():
+            setattr(camera, key, value)
+        session.flush()
+        audit.record(
+            session,
+            "camera.changed",
+            actor=actor,
+            account_id=camera.owner_id,
+            camera_id=camera.id,
+            before=shown(before),
+            after=shown(changed),
+        )
+        self.outbox.publish(
+            session,
+            "camera.changed",
+            {"account_id": camera.owner_id, "camera_id": camera.id, "changed": sorted(changed)},
+        )
+        return changed
+
+    def change(
+        self,
+        db: Database,
+        camera_id: str,
+        changes: dict[str, Any],
+        *,
+        actor: str,
+        owner_id: str | None = None,
+        code: str | None = None,
+    ) -> Camera:
+        """An owner's or operator's change: pushed to the camera's backend first (no transaction
+        open while it may call a camera cloud), then recorded. `owner_id` limits it to one owner's
+        cameras (CameraError 'no camera' otherwise)."""
+        with db.session() as session:
+            camera = self._find(session, camera_id, owner_id)
+            changed = self._validated(camera, changes)
+        if changed:
+            self.backend_for(camera).push(camera, changed, code)
+        with db.session() as session:
+            camera = self._find(session, camera_id, owner_id)
+            self.record(session, camera, changed, actor=actor)
+        return camera
+
+    def remove(self, session: Session, camera: Camera, *, actor: str) -> None:
+        audit.record(
+            session, "camera.removed", actor=actor, account_id=camera.owner_id, camera_id=camera.id
+        )
+        self.outbox.publish(
+            session, "camera.removed", {"account_id": camera.owner_id, "camera_id": camera.id}
+        )
+        session.delete(camera)
+
+    @staticmethod
+    def _find(session: Session, camera_id: str, owner_id: str | None) -> Camera:
+        camera = session.get(Camera, camera_id)
+        if camera is None or (owner_id is not None and camera.owner_id != owner_id):
+            raise CameraError(f"no camera {camera_id}")
+        return camera
+
+    @staticmethod
+    def _validated(camera: Camera, changes: dict[str, Any]) -> dict[str, Any]:
+        """The changes that differ from the camera, checked: unknown fields, sources, names."""
+        check_fields(changes)
+        changes = dict(changes)
+        if "source" in changes:
+            changes["source"] = validate_source(changes["source"], camera.backend)
+        if "name" in changes and not str(changes["name"]).strip():
+            raise CameraError("camera name must not be empty")
+        return {k: v for k, v in changes.items() if getattr(camera, k) != v}
+
+
+def check_fields(fields: dict[str, Any]) -> None:
     unknown = set(fields) - set(SETTINGS) - set(DESCRIPTIVE)
     if unknown:
         raise CameraError(f"unknown camera fields: {', '.join(sorted(unknown))}")
-    camera = Camera(
-        owner_id=owner.id,
-        name=name,
-        backend=backend,
-        source=validate_source(source, backend),
-        **fields,
-    )
-    session.add(camera)
-    session.flush()
-    audit.record(session, "camera.added", actor=actor, account_id=owner.id, camera_id=camera.id)
-    outbox.publish(session, "camera.added", {"account_id": owner.id, "camera_id": camera.id})
-    return camera
 
 
-def update_camera(
-    session: Session,
-    camera: Camera,
-    changes: dict[str, Any],
-    *,
-    actor: str,
-    push: bool = True,
-    code: str | None = None,
-) -> dict[str, Any]:
-    """Apply changes through the camera's backend; audit and publish only what really changed.
-
-    `push=False` records changes that came from the backend itself (a sync): nothing to send back.
-    """
-    unknown = set(changes) - set(SETTINGS) - set(DESCRIPTIVE)
-    if unknown:
-        raise CameraError(f"unknown camera fields: {', '.join(sorted(unknown))}")
-    if "source" in changes:
-        changes["source"] = validate_source(changes["source"], camera.backend)
-    if "name" in changes and not str(changes["name"]).strip():
-        raise CameraError("camera name must not be empty")
-    changed = {k: v for k, v in changes.items() if getattr(camera, k) != v}
-    if not changed:
-        return {}
-    before = {k: getattr(camera, k) for k in changed}
-    # A change that came from the backend itself (a sync) only needs recording here.
-    (backend_for(camera) if push else BACKENDS["local"]).apply(session, camera, changed, code)
-    session.flush()
-    shown = {k: (redact(v) if k == "source" else v) for k, v in changed.items()}
-    shown_before = {k: (redact(v) if k == "source" else v) for k, v in before.items()}
-    audit.record(
-        session,
-        "camera.changed",
-        actor=actor,
-        account_id=camera.owner_id,
-        camera_id=camera.id,
-        before=shown_before,
-        after=shown,
-    )
-    outbox.publish(
-        session,
-        "camera.changed",
-        {"account_id": camera.owner_id, "camera_id": camera.id, "changed": sorted(changed)},
-    )
-    return changed
-
-
-def remove_camera(session: Session, camera: Camera, *, actor: str) -> None:
-    audit.record(
-        session, "camera.removed", actor=actor, account_id=camera.owner_id, camera_id=camera.id
-    )
-    outbox.publish(
-        session, "camera.removed", {"account_id": camera.owner_id, "camera_id": camera.id}
-    )
-    session.delete(camera)
+def shown(fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields as an audit row keeps them: a source without its credentials."""
+    return {k: (redact(v) if k == "source" else v) for k, v in fields.items()}
 
 
 def all_cameras(session: Session, owner_id: str | None = None) -> list[Camera]:

@@ -1,4 +1,5 @@
-"""Shared plumbing for CLI commands: lazy settings and database, one-line failures, --json."""
+"""Shared plumbing for CLI commands: lazy settings, database and wiring, one-line failures,
+--json. The composition root's CLI passes in how to wire; adapters' commands receive it."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ from typing import Any
 import click
 
 from camvoice.db import Database
+from camvoice.services import Services
 from camvoice.settings import ConfigError, Settings, load_settings
+
+Wire = Callable[[Settings, Database], Services]
 
 
 class Context:
-    """Settings and database, made once per command and only when needed."""
+    """Settings, database and wiring, made once per command and only when needed."""
 
-    def __init__(self, wire: Callable[[Database, Settings], None] | None = None) -> None:
+    def __init__(self, wire: Wire | None = None) -> None:
         self._settings: Settings | None = None
         self._db: Database | None = None
+        self._services: Services | None = None
         self._wire = wire
 
     @property
@@ -34,9 +39,16 @@ class Context:
     def db(self) -> Database:
         if self._db is None:
             self._db = Database(self.settings.sqlalchemy_url)
-            if self._wire is not None:
-                self._wire(self._db, self.settings)  # e.g. outbox subscribers of the adapters
         return self._db
+
+    @property
+    def services(self) -> Services:
+        """The same wiring the app builds, so CLI changes emit the same outbox events."""
+        if self._services is None:
+            if self._wire is None:
+                raise RuntimeError("this command line was built without its wiring")
+            self._services = self._wire(self.settings, self.db)
+        return self._services
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)

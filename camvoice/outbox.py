@@ -28,32 +28,29 @@ Handler = Callable[[str, dict[str, Any]], None]  # (topic, payload)
 LEASE = timedelta(seconds=60)
 MAX_BACKOFF = 3600.0
 
-# topic -> subscriber name -> handler. Filled by the composition root (app factory, CLI), which
-# is the only place that knows the adapters.
-_subscribers: dict[str, dict[str, Handler]] = {}
 
+class Outbox:
+    """Who hears which topic. The composition root builds one and subscribes the adapters;
+    the registry publishes through it, and the worker delivers through it."""
 
-def subscribe(topic: str, name: str, handler: Handler) -> None:
-    _subscribers.setdefault(topic, {})[name] = handler
+    def __init__(self) -> None:
+        self._subscribers: dict[str, dict[str, Handler]] = {}  # topic -> name -> handler
 
+    def subscribe(self, topic: str, name: str, handler: Handler) -> None:
+        self._subscribers.setdefault(topic, {})[name] = handler
 
-def unsubscribe_all() -> None:
-    _subscribers.clear()
+    def handler_for(self, subscriber: str) -> Handler | None:
+        for handlers in self._subscribers.values():
+            if subscriber in handlers:
+                return handlers[subscriber]
+        return None
 
-
-def handler_for(subscriber: str) -> Handler | None:
-    for handlers in _subscribers.values():
-        if subscriber in handlers:
-            return handlers[subscriber]
-    return None
-
-
-def publish(session: Session, topic: str, payload: dict[str, Any]) -> int:
-    """Write one outbox row per subscriber of topic in the caller's transaction."""
-    names = sorted(_subscribers.get(topic, {}))
-    for name in names:
-        session.add(OutboxEvent(topic=topic, subscriber=name, payload=payload))
-    return len(names)
+    def publish(self, session: Session, topic: str, payload: dict[str, Any]) -> int:
+        """Write one outbox row per subscriber of topic in the caller's transaction."""
+        names = sorted(self._subscribers.get(topic, {}))
+        for name in names:
+            session.add(OutboxEvent(topic=topic, subscriber=name, payload=payload))
+        return len(names)
 
 
 def backoff(attempts: int) -> float:
@@ -88,9 +85,9 @@ def claim(db: Database, batch: int = 20) -> list[OutboxEvent]:
         return sorted(session.scalars(stmt).all(), key=lambda e: e.id)
 
 
-def deliver(db: Database, event: OutboxEvent, max_attempts: int) -> bool:
+def deliver(db: Database, outbox: Outbox, event: OutboxEvent, max_attempts: int) -> bool:
     """Run the handler for one claimed event and record the outcome."""
-    handler = handler_for(event.subscriber)
+    handler = outbox.handler_for(event.subscriber)
     error: str | None = None
     if handler is None:
         error = f"no handler for subscriber {event.subscriber!r} in this worker"
@@ -117,16 +114,17 @@ def deliver(db: Database, event: OutboxEvent, max_attempts: int) -> bool:
     return error is None
 
 
-def drain_once(db: Database, max_attempts: int, batch: int = 20) -> int:
+def drain_once(db: Database, outbox: Outbox, max_attempts: int, batch: int = 20) -> int:
     """Claim and deliver one batch; returns how many events were attempted."""
     events = claim(db, batch)
     for event in events:
-        deliver(db, event, max_attempts)
+        deliver(db, outbox, event, max_attempts)
     return len(events)
 
 
 def run_worker(
     db: Database,
+    outbox: Outbox,
     max_attempts: int,
     poll_interval: float,
     stop: threading.Event,
@@ -139,7 +137,7 @@ def run_worker(
     log.info("worker started")
     while not stop.is_set():
         try:
-            busy = drain_once(db, max_attempts)
+            busy = drain_once(db, outbox, max_attempts)
         except Exception:
             log.exception("outbox drain failed; retrying")
             busy = 0

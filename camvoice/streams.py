@@ -1,21 +1,27 @@
-"""Stream minting and access: turn a ready camera into a signed URL, and check every fetch.
+"""Opening streams and admitting their fetches: the one place a camera becomes a stream URL.
 
-Adapters call `mint` after the readiness rules pass; the media endpoints call `admit` on every
-playlist, segment and snapshot fetch, which re-checks the ticket, the camera's readiness and the
-link (grant) it was minted for. So unlinking, or turning Image Encryption on, stops new fetches.
+`Streams.open` is what every adapter calls when an assistant or a page asks to see a camera: the
+readiness rules on the last known state, one check with the camera's backend, then a signed URL,
+or a typed refusal (StreamRefused with the blockers, CameraGone). The media endpoints call
+`Streams.admit` on every playlist, segment and snapshot fetch, which re-checks the ticket, the
+camera's readiness and the link (grant) it was minted for. So unlinking, or turning Image
+Encryption on, stops new fetches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice import audit
-from camvoice.cameras import backend_for, protocols
+from camvoice.cameras import CameraGone, Registry, protocols
+from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
 from camvoice.readiness import Assistant, Blocker, readiness
 from camvoice.settings import Settings
@@ -24,8 +30,31 @@ from camvoice.tickets import Audience, Protocol, Ticket, TicketError, new_ticket
 VIEW_GAP = timedelta(seconds=60)  # a session whose player stopped fetching this long is over
 LAST_SEEN_RESOLUTION = timedelta(seconds=10)
 
-# Set by the composition root: is the link (OAuth grant) a ticket was minted for still alive?
-grant_is_live: Callable[[Session, str], bool] = lambda session, grant_id: True  # noqa: E731
+GrantCheck = Callable[[Session, str], bool]  # is the link a ticket was minted for still alive?
+
+
+def no_live_grants(session: Session, grant_id: str) -> bool:
+    """The grant check until the OAuth server's is wired in: fail closed, refuse every link."""
+    return False
+
+
+class StreamRefused(Exception):
+    """The readiness rules refuse the camera; adapters map the first blocker to their protocol."""
+
+    def __init__(self, blockers: list[Blocker]) -> None:
+        super().__init__(",".join(b.value for b in blockers))
+        self.blockers = blockers
+
+
+@dataclass(frozen=True)
+class OpenStream:
+    """A stream handed out: the camera as checked, its URL, a snapshot URL when the source can
+    give one (a camera cloud's HLS cannot), and when both expire."""
+
+    camera: Camera
+    url: str
+    image_url: str | None
+    expires_at: datetime
 
 
 class StreamView(Base):
@@ -58,94 +87,122 @@ def blockers_for(
     return blockers
 
 
-def stream_blockers(
-    session: Session, camera: Camera, audience: Audience, protocol: Protocol
-) -> list[Blocker]:
-    """The blockers just before minting: the last known state, then one check with the backend.
+class Streams:
+    """Opens streams and admits their fetches, with the wiring it needs passed in."""
 
-    A camera cloud is asked only once the last synced state passes, so a known-blocked camera
-    costs no call. Raises LookupError when the backend says the camera is no longer the owner's.
-    """
-    blockers = blockers_for(camera, audience, protocol)
-    if blockers:
-        return blockers
-    backend_for(camera).recheck(session, camera, protocol)
-    return blockers_for(camera, audience, protocol)
+    def __init__(
+        self, settings: Settings, registry: Registry, grant_is_live: GrantCheck = no_live_grants
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.grant_is_live = grant_is_live
 
+    def open(
+        self,
+        db: Database,
+        camera: Camera,
+        audience: Audience,
+        protocol: Protocol,
+        grant_id: str | None = None,
+        **detail: Any,
+    ) -> OpenStream:
+        """Readiness on the last known state, one check with the backend, then a signed URL.
 
-def mint(
-    settings: Settings,
-    camera: Camera,
-    protocol: Protocol,
-    audience: Audience,
-    grant_id: str | None = None,
-) -> str:
-    """A signed, short-lived URL for a camera that passed its readiness rules."""
-    if blockers_for(camera, audience, protocol):
-        raise ValueError("refusing to mint a stream URL for a blocked camera")
-    ticket = new_ticket(
-        camera.id, camera.owner_id, protocol, audience, settings.stream_ticket_ttl, grant_id
-    )
-    token = settings.signer().sign(ticket)
-    base = settings.public_url
-    if protocol is Protocol.HLS:
-        template = settings.hls_url_template or "{base}/streams/{camera_id}/{ticket}/index.m3u8"
-    elif protocol is Protocol.RTSPS:
-        host = urlsplit(base).hostname
-        template = (
-            settings.rtsps_url_template
-            or f"rtsps://{host}:{settings.rtsps_port}/cam/{{camera_id}}/{{ticket}}"
+        Call it with no transaction open: a camera cloud may be asked (a known-blocked camera
+        costs no call). Raises StreamRefused with the blockers, or CameraGone. Both the
+        refusal and the URL handed out are audited; `detail` goes into that audit row.
+        """
+        if not blockers_for(camera, audience, protocol):
+            self.registry.backend_for(camera).recheck(camera, protocol)
+        with db.session() as session:
+            fresh = session.get(Camera, camera.id)
+            if fresh is None or fresh.owner_id != camera.owner_id:
+                raise CameraGone(camera.id)
+            blockers = blockers_for(fresh, audience, protocol)
+            action = "stream.denied" if blockers else "stream.requested"
+            extra = {"reason": ",".join(b.value for b in blockers)} if blockers else {}
+            audit.record(session, action, actor=audience.value, account_id=fresh.owner_id,
+                         camera_id=fresh.id, assistant=audience.value, protocol=protocol.value,
+                         **extra, **detail)  # fmt: skip
+        if blockers:
+            raise StreamRefused(blockers)
+        ttl = self.settings.stream_ticket_ttl
+        return OpenStream(
+            camera=fresh,
+            url=self.mint(fresh, protocol, audience, grant_id),
+            image_url=(
+                self.mint(fresh, Protocol.JPEG, audience, grant_id)
+                if Protocol.JPEG in protocols(fresh)
+                else None
+            ),
+            expires_at=datetime.fromtimestamp(int(datetime.now(UTC).timestamp() + ttl), UTC),
         )
-    else:
-        template = "{base}/snapshots/{camera_id}/{ticket}.jpg"
-    return template.format(base=base, camera_id=camera.id, ticket=token)
 
+    def mint(
+        self, camera: Camera, protocol: Protocol, audience: Audience, grant_id: str | None = None
+    ) -> str:
+        """A signed, short-lived URL for a camera that passed its readiness rules."""
+        if blockers_for(camera, audience, protocol):
+            raise ValueError("refusing to mint a stream URL for a blocked camera")
+        settings = self.settings
+        ticket = new_ticket(
+            camera.id, camera.owner_id, protocol, audience, settings.stream_ticket_ttl, grant_id
+        )
+        token = settings.signer().sign(ticket)
+        base = settings.public_url
+        if protocol is Protocol.HLS:
+            template = settings.hls_url_template or "{base}/streams/{camera_id}/{ticket}/index.m3u8"
+        elif protocol is Protocol.RTSPS:
+            host = urlsplit(base).hostname
+            template = (
+                settings.rtsps_url_template
+                or f"rtsps://{host}:{settings.rtsps_port}/cam/{{camera_id}}/{{ticket}}"
+            )
+        else:
+            template = "{base}/snapshots/{camera_id}/{ticket}.jpg"
+        return template.format(base=base, camera_id=camera.id, ticket=token)
 
-def admit(
-    session: Session,
-    settings: Settings,
-    token: str,
-    camera_id: str,
-    protocol: Protocol,
-) -> tuple[Camera, Ticket]:
-    """Check one fetch; raises TicketError with the reason when it must be refused."""
-    ticket = settings.signer().verify(token, camera_id, protocol)
-    now = utcnow()
-    view = session.get(StreamView, ticket.id)
-    if ticket.expired:
-        max_view = timedelta(seconds=settings.stream_max_view)
-        if view is None or now - view.last_seen > VIEW_GAP or now - view.started_at > max_view:
-            raise TicketError("expired")
-    camera = session.get(Camera, ticket.camera_id)
-    if camera is None or camera.owner_id != ticket.account_id:
-        raise TicketError("no_such_camera")
-    blockers = blockers_for(camera, ticket.audience, ticket.protocol)
-    if blockers:
-        raise TicketError("blocked:" + ",".join(b.value for b in blockers))
-    if ticket.grant_id and not grant_is_live(session, ticket.grant_id):
-        raise TicketError("link_revoked")
-    if view is None:
-        session.add(
-            StreamView(
-                ticket_id=ticket.id,
-                camera_id=camera.id,
+    def admit(
+        self, session: Session, token: str, camera_id: str, protocol: Protocol
+    ) -> tuple[Camera, Ticket]:
+        """Check one fetch; raises TicketError with the reason when it must be refused."""
+        ticket = self.settings.signer().verify(token, camera_id, protocol)
+        now = utcnow()
+        view = session.get(StreamView, ticket.id)
+        if ticket.expired:
+            max_view = timedelta(seconds=self.settings.stream_max_view)
+            if view is None or now - view.last_seen > VIEW_GAP or now - view.started_at > max_view:
+                raise TicketError("expired")
+        camera = session.get(Camera, ticket.camera_id)
+        if camera is None or camera.owner_id != ticket.account_id:
+            raise TicketError("no_such_camera")
+        blockers = blockers_for(camera, ticket.audience, ticket.protocol)
+        if blockers:
+            raise TicketError("blocked:" + ",".join(b.value for b in blockers))
+        if ticket.grant_id and not self.grant_is_live(session, ticket.grant_id):
+            raise TicketError("link_revoked")
+        if view is None:
+            session.add(
+                StreamView(
+                    ticket_id=ticket.id,
+                    camera_id=camera.id,
+                    account_id=camera.owner_id,
+                    audience=ticket.audience.value,
+                    protocol=ticket.protocol.value,
+                )
+            )
+            audit.record(
+                session,
+                "stream.started",
+                actor=ticket.audience.value,
                 account_id=camera.owner_id,
-                audience=ticket.audience.value,
+                camera_id=camera.id,
+                assistant=ticket.audience.value,
                 protocol=ticket.protocol.value,
             )
-        )
-        audit.record(
-            session,
-            "stream.started",
-            actor=ticket.audience.value,
-            account_id=camera.owner_id,
-            camera_id=camera.id,
-            assistant=ticket.audience.value,
-            protocol=ticket.protocol.value,
-        )
-    elif now - view.last_seen > LAST_SEEN_RESOLUTION:
-        view.last_seen = now
-    return camera, ticket
+        elif now - view.last_seen > LAST_SEEN_RESOLUTION:
+            view.last_seen = now
+        return camera, ticket
 
 
 def record_denial(session: Session, camera_id: str, reason: str, protocol: Protocol) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from flask import Flask
 
+from camvoice.services import Services
 
-def init_app(app: Flask) -> None:
+
+def init_app(app: Flask, services: Services) -> None:
     from console.views import bp
 
     app.register_blueprint(bp)

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,18 +22,14 @@ from typing import Any
 from ask_sdk_core.serialize import DefaultSerializer
 from ask_sdk_model import RequestEnvelope
 from flask import current_app
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from camvoice.db import Database
 from camvoice.models import Camera
+from camvoice.names import resolve
 from camvoice.readiness import Assistant, explain, readiness
+from camvoice.services import Services
 from camvoice.settings import Settings
-from oauth.models import Grant, OAuthClient
-from oauth.tokens import new_secret, store_tokens
-from skills.custom.names import resolve
+from oauth.tokens import simulator_token
 
-SIMULATOR_CLIENTS = {"alexa": "camvoice simulator (Alexa)", "google": "camvoice simulator (Google)"}
 LEAD = re.compile(
     r"^\s*((alexa|hey google|ok google)[,\s]+)?((ask|pide a) [\w\s]+? (to|que) )?"
     r"(show me|show|open|watch|display|muéstrame|muestra|enséñame|pon|abre|ver)\s+",
@@ -64,37 +59,6 @@ def spoken_camera(utterance: str) -> str:
 
 def language_of(utterance: str, fallback: str) -> str:
     return "es" if SPANISH.search(utterance) else fallback
-
-
-def simulator_token(session: Session, account_id: str, assistant: str) -> tuple[str, str]:
-    """An access token of the built-in simulator client for this owner: (token, grant id)."""
-    name = SIMULATOR_CLIENTS[assistant]
-    client = session.scalars(select(OAuthClient).where(OAuthClient.name == name)).first()
-    if client is None:
-        client = OAuthClient(
-            client_id=secrets.token_urlsafe(18),
-            name=name,
-            assistant=assistant,
-            secret_hash=None,
-            redirect_uris=["http://127.0.0.1/simulator"],
-            public=True,
-        )
-        session.add(client)
-        session.flush()
-    grant = session.scalars(
-        select(Grant).where(
-            Grant.account_id == account_id,
-            Grant.client_id == client.client_id,
-            Grant.revoked_at.is_(None),
-        )
-    ).first()
-    if grant is None:
-        grant = Grant(account_id=account_id, client_id=client.client_id, scope="cameras")
-        session.add(grant)
-        session.flush()
-    token = new_secret()
-    store_tokens(session, grant, token, None, 600)
-    return token, grant.id
 
 
 def masked(message: Any) -> Any:
@@ -239,13 +203,14 @@ def alexa_custom(spoken: str, token: str, lang: str, settings: Settings) -> Outc
 
 
 def simulate(
-    db: Database, settings: Settings, account_id: str, assistant: str, utterance: str, lang: str
+    services: Services, account_id: str, assistant: str, utterance: str, lang: str
 ) -> tuple[Outcome, Camera | None]:
     """Run one utterance through the chosen assistant's real path."""
+    settings = services.settings
     spoken = spoken_camera(utterance)
     lang = language_of(utterance, lang)
-    with db.session() as session:  # committed before the endpoint looks the token up
-        cameras = list(session.scalars(select(Camera).where(Camera.owner_id == account_id)))
+    with services.db.session() as session:  # committed before the endpoint looks the token up
+        cameras = services.registry.owned_cameras(session, account_id)
         token, _grant = simulator_token(
             session, account_id, "google" if assistant == "google" else "alexa"
         )

@@ -3,23 +3,35 @@ and the voice simulator. Server-rendered, en/es, CSRF on every form, a strict CS
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
-from flask import Blueprint, Response, abort, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_wtf.csrf import generate_csrf, validate_csrf
 from sqlalchemy import select
+from wtforms import ValidationError
 
-from camvoice import audit, ezviz
-from camvoice.cameras import BACKENDS, CameraError, update_camera
+from camvoice import audit
+from camvoice.cameras import CameraError, CameraGone
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
-from camvoice.streams import mint, stream_blockers
+from camvoice.services import EXTENSION, Services
+from camvoice.streams import StreamRefused
 from camvoice.tickets import Audience, Protocol
-from camvoice.web import check_csrf, csrf_token, database, language, settings
 from console.i18n import TEXT
 from console.simulator import local, simulate
-from oauth.models import Grant, OAuthClient
-from oauth.tokens import revoke_grant
+from oauth.tokens import live_links, owns_link, revoke_grant
 
 bp = Blueprint(
     "console",
@@ -57,12 +69,29 @@ def headers(response: Response) -> Response:
     return response
 
 
+def services() -> Services:
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def language() -> str:
+    """'es' or 'en' from Accept-Language."""
+    return request.accept_languages.best_match(["en", "es"], default="en") or "en"
+
+
+def check_csrf() -> None:
+    """Refuse a form post whose CSRF token is missing or not this session's (400)."""
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError:
+        abort(400, description="The form expired or was not sent from this site. Reload and retry.")
+
+
 def owner() -> Account:
     """The signed-in owner; anyone else is sent to sign in first."""
     account_id = session.get("account_id")
     account = None
     if account_id:
-        with database().session() as db_session:
+        with services().db.session() as db_session:
             account = db_session.get(Account, account_id)
     if account is None:
         abort(redirect(url_for("oauth.login_form", next=request.full_path.rstrip("?"))))
@@ -72,7 +101,7 @@ def owner() -> Account:
 def page(template: str, **context: Any) -> str:
     lang = language()
     return render_template(
-        f"console/{template}", lang=lang, t=TEXT[lang], csrf_token=csrf_token(), **context
+        f"console/{template}", lang=lang, t=TEXT[lang], csrf_token=generate_csrf(), **context
     )
 
 
@@ -85,10 +114,11 @@ def home() -> Response:
 def cameras(problem: str | None = None) -> str:
     account = owner()
     lang = language()
-    with database().session() as db_session:
-        link = db_session.get(ezviz.EzvizLink, account.id)
+    cloud = services().registry.cloud("ezviz")
+    link = cloud.link_of(account.id) if cloud is not None else None
+    with services().db.session() as db_session:
         rows = []
-        for camera in BACKENDS["local"].list_cameras(db_session, account.id):
+        for camera in services().registry.owned_cameras(db_session, account.id):
             row: dict[str, Any] = {"camera": camera}
             for assistant in Assistant:
                 row[assistant.value] = [
@@ -107,13 +137,13 @@ def fix(camera_id: str) -> Response:
         abort(400, description="unknown fix")
     if action == "encryption" and request.form.get("confirm") != "yes":
         abort(400, description="turning off Image Encryption needs your explicit confirmation")
+    with services().db.session() as db_session:
+        if services().registry.owned_camera(db_session, account.id, camera_id) is None:
+            abort(404)
     try:
-        with database().session() as db_session:
-            camera = BACKENDS["local"].get_camera(db_session, account.id, camera_id)
-            if camera is None:
-                abort(404)
-            update_camera(db_session, camera, dict(FIXES[action]), actor=f"owner:{account.id}",
-                          code=request.form.get("code"))  # fmt: skip
+        services().registry.change(services().db, camera_id, dict(FIXES[action]),
+                                   actor=f"owner:{account.id}", owner_id=account.id,
+                                   code=request.form.get("code"))  # fmt: skip
     except CameraError as exc:
         return Response(cameras(problem=str(exc)), status=400)
     return redirect(url_for("console.cameras"), code=303)  # type: ignore[return-value]
@@ -121,12 +151,16 @@ def fix(camera_id: str) -> Response:
 
 @bp.post("/console/ezviz")
 def link_ezviz() -> Response:
-    """The owner's own EZVIZ Open Platform keys: checked, kept sealed, cameras imported."""
+    """The owner's own EZVIZ Open Platform keys: checked and kept sealed; the worker imports
+    the cameras while the console shows the import in progress."""
     check_csrf()
     account = owner()
-    key, secret = request.form.get("app_key", ""), request.form.get("app_secret", "")
+    cloud = services().registry.cloud("ezviz")
+    if cloud is None:
+        abort(404)
+    keys = {name: request.form.get(name, "") for name in ("app_key", "app_secret")}
     try:
-        ezviz.link_account(database(), settings(), account, key, secret, f"owner:{account.id}")
+        cloud.link(account, keys, f"owner:{account.id}")
     except CameraError as exc:
         return Response(cameras(problem=str(exc)), status=400)
     return redirect(url_for("console.cameras"), code=303)  # type: ignore[return-value]
@@ -135,31 +169,26 @@ def link_ezviz() -> Response:
 @bp.get("/console/cameras/<camera_id>/live")
 def live(camera_id: str) -> str:
     account = owner()
-    with database().session() as db_session:
-        camera = BACKENDS["local"].get_camera(db_session, account.id, camera_id)
-        if camera is None:
-            abort(404)
-        hls, gone = None, False
-        try:
-            if not stream_blockers(db_session, camera, Audience.WEB, Protocol.HLS):
-                hls = local(mint(settings(), camera, Protocol.HLS, Audience.WEB), settings())
-        except LookupError:  # removed by its backend: commit that removal, then say so
-            gone = True
-    if gone:
+    with services().db.session() as db_session:
+        camera = services().registry.owned_camera(db_session, account.id, camera_id)
+    if camera is None:
         abort(404)
+    hls = None
+    try:
+        opened = services().streams.open(services().db, camera, Audience.WEB, Protocol.HLS)
+        camera, hls = opened.camera, local(opened.url, services().settings)
+    except CameraGone:  # removed by its backend
+        abort(404)
+    except StreamRefused:
+        pass  # the page says why, from the camera's readiness
     return page("live.html", account=account, camera=camera, hls=hls)
 
 
 @bp.get("/console/links")
 def links() -> str:
     account = owner()
-    with database().session() as db_session:
-        grants = db_session.execute(
-            select(Grant, OAuthClient.name)
-            .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
-            .where(Grant.account_id == account.id, Grant.revoked_at.is_(None))
-            .order_by(Grant.created_at)
-        ).all()
+    with services().db.session() as db_session:
+        grants = live_links(db_session, account.id)
     return page("links.html", account=account, grants=grants)
 
 
@@ -167,9 +196,8 @@ def links() -> str:
 def unlink(grant_id: str) -> Response:
     check_csrf()
     account = owner()
-    with database().session() as db_session:
-        grant = db_session.get(Grant, grant_id)
-        if grant is None or grant.account_id != account.id:
+    with services().db.session() as db_session:
+        if not owns_link(db_session, account.id, grant_id):
             abort(404)
         revoke_grant(db_session, grant_id, "unlinked_by_owner", actor=f"owner:{account.id}")
     return redirect(url_for("console.links"), code=303)  # type: ignore[return-value]
@@ -178,7 +206,7 @@ def unlink(grant_id: str) -> Response:
 @bp.get("/console/activity")
 def activity() -> str:
     account = owner()
-    with database().session() as db_session:
+    with services().db.session() as db_session:
         events = audit.recent(db_session, account.id, limit=200)
         names = {
             c.id: c.name
@@ -203,14 +231,13 @@ def simulator() -> str:
         utterance = request.form.get("utterance", "")[:200]
         if assistant not in ASSISTANTS or not utterance.strip():
             abort(400, description="pick an assistant and type what you would say")
-        outcome, camera = simulate(
-            database(), settings(), account.id, assistant, utterance, language()
-        )
+        outcome, camera = simulate(services(), account.id, assistant, utterance, language())
         web_hls = None
         if assistant == "alexa_smart_home" and outcome.snapshot and camera is not None:
-            with database().session() as db_session:
-                fresh = db_session.get(Camera, camera.id)
-                web_hls = local(mint(settings(), fresh, Protocol.HLS, Audience.WEB), settings())
+            # The page cannot play RTSPS: it shows the same camera over HLS for the web.
+            with contextlib.suppress(StreamRefused, CameraGone):
+                opened = services().streams.open(services().db, camera, Audience.WEB, Protocol.HLS)
+                web_hls = local(opened.url, services().settings)
         context |= {
             "assistant": assistant,
             "utterance": utterance,

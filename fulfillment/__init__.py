@@ -6,35 +6,32 @@ import logging
 
 from flask import Flask
 
-from camvoice import outbox
-from camvoice.db import Database
-from camvoice.settings import Settings
+from camvoice.services import Services
 
 log = logging.getLogger(__name__)
 TOPICS = ("camera.added", "camera.removed", "camera.changed")
 
 
-def subscribe(db: Database, settings: Settings) -> bool:
+def subscribe(services: Services) -> bool:
     """Route camera events to HomeGraph through the outbox; False when no key is configured."""
+    settings = services.settings
     if settings.google_homegraph_key is None:
         return False
     from fulfillment.homegraph import HomeGraph, make_handler
 
     handler = make_handler(
-        db, HomeGraph(settings.google_homegraph_key, settings.google_homegraph_url)
+        services.db, HomeGraph(settings.google_homegraph_key, settings.google_homegraph_url)
     )
     for topic in TOPICS:
-        outbox.subscribe(topic, "google.homegraph", handler)
+        services.outbox.subscribe(topic, "google.homegraph", handler)
     return True
 
 
-def init_app(app: Flask, settings: Settings, db: Database) -> None:
+def init_app(app: Flask, services: Services) -> None:
     from fulfillment.views import bp
 
     app.register_blueprint(bp)
-    if subscribe(db, settings):
-        app.extensions["camvoice.homegraph"] = True
-    else:
+    if services.settings.google_homegraph_key is None:
         log.warning(
             "CAMVOICE_GOOGLE_HOMEGRAPH_KEY is not set: Google will not hear of camera changes "
             "(requestSync, reportState) until the owner asks it to sync"

@@ -19,12 +19,12 @@ from typing import Any
 import google.auth.transport.requests
 import requests
 from google.oauth2 import service_account
-from sqlalchemy import String, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
-from oauth.models import Grant, OAuthClient
+from oauth.tokens import linked_since
 
 log = logging.getLogger(__name__)
 SCOPE = "https://www.googleapis.com/auth/homegraph"
@@ -90,26 +90,13 @@ class HomeGraph:
         )
 
 
-def google_linked_since(session: Session, account_id: str) -> datetime | None:
-    """When the owner's newest live Google link was made, or None if none is live."""
-    stmt = (
-        select(Grant.created_at)
-        .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
-        .where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
-        .where(OAuthClient.assistant == "google")
-        .order_by(Grant.created_at.desc())
-        .limit(1)
-    )
-    return session.scalars(stmt).first()
-
-
 def make_handler(db: Database, client: HomeGraph) -> Any:
     """The outbox handler for camera events: requestSync and/or reportState for the owner."""
 
     def handle(topic: str, event: dict[str, Any]) -> None:
         account_id = event["account_id"]
         with db.session() as session:
-            linked = google_linked_since(session, account_id)
+            linked = linked_since(session, account_id, "google")
             stop = session.get(HomeGraphStop, account_id)
             if linked is None or (stop is not None and stop.stopped_at > linked):
                 return  # not linked to Google (any more): nothing to tell it

@@ -14,11 +14,11 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from camvoice import audit
-from camvoice.cameras import BACKENDS
+from camvoice.cameras import CameraGone
 from camvoice.models import Camera
 from camvoice.readiness import BLOCKERS, Blocker
-from camvoice.settings import Settings
-from camvoice.streams import mint, stream_blockers
+from camvoice.services import Services
+from camvoice.streams import StreamRefused, blockers_for
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Principal, revoke_grant
 
@@ -35,17 +35,20 @@ class BadRequest(ValueError):
 
 @dataclass
 class Context:
-    session: Session
-    settings: Settings
+    services: Services
     principal: Principal
-    homegraph: bool  # whether we report state to HomeGraph (willReportState)
+
+    @property
+    def homegraph(self) -> bool:
+        """Whether camera changes are reported to HomeGraph (willReportState)."""
+        return self.services.settings.google_homegraph_key is not None
 
 
-def owned(ctx: Context, camera_id: object) -> Camera | None:
+def owned(ctx: Context, session: Session, camera_id: object) -> Camera | None:
     """The caller's camera, or None for an unknown or another owner's device (never revealed)."""
     if not isinstance(camera_id, str):
         raise BadRequest("device id must be a string")
-    return BACKENDS["local"].get_camera(ctx.session, ctx.principal.account_id, camera_id)
+    return ctx.services.registry.owned_camera(session, ctx.principal.account_id, camera_id)
 
 
 def device_ids(payload: Any, key: str = "devices") -> list[Any]:
@@ -57,9 +60,10 @@ def device_ids(payload: Any, key: str = "devices") -> list[Any]:
 
 def sync(ctx: Context, payload: Any) -> dict[str, Any]:
     """Every camera of the owner, blocked ones included."""
-    cameras = BACKENDS["local"].list_cameras(ctx.session, ctx.principal.account_id)
-    audit.record(ctx.session, "google.sync", actor="google", account_id=ctx.principal.account_id,
-                 assistant="google", devices=len(cameras))  # fmt: skip
+    with ctx.services.db.session() as session:
+        cameras = ctx.services.registry.owned_cameras(session, ctx.principal.account_id)
+        audit.record(session, "google.sync", actor="google", account_id=ctx.principal.account_id,
+                     assistant="google", devices=len(cameras))  # fmt: skip
     return {
         "agentUserId": ctx.principal.account_id,
         "devices": [sync_device(ctx, camera) for camera in cameras],
@@ -67,19 +71,20 @@ def sync(ctx: Context, payload: Any) -> dict[str, Any]:
 
 
 def sync_device(ctx: Context, camera: Camera) -> dict[str, Any]:
+    manufacturer = ctx.services.settings.manufacturer
     return {
         "id": camera.id,
         "type": CAMERA_TYPE,
         "traits": [CAMERA_STREAM],
         "name": {
             "name": camera.name[:60],
-            "defaultNames": [f"{ctx.settings.manufacturer} {camera.model}"],
+            "defaultNames": [f"{manufacturer} {camera.model}"],
             "nicknames": list(camera.nicknames or []),
         },
         **({"roomHint": camera.room} if camera.room else {}),
         "willReportState": ctx.homegraph,
         "deviceInfo": {
-            "manufacturer": ctx.settings.manufacturer,
+            "manufacturer": manufacturer,
             "model": camera.model,
             "swVersion": camera.firmware,
         },
@@ -92,18 +97,19 @@ def sync_device(ctx: Context, camera: Camera) -> dict[str, Any]:
 
 def query(ctx: Context, payload: Any) -> dict[str, Any]:
     devices: dict[str, Any] = {}
-    for camera_id in device_ids(payload):
-        camera = owned(ctx, camera_id)
-        if camera is None:
-            devices[camera_id] = {"status": "ERROR", "errorCode": "deviceNotFound"}
-        elif camera.online:
-            devices[camera_id] = {"online": True, "status": "SUCCESS"}
-        else:
-            devices[camera_id] = {
-                "online": False,
-                "status": "OFFLINE",
-                "errorCode": "deviceOffline",
-            }
+    with ctx.services.db.session() as session:
+        for camera_id in device_ids(payload):
+            camera = owned(ctx, session, camera_id)
+            if camera is None:
+                devices[camera_id] = {"status": "ERROR", "errorCode": "deviceNotFound"}
+            elif camera.online:
+                devices[camera_id] = {"online": True, "status": "SUCCESS"}
+            else:
+                devices[camera_id] = {
+                    "online": False,
+                    "status": "OFFLINE",
+                    "errorCode": "deviceOffline",
+                }
     return {"devices": devices}
 
 
@@ -111,7 +117,7 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
     commands = payload.get("commands") if isinstance(payload, dict) else None
     if not isinstance(commands, list) or not commands:
         raise BadRequest("payload.commands must be a non-empty list")
-    results: list[dict[str, Any]] = []
+    work: list[tuple[Any, dict[str, Any]]] = []  # checked in full before anything runs
     for command in commands:
         if not isinstance(command, dict):
             raise BadRequest("each command must be an object")
@@ -129,39 +135,47 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
             ):
                 raise BadRequest("params.SupportedStreamProtocols must be a list")
             for camera_id in ids:
-                results.append(execute_one(ctx, camera_id, execution))
-    return {"commands": results}
+                if not isinstance(camera_id, str):
+                    raise BadRequest("device id must be a string")
+                work.append((camera_id, execution))
+    return {"commands": [execute_one(ctx, camera_id, execution) for camera_id, execution in work]}
 
 
 def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict[str, Any]:
-    camera = owned(ctx, camera_id)
+    with ctx.services.db.session() as session:
+        camera = owned(ctx, session, camera_id)
     if camera is None:
         return error(camera_id, "deviceNotFound")
     if execution["command"] != GET_CAMERA_STREAM:
         return error(camera_id, "functionNotSupported")
     params = execution["params"]
-    theirs = params["SupportedStreamProtocols"]
-    try:
-        blockers = stream_blockers(ctx.session, camera, Audience.GOOGLE, Protocol.HLS)
-    except LookupError:
-        return error(camera_id, "deviceNotFound")
-    if blockers:
-        record(ctx, camera, "stream.denied", reason=",".join(b.value for b in blockers))
-        return blocked(camera_id, blockers[0])
-    chosen = next((p for p in OUR_PROTOCOLS if p in theirs), None)
+    chosen = next((p for p in OUR_PROTOCOLS if p in params["SupportedStreamProtocols"]), None)
     if chosen is None:
-        record(ctx, camera, "stream.denied", reason="no_common_protocol")
+        known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
+        if known:  # a blocked camera says why, whatever protocols were offered
+            return blocked(camera_id, known[0])
+        with ctx.services.db.session() as session:
+            audit.record(session, "stream.denied", actor="google", account_id=camera.owner_id,
+                         camera_id=camera.id, assistant="google",
+                         reason="no_common_protocol")  # fmt: skip
         return error(camera_id, "functionNotSupported")
-    url = mint(ctx.settings, camera, OUR_PROTOCOLS[chosen], Audience.GOOGLE, ctx.principal.grant_id)
-    record(ctx, camera, "stream.requested", protocol=chosen,
-           to_chromecast=bool(params.get("StreamToChromecast")))  # fmt: skip
+    try:
+        opened = ctx.services.streams.open(
+            ctx.services.db, camera, Audience.GOOGLE, OUR_PROTOCOLS[chosen],
+            ctx.principal.grant_id, to_chromecast=bool(params.get("StreamToChromecast")),
+        )  # fmt: skip
+    except CameraGone:
+        return error(camera_id, "deviceNotFound")
+    except StreamRefused as refused:
+        return blocked(camera_id, refused.blockers[0])
     states: dict[str, Any] = {
         "online": True,
-        "cameraStreamAccessUrl": url,
+        "cameraStreamAccessUrl": opened.url,
         "cameraStreamProtocol": chosen,
     }
-    if ctx.settings.google_receiver_app_id:
-        states["cameraStreamReceiverAppId"] = ctx.settings.google_receiver_app_id
+    receiver = ctx.services.settings.google_receiver_app_id
+    if receiver:
+        states["cameraStreamReceiverAppId"] = receiver
     return {"ids": [camera_id], "status": "SUCCESS", "states": states}
 
 
@@ -176,14 +190,10 @@ def error(camera_id: Any, code: str) -> dict[str, Any]:
     return {"ids": [camera_id], "status": "ERROR", "errorCode": code}
 
 
-def record(ctx: Context, camera: Camera, action: str, **detail: Any) -> None:
-    audit.record(ctx.session, action, actor="google", account_id=camera.owner_id,
-                 camera_id=camera.id, assistant="google", **detail)  # fmt: skip
-
-
 def disconnect(ctx: Context, payload: Any) -> dict[str, Any]:
     """The owner unlinked in the Google Home app: revoke this link (and only this one)."""
-    revoke_grant(ctx.session, ctx.principal.grant_id, "google_disconnect", actor="google")
+    with ctx.services.db.session() as session:
+        revoke_grant(session, ctx.principal.grant_id, "google_disconnect", actor="google")
     return {}
 
 

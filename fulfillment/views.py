@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from camvoice.web import database, settings
+from camvoice.services import EXTENSION, Services
 from fulfillment.intents import INTENTS, BadRequest, Context
 from oauth.tokens import Principal, authenticate_bearer
 
@@ -53,16 +53,16 @@ def fulfillment() -> Response:
         return bad_request("requestId (string) and inputs (non-empty list) are required")
     if not all(isinstance(i, dict) and i.get("intent") in INTENTS for i in inputs):
         return bad_request(f"every input needs an intent among {', '.join(INTENTS)}")
+    services: Services = current_app.extensions[EXTENSION]
+    with services.db.session() as session:
+        principal = authenticate_bearer(session, bearer_token(), "google")
+    if not isinstance(principal, Principal):
+        return unauthorized(principal.value)
+    ctx = Context(services, principal)
     payload: dict[str, Any] = {}
     try:
-        with database().session() as session:
-            principal = authenticate_bearer(session, bearer_token(), "google")
-            if not isinstance(principal, Principal):
-                return unauthorized(principal.value)
-            homegraph = "camvoice.homegraph" in current_app.extensions
-            ctx = Context(session, settings(), principal, homegraph)
-            for item in inputs:
-                merge(payload, INTENTS[item["intent"]](ctx, item.get("payload")))
-    except BadRequest as exc:  # raised before commit: nothing of this request is kept
+        for item in inputs:
+            merge(payload, INTENTS[item["intent"]](ctx, item.get("payload")))
+    except BadRequest as exc:  # raised before the intent's work is committed
         return bad_request(str(exc))
     return jsonify(requestId=request_id, payload=payload)

@@ -18,12 +18,13 @@ from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy import update
 
 from camvoice import audit
+from camvoice.db import Database
 from camvoice.models import Account, utcnow
-from camvoice.web import database
+from camvoice.services import EXTENSION
 from oauth.models import SCOPES, AuthorizationCode, Grant, OAuthClient, Token, digest
 from oauth.tokens import (
     REFRESH_RETRY_GRACE,
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 
 CODE_TTL = timedelta(minutes=5)
 CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+
+def database() -> Database:
+    """The app's database; Authlib calls the functions below inside a request."""
+    return current_app.extensions[EXTENSION].db  # type: ignore[no-any-return]
 
 
 def query_client(client_id: str) -> OAuthClient | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import select, update
@@ -120,6 +120,69 @@ def revoke_grant(session: Session, grant_id: str, reason: str, *, actor: str) ->
 def grant_is_live(session: Session, grant_id: str) -> bool:
     grant = session.get(Grant, grant_id)
     return grant is not None and grant.revoked_at is None
+
+
+def live_links(session: Session, account_id: str) -> list[tuple[Grant, str]]:
+    """An owner's live links (grants) with the name of the client each was made for."""
+    rows = session.execute(
+        select(Grant, OAuthClient.name)
+        .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
+        .where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
+        .order_by(Grant.created_at)
+    ).all()
+    return [(grant, name) for grant, name in rows]
+
+
+def owns_link(session: Session, account_id: str, grant_id: str) -> bool:
+    grant = session.get(Grant, grant_id)
+    return grant is not None and grant.account_id == account_id
+
+
+def linked_since(session: Session, account_id: str, assistant: str) -> datetime | None:
+    """When the owner's newest live link to `assistant` was made, or None if none is live."""
+    stmt = (
+        select(Grant.created_at)
+        .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
+        .where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
+        .where(OAuthClient.assistant == assistant)
+        .order_by(Grant.created_at.desc())
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+SIMULATOR_CLIENTS = {"alexa": "camvoice simulator (Alexa)", "google": "camvoice simulator (Google)"}
+
+
+def simulator_token(session: Session, account_id: str, assistant: str) -> tuple[str, str]:
+    """An access token of the built-in simulator client for this owner: (token, grant id)."""
+    name = SIMULATOR_CLIENTS[assistant]
+    client = session.scalars(select(OAuthClient).where(OAuthClient.name == name)).first()
+    if client is None:
+        client = OAuthClient(
+            client_id=secrets.token_urlsafe(18),
+            name=name,
+            assistant=assistant,
+            secret_hash=None,
+            redirect_uris=["http://127.0.0.1/simulator"],
+            public=True,
+        )
+        session.add(client)
+        session.flush()
+    grant = session.scalars(
+        select(Grant).where(
+            Grant.account_id == account_id,
+            Grant.client_id == client.client_id,
+            Grant.revoked_at.is_(None),
+        )
+    ).first()
+    if grant is None:
+        grant = Grant(account_id=account_id, client_id=client.client_id, scope="cameras")
+        session.add(grant)
+        session.flush()
+    token = new_secret()
+    store_tokens(session, grant, token, None, 600)
+    return token, grant.id
 
 
 class Failure(StrEnum):

@@ -8,13 +8,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authlib.oauth2 import OAuth2Error
-from flask import Blueprint, Response, current_app, redirect, render_template, request, session
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+)
+from flask_wtf.csrf import generate_csrf, validate_csrf
+from wtforms import ValidationError
 
 from camvoice.accounts import authenticate, normalize_email
-from camvoice.cameras import BACKENDS
 from camvoice.models import Account
 from camvoice.readiness import Assistant, explain, readiness
-from camvoice.web import check_csrf, client_ip, csrf_token, database, language, settings
+from camvoice.services import EXTENSION, Services
 from oauth.i18n import ASSISTANT_NAMES, SCOPE_TEXT, TEXT
 from oauth.models import SCOPES, OAuthClient
 
@@ -35,6 +45,23 @@ def server() -> Any:
     return current_app.extensions["camvoice.oauth_server"]
 
 
+def services() -> Services:
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def language() -> str:
+    """'es' or 'en' from Accept-Language."""
+    return request.accept_languages.best_match(["en", "es"], default="en") or "en"
+
+
+def check_csrf() -> None:
+    """Refuse a form post whose CSRF token is missing or not this session's (400)."""
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError:
+        abort(400, description="The form expired or was not sent from this site. Reload and retry.")
+
+
 @bp.after_request
 def security_headers(response: Response) -> Response:
     if response.mimetype == "text/html":
@@ -48,7 +75,7 @@ def security_headers(response: Response) -> Response:
 def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
     lang = language()
     return render_template(
-        template, lang=lang, t=TEXT[lang], csrf_token=csrf_token(), **context
+        template, lang=lang, t=TEXT[lang], csrf_token=generate_csrf(), **context
     ), status
 
 
@@ -56,7 +83,7 @@ def signed_in_account() -> Account | None:
     account_id = session.get("account_id")
     if not account_id:
         return None
-    with database().session() as db_session:
+    with services().db.session() as db_session:
         return db_session.get(Account, account_id)
 
 
@@ -92,8 +119,8 @@ def authorize() -> Any:
 def consent_page(client: OAuthClient, account: Account, scope: str) -> tuple[str, int]:
     lang = language()
     assistant = Assistant(client.assistant) if client.assistant in ("alexa", "google") else None
-    with database().session() as db_session:
-        owned = BACKENDS["local"].list_cameras(db_session, account.id)
+    with services().db.session() as db_session:
+        owned = services().registry.owned_cameras(db_session, account.id)
         cameras = [
             {
                 "name": cam.name,
@@ -141,17 +168,17 @@ def login_form() -> tuple[str, int]:
 def login() -> Any:
     """Check the password, under per-account and per-address failure limits."""
     check_csrf()
-    cfg = settings()
+    cfg = services().settings
     email = normalize_email(request.form.get("email", ""))[:254]
     password = request.form.get("password", "")
     target = safe_next(request.form.get("next"))
     window = timedelta(seconds=cfg.login_window)
     keys = [
         (f"login:acct:{email}", cfg.login_max_failures_account),
-        (f"login:ip:{client_ip()}", cfg.login_max_failures_ip),
+        (f"login:ip:{request.remote_addr or 'unknown'}", cfg.login_max_failures_ip),
     ]
     lang = language()
-    limiter = current_app.extensions["camvoice.limiter"]
+    limiter = services().limiter
     # Counted before the password is checked, forgiven on success: a burst of parallel guesses
     # cannot all pass the check before the first failure is counted.
     for key, _ in keys:
@@ -166,7 +193,7 @@ def login() -> Any:
             error=TEXT[lang]["too_many"].format(minutes=max(1, round(wait / 60))),
         )
         return Response(body, 429, headers={"Retry-After": str(wait)}, mimetype="text/html")
-    with database().session() as db_session:
+    with services().db.session() as db_session:
         account = authenticate(db_session, email, password)
         account_id = account.id if account else None
     if account_id is None:
@@ -219,7 +246,7 @@ def introspect() -> Response:
 @bp.get("/.well-known/oauth-authorization-server")
 def metadata() -> dict[str, Any]:
     """RFC 8414, built from the configured public URL, never from request headers."""
-    base = settings().public_url
+    base = services().settings.public_url
     auth_methods = ["client_secret_basic", "client_secret_post", "none"]
     return {
         "issuer": base,

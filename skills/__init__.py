@@ -6,35 +6,38 @@ import logging
 
 from flask import Flask
 
-from camvoice import outbox
-from camvoice.db import Database
-from camvoice.settings import Settings
+from camvoice.services import Services
 
 log = logging.getLogger(__name__)
 TOPICS = ("camera.added", "camera.removed", "camera.changed")
 
 
-def subscribe(db: Database, settings: Settings) -> bool:
+def events_configured(services: Services) -> bool:
+    settings = services.settings
+    return bool(settings.alexa_client_id and settings.alexa_client_secret)
+
+
+def subscribe(services: Services) -> bool:
     """Route camera events to the Alexa event gateway; False without the skill's LWA client."""
-    if not settings.alexa_client_id or not settings.alexa_client_secret:
+    if not events_configured(services):
         return False
     from skills.events import make_handler
 
-    handler = make_handler(db, settings)
+    handler = make_handler(services)
     for topic in TOPICS:
-        outbox.subscribe(topic, "alexa.events", handler)
+        services.outbox.subscribe(topic, "alexa.events", handler)
     return True
 
 
-def init_app(app: Flask, settings: Settings, db: Database) -> None:
+def init_app(app: Flask, services: Services) -> None:
     from skills import custom
     from skills.views import bp
 
     app.register_blueprint(bp)
-    custom.init_app(app, settings)
-    if settings.alexa_forwarder_secret is None:
+    custom.init_app(app, services.settings)
+    if services.settings.alexa_forwarder_secret is None:
         log.warning("CAMVOICE_ALEXA_FORWARDER_SECRET is not set: /alexa/smart-home refuses all")
-    if not subscribe(db, settings):
+    if not events_configured(services):
         log.warning(
             "CAMVOICE_ALEXA_CLIENT_ID/SECRET are not set: AcceptGrant fails and Alexa hears of "
             "camera changes only at the next discovery"

@@ -7,7 +7,6 @@ import json
 import click
 
 from camvoice.accounts import find_account
-from camvoice.cameras import BACKENDS
 from camvoice.commands import Context, fail, pass_ctx, require_migrated
 
 
@@ -26,7 +25,7 @@ def model(ctx: Context, owner: str) -> None:
         account = find_account(session, owner)
         if account is None:
             fail(f"no account {owner}")
-        cameras = BACKENDS["local"].list_cameras(session, account.id)  # type: ignore[union-attr]
+        cameras = ctx.services.registry.owned_cameras(session, account.id)  # type: ignore[union-attr]
         values = [
             {"id": c.id, "name": {"value": c.name.lower(),
                                   "synonyms": [n.lower() for n in c.nicknames or []]}}

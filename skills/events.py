@@ -15,8 +15,8 @@ import requests
 from sqlalchemy import String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
+from camvoice.services import Services
 from camvoice.settings import Settings
 from skills import messages
 
@@ -86,42 +86,48 @@ def store_tokens(
     session.add(link)
 
 
-def accept_grant(session: Session, settings: Settings, account_id: str, code: str) -> None:
-    """Exchange AcceptGrant's code at LWA and keep the owner's tokens (raises LwaError)."""
-    data = lwa_request(settings, {"grant_type": "authorization_code", "code": code})
-    store_tokens(session, settings, account_id, data)
+def accept_grant(services: Services, account_id: str, code: str) -> None:
+    """Exchange AcceptGrant's code at LWA and keep the owner's tokens (raises LwaError).
+    LWA is asked with no transaction open."""
+    data = lwa_request(services.settings, {"grant_type": "authorization_code", "code": code})
+    with services.db.session() as session:
+        store_tokens(session, services.settings, account_id, data)
 
 
 class Gateway:
     """Sends one owner's events, refreshing their LWA token as needed."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
-        self.db = db
-        self.settings = settings
+    def __init__(self, services: Services) -> None:
+        self.db = services.db
+        self.settings = services.settings
 
     def token(self, account_id: str, force: bool = False) -> str | None:
-        """A valid access token for the owner, or None if they have no live link."""
+        """A valid access token for the owner, or None if they have no live link.
+
+        LWA is asked between two short transactions, never inside one.
+        """
+        sealer = self.settings.sealer()
         with self.db.session() as session:
             link = session.get(AlexaLink, account_id)
             if link is None or link.dead_at is not None:
                 return None
-            sealer = self.settings.sealer()
-            if force or link.expires_at <= utcnow() + timedelta(seconds=60):
-                refresh = sealer.decrypt(link.refresh_token.encode()).decode()
-                try:
-                    data = lwa_request(
-                        self.settings, {"grant_type": "refresh_token", "refresh_token": refresh}
-                    )
-                except LwaError as exc:
-                    if exc.dead:
-                        link.dead_at = utcnow()
-                        log.warning("Alexa grant of owner %s is dead; no more events", account_id)
-                        return None
-                    raise
-                data.setdefault("refresh_token", refresh)
-                store_tokens(session, self.settings, account_id, data)
-                return str(data["access_token"])
-            return sealer.decrypt(link.access_token.encode()).decode()
+            if not force and link.expires_at > utcnow() + timedelta(seconds=60):
+                return sealer.decrypt(link.access_token.encode()).decode()
+            refresh = sealer.decrypt(link.refresh_token.encode()).decode()
+        try:
+            data = lwa_request(
+                self.settings, {"grant_type": "refresh_token", "refresh_token": refresh}
+            )
+        except LwaError as exc:
+            if not exc.dead:
+                raise
+            self.mark_dead(account_id)
+            log.warning("Alexa grant of owner %s is dead; no more events", account_id)
+            return None
+        data.setdefault("refresh_token", refresh)
+        with self.db.session() as session:
+            store_tokens(session, self.settings, account_id, data)
+        return str(data["access_token"])
 
     def mark_dead(self, account_id: str) -> None:
         with self.db.session() as session:
@@ -155,9 +161,10 @@ class Gateway:
             raise RuntimeError(f"event gateway answered {reply.status_code} {code}".strip())
 
 
-def make_handler(db: Database, settings: Settings) -> Any:
+def make_handler(services: Services) -> Any:
     """The outbox handler: camera events to AddOrUpdateReport / DeleteReport / ChangeReport."""
-    gateway = Gateway(db, settings)
+    gateway = Gateway(services)
+    db, settings = services.db, services.settings
 
     def handle(topic: str, event: dict[str, Any]) -> None:
         account_id, camera_id = event["account_id"], event["camera_id"]
@@ -166,9 +173,9 @@ def make_handler(db: Database, settings: Settings) -> Any:
                 return  # the owner never sent AcceptGrant: no events for them
             camera = session.get(Camera, camera_id)
             endpoint = (
-                messages.endpoint(camera, settings, streams_available(settings)) if camera else None
+                messages.endpoint(camera, settings, services.rtsps_available()) if camera else None
             )
-            health = messages.connectivity(camera) if camera else None
+            health = messages.EndpointHealth.connectivity(camera) if camera else None
         changed = set(event.get("changed", []))
         if topic == "camera.removed":
             gateway.send(account_id, lambda token: delete_report(camera_id, token))
@@ -181,13 +188,6 @@ def make_handler(db: Database, settings: Settings) -> Any:
             gateway.send(account_id, lambda token: change_report(camera_id, health, token))
 
     return handle
-
-
-def streams_available(settings: Settings) -> bool:
-    """Only advertise CameraStreamController when something can serve RTSPS."""
-    from camvoice.rtsps import relay_problem
-
-    return bool(settings.rtsps_url_template) or relay_problem(settings) is None
 
 
 def scope(token: str) -> dict[str, str]:

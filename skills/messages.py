@@ -11,6 +11,7 @@ from camvoice.cameras import protocols
 from camvoice.models import Camera
 from camvoice.settings import Settings
 from camvoice.tickets import Protocol
+from skills.errors import AlexaError
 
 PAYLOAD_VERSION = "3"
 MAX_ENDPOINTS = 300
@@ -42,59 +43,97 @@ def clean_text(text: str, fallback: str) -> str:
     return cleaned or fallback
 
 
-def connectivity(camera: Camera) -> dict[str, Any]:
-    return {
-        "namespace": "Alexa.EndpointHealth",
-        "name": "connectivity",
-        "value": {"value": "OK" if camera.online else "UNREACHABLE"},
-        "timeOfSample": timestamp(),
-        "uncertaintyInMilliseconds": 0,
-    }
+class AlexaInterface:
+    """The `Alexa` interface every endpoint lists."""
+
+    interface = "Alexa"
+
+    def capability(self) -> dict[str, Any]:
+        return {"type": "AlexaInterface", "interface": self.interface, "version": "3"}
 
 
-def resolution(camera: Camera) -> dict[str, int]:
-    """What the relay really sends: the demo pattern is 640x360; real cameras pass 1080p through."""
-    return (
-        {"width": 640, "height": 360}
-        if camera.source == "demo"
-        else {"width": 1920, "height": 1080}
-    )
+class EndpointHealth(AlexaInterface):
+    """Alexa.EndpointHealth: connectivity, the one property Alexa holds for a camera."""
 
+    interface = "Alexa.EndpointHealth"
 
-def audio_codec(camera: Camera) -> str:
-    """The relay adds AAC to the demo pattern; a real camera's audio is not passed (H.264 only).
-    Discovery and InitializeCameraStreams both say it, so they cannot disagree."""
-    return "AAC" if camera.source == "demo" else "NONE"
-
-
-def endpoint(camera: Camera, settings: Settings, streams: bool) -> dict[str, Any]:
-    """One camera as a discovery endpoint. `streams` is False when no RTSPS relay can serve it."""
-    capabilities: list[dict[str, Any]] = [
-        {"type": "AlexaInterface", "interface": "Alexa", "version": "3"},
-        {
-            "type": "AlexaInterface",
-            "interface": "Alexa.EndpointHealth",
-            "version": "3",
+    def capability(self) -> dict[str, Any]:
+        return {
+            **super().capability(),
             "properties": {
                 "supported": [{"name": "connectivity"}],
                 "proactivelyReported": True,
                 "retrievable": True,
             },
-        },
-    ]
-    if streams and Protocol.RTSPS in protocols(camera):
-        capabilities.insert(1, {
-            "type": "AlexaInterface",
-            "interface": "Alexa.CameraStreamController",
-            "version": "3",
+        }
+
+    @staticmethod
+    def connectivity(camera: Camera) -> dict[str, Any]:
+        return {
+            "namespace": EndpointHealth.interface,
+            "name": "connectivity",
+            "value": {"value": "OK" if camera.online else "UNREACHABLE"},
+            "timeOfSample": timestamp(),
+            "uncertaintyInMilliseconds": 0,
+        }
+
+
+class CameraStreamController(AlexaInterface):
+    """Alexa.CameraStreamController: RTSP (our RTSPS relay on 443), H.264, the ticket in the URI."""
+
+    interface = "Alexa.CameraStreamController"
+
+    def __init__(self, camera: Camera) -> None:
+        self.camera = camera
+
+    def resolution(self) -> dict[str, int]:
+        """What the relay really sends: the demo pattern is 640x360; real cameras pass 1080p."""
+        if self.camera.source == "demo":
+            return {"width": 640, "height": 360}
+        return {"width": 1920, "height": 1080}
+
+    def audio_codec(self) -> str:
+        """The relay adds AAC to the demo pattern; a real camera's audio is not passed (H.264
+        only). Discovery and InitializeCameraStreams both say it, so they cannot disagree."""
+        return "AAC" if self.camera.source == "demo" else "NONE"
+
+    def capability(self) -> dict[str, Any]:
+        return {
+            **super().capability(),
             "cameraStreamConfigurations": [{
                 "protocols": ["RTSP"],
-                "resolutions": [resolution(camera)],
+                "resolutions": [self.resolution()],
                 "authorizationTypes": ["NONE"],  # the ticket is in the URL
                 "videoCodecs": ["H264"],
-                "audioCodecs": [audio_codec(camera)],
+                "audioCodecs": [self.audio_codec()],
             }],
-        })  # fmt: skip
+        }  # fmt: skip
+
+    def stream(self, uri: str, expires: datetime, idle_timeout: int) -> dict[str, Any]:
+        """One entry of the InitializeCameraStreams response's cameraStreams."""
+        return {
+            "uri": uri,
+            "expirationTime": timestamp(expires),
+            "idleTimeoutSeconds": idle_timeout,
+            "protocol": "RTSP",
+            "resolution": self.resolution(),
+            "authorizationType": "NONE",
+            "videoCodec": "H264",
+            "audioCodec": self.audio_codec(),
+        }
+
+
+def capabilities(camera: Camera, streams: bool) -> list[AlexaInterface]:
+    """The interfaces a camera's endpoint lists; `streams` False when no RTSPS can be served."""
+    found: list[AlexaInterface] = [AlexaInterface()]
+    if streams and Protocol.RTSPS in protocols(camera):
+        found.append(CameraStreamController(camera))
+    found.append(EndpointHealth())
+    return found
+
+
+def endpoint(camera: Camera, settings: Settings, streams: bool) -> dict[str, Any]:
+    """One camera as a discovery endpoint. `streams` is False when no RTSPS relay can serve it."""
     manufacturer = clean_text(settings.manufacturer, "camvoice")
     attributes = {"manufacturer": manufacturer, "model": camera.model[:256],
                   "firmwareVersion": camera.firmware[:256]}  # fmt: skip
@@ -107,7 +146,7 @@ def endpoint(camera: Camera, settings: Settings, streams: bool) -> dict[str, Any
         "friendlyName": clean_text(camera.name, "Camera"),
         "displayCategories": ["CAMERA"],
         "additionalAttributes": attributes,
-        "capabilities": capabilities,
+        "capabilities": [interface.capability() for interface in capabilities(camera, streams)],
     }
 
 
@@ -138,13 +177,6 @@ def echo_endpoint(directive: dict[str, Any]) -> dict[str, Any]:
     return echoed
 
 
-def error(
-    directive: dict[str, Any],
-    error_type: str,
-    message: str,
-    namespace: str = "Alexa",
-    **extra: Any,
-) -> dict[str, Any]:
+def error(directive: dict[str, Any], exc: AlexaError) -> dict[str, Any]:
     """Alexa.ErrorResponse (or Alexa.Authorization.ErrorResponse) for this directive."""
-    payload = {"type": error_type, "message": message, **extra}
-    return response(namespace, "ErrorResponse", directive, payload)
+    return response(exc.namespace, "ErrorResponse", directive, exc.payload())

@@ -13,10 +13,10 @@ import json
 import logging
 import time
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
-from camvoice.web import database, settings
-from skills import messages
+from camvoice.services import EXTENSION, Services
+from skills import errors, messages
 from skills.smarthome import handle
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ def signature_ok(secret: str, timestamp: str, body: bytes, signature: str) -> bo
 
 @bp.post("/alexa/smart-home")
 def smart_home() -> Response:
-    secret = settings().alexa_forwarder_secret
+    services: Services = current_app.extensions[EXTENSION]
+    secret = services.settings.alexa_forwarder_secret
     body = request.get_data(cache=False)
     sent = request.headers.get("X-Camvoice-Signature", "")
     timestamp = request.headers.get("X-Camvoice-Timestamp", "")
@@ -52,11 +53,10 @@ def smart_home() -> Response:
     except ValueError:
         message = None
     try:
-        with database().session() as session:
-            answer = handle(session, settings(), message)
+        answer = handle(services, message)
     except Exception:
         log.exception("smart-home directive failed")
         directive = message.get("directive", {}) if isinstance(message, dict) else {}
-        answer = messages.error(directive if isinstance(directive, dict) else {},
-                                "INTERNAL_ERROR", "internal error; it has been logged")  # fmt: skip
+        failure = errors.InternalError("internal error; it has been logged")
+        answer = messages.error(directive if isinstance(directive, dict) else {}, failure)
     return jsonify(answer)

@@ -24,10 +24,11 @@ import requests
 from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from camvoice import outbox
-from camvoice.app import create_app
 from camvoice.db import Database
+from camvoice.services import EXTENSION, Services
 from camvoice.settings import Settings, load_settings
+from service.app import create_app
+from service.wiring import build_services
 
 PG_ADMIN = os.environ.get("CAMVOICE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("CAMVOICE_REQUIRE_POSTGRES") == "1"
@@ -110,11 +111,15 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_subscribers() -> Iterator[None]:
-    outbox.unsubscribe_all()
-    yield
-    outbox.unsubscribe_all()
+@pytest.fixture
+def services(settings: Settings, db: Database) -> Services:
+    """The wiring as the CLI and worker build it (no web app)."""
+    return build_services(settings, db)
+
+
+def wiring(app: Flask) -> Services:
+    """The wiring a web app was built with: its registry, streams and outbox."""
+    return app.extensions[EXTENSION]  # type: ignore[no-any-return]
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -194,7 +199,7 @@ def cli_env(settings: Settings, db_url: str) -> dict[str, str]:
 
 def require_gstreamer() -> None:
     """Skip without Debian's GStreamer RTSP server, or fail when CI says it must be there."""
-    from camvoice.rtsps import gstreamer_available
+    from media.rtsps import gstreamer_available
 
     if not gstreamer_available():
         if os.environ.get("CAMVOICE_REQUIRE_GSTREAMER") == "1":
@@ -205,7 +210,7 @@ def require_gstreamer() -> None:
 @contextmanager
 def running_relay(settings: Settings, app_url: str) -> Iterator[None]:
     """The RTSPS relay subprocess, up and listening, stopped afterwards."""
-    from camvoice.rtsps import start_relay
+    from media.rtsps import start_relay
 
     process = start_relay(settings, app_url)
     try:

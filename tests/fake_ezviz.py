@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from camvoice.relay import find_ffmpeg
+from media.relay import find_ffmpeg
 from tests.fake_http import GetRoute, JsonServer
 
 WEEK_MS = 7 * 24 * 3600 * 1000

@@ -9,7 +9,13 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from camvoice.relay import find_ffmpeg
+from camvoice.cameras import Registry
+from camvoice.models import Camera
+from camvoice.outbox import Outbox
+from camvoice.settings import Settings
+from camvoice.streams import Streams
+from camvoice.tickets import Audience, Protocol
+from media.relay import find_ffmpeg
 
 
 def probe_video(url: str, extra: list[str] | None = None, timeout: float = 30) -> str:
@@ -70,3 +76,19 @@ def zombies() -> list[int]:
             if stat[0] == "Z" and stat[1] == me:
                 found.append(int(entry.name))
     return found
+
+
+def bare_registry() -> Registry:
+    """A registry whose changes reach no subscriber: for tests about media, not events."""
+    return Registry(Outbox())
+
+
+def mint(
+    settings: Settings,
+    camera: Camera,
+    protocol: Protocol,
+    audience: Audience,
+    grant_id: str | None = None,
+) -> str:
+    """A stream URL as the core mints it for a camera that passed its readiness rules."""
+    return Streams(settings, bare_registry()).mint(camera, protocol, audience, grant_id)

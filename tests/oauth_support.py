@@ -11,8 +11,9 @@ import requests
 from authlib.integrations.requests_client import OAuth2Session
 
 from camvoice.accounts import create_account
-from camvoice.cameras import add_camera
+from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.outbox import Outbox
 from oauth.models import OAuthClient, digest
 from tests.conftest import LiveServer
 
@@ -54,11 +55,18 @@ def register(
     return Client(client_id, secret, uris[0])
 
 
-def make_owner(db: Database, email: str, cameras: dict[str, dict] | None = None) -> str:
+def make_owner(
+    db: Database,
+    email: str,
+    cameras: dict[str, dict] | None = None,
+    registry: Registry | None = None,
+) -> str:
+    """An owner with cameras; without a registry, no outbox event is written for them."""
+    registry = registry or Registry(Outbox())
     with db.session() as session:
         account = create_account(session, email, PASSWORD)
         for name, fields in (cameras or {}).items():
-            add_camera(session, account, name, actor="test", **fields)
+            registry.add(session, account, name, actor="test", **fields)
         return account.id
 
 

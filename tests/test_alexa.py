@@ -22,16 +22,16 @@ import requests
 from sqlalchemy import select, update
 
 from camvoice import outbox
-from camvoice.app import create_app
-from camvoice.cameras import add_camera, remove_camera, update_camera
+from camvoice.cameras import Registry
 from camvoice.db import Database
-from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from camvoice.models import AuditEvent, Camera, utcnow
-from camvoice.rtsps import self_signed
 from camvoice.settings import Settings
+from media.rtsps import self_signed
 from oauth.models import Token
+from service.app import create_app
+from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from skills.events import AlexaLink
-from tests.conftest import LiveServer, free_port, require_gstreamer, running_relay
+from tests.conftest import LiveServer, free_port, require_gstreamer, running_relay, wiring
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
 from tests.media_support import probe_video
 from tests.oauth_support import ALEXA_URIS, link, make_owner, register
@@ -87,10 +87,14 @@ def server(
     app.extensions["camvoice.relays"].shutdown()
 
 
+def registry(server: LiveServer) -> Registry:
+    return wiring(server.app).registry
+
+
 @pytest.fixture
-def demo(db: Database) -> dict[str, str]:
+def demo(server: LiveServer, db: Database) -> dict[str, str]:
     with db.session() as session:
-        return {c.name: c.id for c in seed(session).cameras}
+        return {c.name: c.id for c in seed(session, registry(server)).cameras}
 
 
 @pytest.fixture
@@ -473,26 +477,29 @@ def test_accept_grant_stores_tokens_encrypted(
     assert error_of(bad_grantee) == ("Alexa.Authorization", "ACCEPT_GRANT_FAILED")
 
 
-def drain(db: Database) -> None:
-    while outbox.drain_once(db, max_attempts=3):
+def drain(server: LiveServer) -> None:
+    services = wiring(server.app)
+    while outbox.drain_once(services.db, services.outbox, max_attempts=3):
         pass
 
 
 def test_proactive_events_reach_the_gateway(
     server: LiveServer, db: Database, token: str, demo: dict[str, str], amazon: FakeAmazon
 ) -> None:
-    drain(db)  # the demo cameras' own "added" events, from before the grant
+    drain(server)  # the demo cameras' own "added" events, from before the grant
     accept_grant(token, amazon.new_code())
     with db.session() as session:
         front = session.get(Camera, demo["Front Door"])
-        update_camera(session, front, {"name": "Front Porch"}, actor="test")
-        update_camera(session, front, {"online": False}, actor="test")
-        update_camera(session, front, {"image_encryption": True}, actor="test")  # no property
+        registry(server).record(session, front, {"name": "Front Porch"}, actor="test")
+        registry(server).record(session, front, {"online": False}, actor="test")
+        registry(server).record(
+            session, front, {"image_encryption": True}, actor="test"
+        )  # no property
         owner = front.owner
-        added = add_camera(session, owner, "Attic", actor="test")
+        added = registry(server).add(session, owner, "Attic", actor="test")
     with db.session() as session:
-        remove_camera(session, session.get(Camera, added.id), actor="test")
-    drain(db)
+        registry(server).remove(session, session.get(Camera, added.id), actor="test")
+    drain(server)
     assert amazon.problems == []
     names = [
         (
@@ -516,13 +523,15 @@ def test_proactive_events_reach_the_gateway(
 def test_expired_alexa_token_is_refreshed(
     server: LiveServer, db: Database, token: str, demo: dict[str, str], amazon: FakeAmazon
 ) -> None:
-    drain(db)  # the demo cameras' own "added" events, from before the grant
+    drain(server)  # the demo cameras' own "added" events, from before the grant
     accept_grant(token, amazon.new_code())
     amazon.expire_all_access_tokens()
     with db.session() as session:
         session.execute(update(AlexaLink).values(expires_at=utcnow() - timedelta(seconds=1)))
-        update_camera(session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t")
-    drain(db)
+        registry(server).record(
+            session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t"
+        )
+    drain(server)
     assert [c["grant_type"] for c in amazon.lwa_calls] == ["authorization_code", "refresh_token"]
     assert [e["event"]["header"]["name"] for e in amazon.events] == ["ChangeReport"]
 
@@ -530,30 +539,36 @@ def test_expired_alexa_token_is_refreshed(
 def test_gateway_401_refreshes_once_and_retries(
     server: LiveServer, db: Database, token: str, demo: dict[str, str], amazon: FakeAmazon
 ) -> None:
-    drain(db)  # the demo cameras' own "added" events, from before the grant
+    drain(server)  # the demo cameras' own "added" events, from before the grant
     accept_grant(token, amazon.new_code())
     amazon.expire_all_access_tokens()  # the gateway stops accepting the token we hold
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t")
-    drain(db)
+        registry(server).record(
+            session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t"
+        )
+    drain(server)
     assert [e["event"]["header"]["name"] for e in amazon.events] == ["ChangeReport"]
 
 
 def test_disabled_skill_stops_events(
     server: LiveServer, db: Database, token: str, demo: dict[str, str], amazon: FakeAmazon
 ) -> None:
-    drain(db)  # the demo cameras' own "added" events, from before the grant
+    drain(server)  # the demo cameras' own "added" events, from before the grant
     accept_grant(token, amazon.new_code())
     amazon.gateway_reply = (403, "SKILL_DISABLED_EXCEPTION")
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t")
-    drain(db)
+        registry(server).record(
+            session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t"
+        )
+    drain(server)
     with db.session() as session:
         assert session.scalars(select(AlexaLink)).one().dead_at is not None
     amazon.gateway_reply = None
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"online": True}, actor="t")
-    drain(db)
+        registry(server).record(
+            session, session.get(Camera, demo["Garage"]), {"online": True}, actor="t"
+        )
+    drain(server)
     assert amazon.events == []
 
 
@@ -562,12 +577,14 @@ def test_gateway_5xx_is_retried_by_the_outbox(
 ) -> None:
     from camvoice.models import OutboxEvent
 
-    drain(db)  # the demo cameras' own "added" events, from before the grant
+    drain(server)  # the demo cameras' own "added" events, from before the grant
     accept_grant(token, amazon.new_code())
     amazon.gateway_reply = (503, "SERVICE_UNAVAILABLE_EXCEPTION")
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t")
-    drain(db)
+        registry(server).record(
+            session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t"
+        )
+    drain(server)
     with db.session() as session:
         event = session.scalars(
             select(OutboxEvent).where(
@@ -582,6 +599,8 @@ def test_owner_without_accept_grant_gets_no_events(
     server: LiveServer, db: Database, token: str, demo: dict[str, str], amazon: FakeAmazon
 ) -> None:
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t")
-    drain(db)
+        registry(server).record(
+            session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t"
+        )
+    drain(server)
     assert amazon.events == [] and amazon.lwa_calls == []

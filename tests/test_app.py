@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from camvoice.app import create_app
 from camvoice.db import Database
 from camvoice.settings import Settings, load_settings
+from service.app import create_app
 from tests.conftest import LiveServer
 
 

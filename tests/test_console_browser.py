@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from camvoice.app import create_app
+from camvoice.cameras import Registry
 from camvoice.db import Database
-from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
-from camvoice.rtsps import self_signed
+from camvoice.outbox import Outbox
 from camvoice.settings import Settings
+from media.rtsps import self_signed
+from service.app import create_app
+from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from tests.conftest import LiveServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -41,7 +43,7 @@ def server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[LiveSer
         "media_dir": tmp_path / "media", "alexa_forwarder_secret": SecretStr("sim-secret-0123456789"),
         "relay_enabled": True, "rtsps_port": free_port(), "rtsps_cert": cert, "rtsps_key": key})  # fmt: skip
     with db.session() as session:
-        seed(session)
+        seed(session, Registry(Outbox()))
     app = create_app(configured, db)
     with LiveServer(app) as live:
         yield live

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 import requests
 
-from camvoice.app import create_app
+from camvoice.cameras import Registry
 from camvoice.db import Database
-from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+from camvoice.names import normalize, resolve
+from camvoice.outbox import Outbox
 from camvoice.settings import Settings
-from skills.custom.names import normalize, resolve
+from service.app import create_app
+from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from tests.conftest import LiveServer
 from tests.media_support import probe_video
 from tests.oauth_support import ALEXA_URIS, link, make_owner, register
@@ -38,7 +40,7 @@ def server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[LiveSer
 @pytest.fixture
 def token(server: LiveServer, db: Database) -> str:
     with db.session() as session:
-        seed(session)
+        seed(session, Registry(Outbox()))
     client = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
     _, issued = link(server, client, DEMO_EMAIL, password=DEMO_PASSWORD)
     return str(issued["access_token"])

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import requests
 
+from camvoice.cameras import Registry
 from camvoice.db import Database
-from camvoice.demo import DEMO_EMAIL, seed
+from camvoice.outbox import Outbox
+from service.demo import DEMO_EMAIL, seed
 from tests.conftest import VENV_BIN, free_port, run_cli
 
 EXPECTED = {
@@ -29,9 +31,9 @@ def codes(camera: dict, assistant: str) -> list[str]:
 
 def test_seed_is_idempotent(db: Database) -> None:
     with db.session() as session:
-        seed(session)
+        seed(session, Registry(Outbox()))
     with db.session() as session:
-        account = seed(session)
+        account = seed(session, Registry(Outbox()))
         assert sorted(c.name for c in account.cameras) == sorted(EXPECTED)
 
 

@@ -15,16 +15,28 @@ import pytest
 import requests
 from sqlalchemy import select, text, update
 
-from camvoice import ezviz, outbox
-from camvoice.app import create_app
-from camvoice.cameras import CameraError, update_camera
+from backends.ezviz.client import Client, Keys, list_devices, read_device
+from backends.ezviz.models import EzvizLink
+from backends.ezviz.sync import (
+    SyncFailed,
+    SyncReport,
+    apply_sync,
+    link_account,
+    sync_due,
+    sync_now,
+    unlink_account,
+)
+from camvoice import outbox
+from camvoice.cameras import CameraError
 from camvoice.db import Database
-from camvoice.ezviz import EzvizLink
 from camvoice.models import Account, AuditEvent, Camera, utcnow
 from camvoice.readiness import Assistant, Blocker, readiness
+from camvoice.services import Services
 from camvoice.settings import Settings
+from service.app import create_app
+from service.wiring import build_services
 from skills import messages
-from tests.conftest import LiveServer, run_cli
+from tests.conftest import LiveServer, run_cli, wiring
 from tests.fake_ezviz import FakeEzviz, make_hls
 from tests.media_support import probe_video
 from tests.oauth_support import GOOGLE_URIS, make_owner, register
@@ -51,11 +63,15 @@ def platform(hls_dir: Path) -> Iterator[FakeEzviz]:
 
 @pytest.fixture
 def ez(settings: Settings, platform: FakeEzviz, tmp_path: Path) -> Settings:
-    configured = settings.model_copy(
+    return settings.model_copy(
         update={"ezviz_api_url": platform.url, "media_dir": tmp_path / "media"}
     )
-    ezviz.install(configured)
-    return configured
+
+
+@pytest.fixture
+def services(ez: Settings, db: Database) -> Services:
+    """The wiring as the CLI and worker build it, pointed at the fake platform."""
+    return build_services(ez, db)
 
 
 @pytest.fixture
@@ -65,9 +81,11 @@ def owner(db: Database) -> Account:
         return session.scalars(select(Account).where(Account.email == OWNER)).one()
 
 
-def linked(db: Database, ez: Settings, owner: Account) -> dict[str, Camera]:
-    ezviz.link_account(db, ez, owner, APP_KEY, APP_SECRET, actor="test")
-    return cameras_of(db, owner)
+def linked(services: Services, owner: Account) -> dict[str, Camera]:
+    """Link the keys (one token call), then run the import the worker would run."""
+    link_account(services, owner, APP_KEY, APP_SECRET, actor="test")
+    sync_now(services, owner.id)
+    return cameras_of(services.db, owner)
 
 
 def cameras_of(db: Database, owner: Account) -> dict[str, Camera]:
@@ -121,11 +139,11 @@ def test_cli_links_the_account_and_imports_its_cameras(
 
 
 def test_paging_reads_every_device(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
     for n in range(4, 56):
         platform.add(f"SN{n:03d}", f"Camera {n}")
-    cameras = linked(db, ez, owner)
+    cameras = linked(services, owner)
     assert len(cameras) == 55
     lists = [f for _, p, f in platform.calls if p == "/api/lapp/device/list"]
     assert [(f["pageStart"], f["pageSize"]) for f in lists] == [("0", "50"), ("1", "50")]
@@ -135,13 +153,13 @@ def test_paging_reads_every_device(
 
 
 def test_sync_adds_renames_and_removes_with_the_usual_outbox_events(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
     events: list[tuple[str, dict[str, Any]]] = []
     for topic in ("camera.added", "camera.changed", "camera.removed"):
-        outbox.subscribe(topic, "recorder", lambda t, p: events.append((t, p)))
-    cameras = linked(db, ez, owner)
-    while outbox.drain_once(db, max_attempts=3):
+        services.outbox.subscribe(topic, "recorder", lambda t, p: events.append((t, p)))
+    cameras = linked(services, owner)
+    while outbox.drain_once(db, services.outbox, max_attempts=3):
         pass
     assert sorted(t for t, _ in events) == ["camera.added"] * 3
     events.clear()
@@ -150,9 +168,9 @@ def test_sync_adds_renames_and_removes_with_the_usual_outbox_events(
     platform.devices["SN002"].encrypt = False
     del platform.devices["SN003"]
     platform.add("SN004", "Backyard", online=False)
-    report = ezviz.sync_now(db, ez, owner.id)
-    assert report == ezviz.SyncReport(added=1, changed=2, removed=1)
-    while outbox.drain_once(db, max_attempts=3):
+    report = sync_now(services, owner.id)
+    assert report == SyncReport(added=1, changed=2, removed=1)
+    while outbox.drain_once(db, services.outbox, max_attempts=3):
         pass
     got = {(t, p["camera_id"]): p for t, p in events}
     now = cameras_of(db, owner)
@@ -171,19 +189,19 @@ def test_sync_adds_renames_and_removes_with_the_usual_outbox_events(
     assert actors == {"ezviz"}
 
     events.clear()
-    assert ezviz.sync_now(db, ez, owner.id) == ezviz.SyncReport()
-    assert outbox.drain_once(db, max_attempts=3) == 0 and events == []
+    assert sync_now(services, owner.id) == SyncReport()
+    assert outbox.drain_once(db, services.outbox, max_attempts=3) == 0 and events == []
 
 
 def test_expired_token_is_renewed_and_the_call_retried_once(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
-    linked(db, ez, owner)
+    linked(services, owner)
     with db.session() as session:
         sealed_before = session.get(EzvizLink, owner.id).access_token  # type: ignore[union-attr]
     platform.expire_tokens()
     platform.calls.clear()
-    assert ezviz.sync_now(db, ez, owner.id) == ezviz.SyncReport()
+    assert sync_now(services, owner.id) == SyncReport()
     assert platform.paths("global") == ["/api/lapp/token/get"]
     assert platform.paths("region")[:2] == ["/api/lapp/device/list"] * 2  # refused, then retried
     with db.session() as session:
@@ -191,19 +209,19 @@ def test_expired_token_is_renewed_and_the_call_retried_once(
         assert link.access_token != sealed_before and link.failures == 0  # type: ignore[union-attr]
     # The renewed token was kept: the next sync asks for none.
     platform.calls.clear()
-    ezviz.sync_now(db, ez, owner.id)
+    sync_now(services, owner.id)
     assert platform.paths("global") == []
 
 
 def test_rate_limit_backs_off_and_a_failed_sync_changes_nothing(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, ez: Settings, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
-    linked(db, ez, owner)
+    linked(services, owner)
     del platform.devices["SN003"]
     platform.forced = ["10029"]
     before = utcnow()
-    with pytest.raises(ezviz.SyncFailed, match="10029"):
-        ezviz.sync_now(db, ez, owner.id)
+    with pytest.raises(SyncFailed, match="10029"):
+        sync_now(services, owner.id)
     with db.session() as session:
         link = session.get(EzvizLink, owner.id)
         assert link is not None and link.failures == 1 and "10029" in (link.last_error or "")
@@ -211,17 +229,17 @@ def test_rate_limit_backs_off_and_a_failed_sync_changes_nothing(
     assert len(cameras_of(db, owner)) == 3  # nothing removed on a failed sync
 
     platform.calls.clear()
-    assert ezviz.sync_due(db, ez) == 0 and platform.calls == []  # still backing off
+    assert sync_due(services) == 0 and platform.calls == []  # still backing off
     platform.forced = ["10029"]
     with db.session() as session:
         session.execute(update(EzvizLink).values(next_sync_at=utcnow() - timedelta(seconds=1)))
-    assert ezviz.sync_due(db, ez) == 1
+    assert sync_due(services) == 1
     with db.session() as session:
         link = session.get(EzvizLink, owner.id)
         assert link is not None and link.failures == 2
         assert link.next_sync_at - utcnow() >= timedelta(seconds=3.5 * ez.ezviz_sync_interval)
         session.execute(update(EzvizLink).values(next_sync_at=utcnow() - timedelta(seconds=1)))
-    assert ezviz.sync_due(db, ez) == 1
+    assert sync_due(services) == 1
     assert "SN003" not in cameras_of(db, owner)
     with db.session() as session:
         link = session.get(EzvizLink, owner.id)
@@ -230,15 +248,15 @@ def test_rate_limit_backs_off_and_a_failed_sync_changes_nothing(
 
 def test_unknown_code_is_a_transient_failure_never_an_unlink(
     db: Database,
-    ez: Settings,
+    services: Services,
     owner: Account,
     platform: FakeEzviz,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    linked(db, ez, owner)
+    linked(services, owner)
     platform.forced = ["77777"]
-    with caplog.at_level(logging.WARNING), pytest.raises(ezviz.SyncFailed):
-        ezviz.sync_now(db, ez, owner.id)
+    with caplog.at_level(logging.WARNING), pytest.raises(SyncFailed):
+        sync_now(services, owner.id)
     assert "undocumented code 77777" in caplog.text
     with db.session() as session:
         assert session.get(EzvizLink, owner.id) is not None
@@ -247,18 +265,18 @@ def test_unknown_code_is_a_transient_failure_never_an_unlink(
 
 def test_secrets_never_reach_the_logs(
     db: Database,
-    ez: Settings,
+    services: Services,
     owner: Account,
     platform: FakeEzviz,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.DEBUG):
-        linked(db, ez, owner)
+        linked(services, owner)
         platform.expire_tokens()
         platform.forced = ["10029"]
-        with pytest.raises(ezviz.SyncFailed):  # renews the expired token, then meets 10029
-            ezviz.sync_now(db, ez, owner.id)
-        ezviz.sync_now(db, ez, owner.id)
+        with pytest.raises(SyncFailed):  # renews the expired token, then meets 10029
+            sync_now(services, owner.id)
+        sync_now(services, owner.id)
     assert caplog.records, "nothing was logged: the check would prove nothing"
     assert len(platform.issued) == 2
     for secret in (APP_SECRET, *platform.issued):
@@ -269,23 +287,22 @@ def test_secrets_never_reach_the_logs(
 
 
 def test_fixes_go_to_the_platform_and_need_the_verification_code(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
-    cameras = linked(db, ez, owner)
-    with db.session() as session:
-        garage = session.get(Camera, cameras["SN002"].id)
-        with pytest.raises(CameraError, match="6-letter verification code"):
-            update_camera(session, garage, {"image_encryption": False}, actor="owner")
-        with pytest.raises(CameraError, match="verification code is wrong"):
-            update_camera(session, garage, {"image_encryption": False}, actor="o", code="ZZZZZZ")
-        with pytest.raises(CameraError, match="changed in the EZVIZ app"):
-            update_camera(session, garage, {"online": False}, actor="owner")
+    cameras = linked(services, owner)
+    change = services.registry.change
+    garage, nursery = cameras["SN002"].id, cameras["SN003"].id
+    with pytest.raises(CameraError, match="6-letter verification code"):
+        change(db, garage, {"image_encryption": False}, actor="owner")
+    with pytest.raises(CameraError, match="verification code is wrong"):
+        change(db, garage, {"image_encryption": False}, actor="o", code="ZZZZZZ")
+    with pytest.raises(CameraError, match="changed in the EZVIZ app"):
+        change(db, garage, {"online": False}, actor="owner")
     assert platform.devices["SN002"].encrypt is True
-    with db.session() as session:
-        garage = session.get(Camera, cameras["SN002"].id)
-        update_camera(session, garage, {"image_encryption": False}, actor="owner:x", code="ABCDEF")
-        nursery = session.get(Camera, cameras["SN003"].id)
-        update_camera(session, nursery, {"audio": True}, actor="owner:x")
+    assert cameras_of(db, owner)["SN002"].image_encryption is True  # a refused push records nothing
+    changed = change(db, garage, {"image_encryption": False}, actor="owner:x", code="ABCDEF")
+    assert changed.image_encryption is False
+    assert change(db, nursery, {"audio": True}, actor="owner:x").audio is True
     assert platform.devices["SN002"].encrypt is False and platform.devices["SN003"].mic is True
     encrypt_off = [f for _, p, f in platform.calls if p == "/api/lapp/device/encrypt/off"]
     assert (
@@ -299,7 +316,7 @@ def test_fixes_go_to_the_platform_and_need_the_verification_code(
         ).all()
     assert {a.camera_id for a in audited} == {cameras["SN002"].id, cameras["SN003"].id}
     # The next sync agrees: nothing to change.
-    assert ezviz.sync_now(db, ez, owner.id) == ezviz.SyncReport()
+    assert sync_now(services, owner.id) == SyncReport()
 
 
 # --- streams -------------------------------------------------------------------------------
@@ -327,12 +344,13 @@ def execute(live: LiveServer, token: str, ids: list[str]) -> dict[str, dict[str,
 def test_google_plays_the_platform_hls_through_camvoice(
     db: Database,
     ez: Settings,
+    services: Services,
     owner: Account,
     platform: FakeEzviz,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    cameras = linked(db, ez, owner)
+    cameras = linked(services, owner)
     app = create_app(ez, db)
     with LiveServer(app) as live:
         token = google_token(live, db)
@@ -365,7 +383,7 @@ def test_google_plays_the_platform_hls_through_camvoice(
         platform.devices["SN001"].encrypt = False
         with db.session() as session:
             front_cam = session.get(Camera, ids["SN001"])
-            update_camera(session, front_cam, {"image_encryption": False}, actor="t", push=False)
+            wiring(app).registry.record(session, front_cam, {"image_encryption": False}, actor="t")  # type: ignore[arg-type]
         del platform.devices["SN001"]
         assert execute(live, token, [ids["SN001"]])[ids["SN001"]]["errorCode"] == "deviceNotFound"
         assert "SN001" not in cameras_of(db, owner)
@@ -376,18 +394,18 @@ def test_google_plays_the_platform_hls_through_camvoice(
 
 
 def test_segments_are_sealed_to_their_camera(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, ez: Settings, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
-    from camvoice import hls_proxy
-    from camvoice.streams import mint
     from camvoice.tickets import Audience, Protocol
+    from media import hls_proxy
 
-    cameras = linked(db, ez, owner)
+    cameras = linked(services, owner)
     front, nursery = cameras["SN001"], cameras["SN003"]
     app = create_app(ez, db)
+    mint = wiring(app).streams.mint
     with LiveServer(app) as live:
         with db.session() as session:
-            url = mint(ez, session.get(Camera, front.id), Protocol.HLS, Audience.WEB)
+            url = mint(session.get(Camera, front.id), Protocol.HLS, Audience.WEB)  # type: ignore[arg-type]
         local = url.replace(ez.public_url, live.url)
         body = requests.get(local, timeout=10).text
         segment = next(line for line in body.splitlines() if line.startswith("p/"))
@@ -397,7 +415,7 @@ def test_segments_are_sealed_to_their_camera(
         assert fetched.headers["Content-Type"] == "video/mp2t"
         # The same sealed segment under another camera's valid ticket is refused.
         with db.session() as session:
-            other = mint(ez, session.get(Camera, nursery.id), Protocol.HLS, Audience.WEB)
+            other = mint(session.get(Camera, nursery.id), Protocol.HLS, Audience.WEB)  # type: ignore[arg-type]
         other_base = other.replace(ez.public_url, live.url).rsplit("/", 1)[0]
         assert requests.get(f"{other_base}/{segment}", timeout=10).status_code == 404
         assert requests.get(f"{other_base}/index.m3u8", timeout=10).status_code == 200
@@ -417,66 +435,75 @@ def test_segments_are_sealed_to_their_camera(
 
 
 def test_alexa_needs_a_local_stream_for_an_ezviz_camera(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, ez: Settings, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
-    cameras = linked(db, ez, owner)
+    cameras = linked(services, owner)
 
     def interfaces(camera: Camera) -> set[str]:
         endpoint = messages.endpoint(camera, ez, streams=True)
         return {c["interface"] for c in endpoint["capabilities"]}
 
+    front_id = cameras["SN001"].id
     with db.session() as session:
-        front = session.get(Camera, cameras["SN001"].id)
-        assert "Alexa.CameraStreamController" not in interfaces(front)  # cloud HLS only
-        source = "rtsp://admin:ABCDEF@192.0.2.10:554/h264/ch1/main/av_stream"
-        update_camera(session, front, {"source": source}, actor="owner")
-        assert "Alexa.CameraStreamController" in interfaces(front)
-        with pytest.raises(CameraError):
-            update_camera(session, front, {"source": "http://example.com/x.m3u8"}, actor="o")
+        front = session.get(Camera, front_id)
+        assert "Alexa.CameraStreamController" not in interfaces(front)  # type: ignore[arg-type]
+    source = "rtsp://admin:ABCDEF@192.0.2.10:554/h264/ch1/main/av_stream"
+    services.registry.change(db, front_id, {"source": source}, actor="owner")
+    with db.session() as session:
+        front = session.get(Camera, front_id)
+        assert "Alexa.CameraStreamController" in interfaces(front)  # type: ignore[arg-type]
+    with pytest.raises(CameraError):
+        services.registry.change(db, front_id, {"source": "http://example.com/x.m3u8"}, actor="o")
+    assert cameras_of(db, owner)["SN001"].source == source
 
 
 def test_alexa_stream_request_rechecks_the_device_once(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
-    from camvoice.streams import stream_blockers
+    from camvoice.streams import StreamRefused
     from camvoice.tickets import Audience, Protocol
 
-    cameras = linked(db, ez, owner)
-    with db.session() as session:
-        front = session.get(Camera, cameras["SN001"].id)
-        update_camera(session, front, {"source": "rtsp://admin:ABCDEF@192.0.2.10/ch1"}, actor="o")
+    cameras = linked(services, owner)
+    front_id = cameras["SN001"].id
+    source = "rtsp://admin:ABCDEF@192.0.2.10/ch1"
+    services.registry.change(db, front_id, {"source": source}, actor="o")
     platform.devices["SN001"].encrypt = True  # turned on in the EZVIZ app since the last sync
     platform.calls.clear()
     with db.session() as session:
-        front = session.get(Camera, cameras["SN001"].id)
-        blockers = stream_blockers(session, front, Audience.ALEXA, Protocol.RTSPS)
-    assert blockers == [Blocker.ENCRYPTION_ON]
+        front = session.get(Camera, front_id)
+    with pytest.raises(StreamRefused) as refused:
+        services.streams.open(db, front, Audience.ALEXA, Protocol.RTSPS)  # type: ignore[arg-type]
+    assert refused.value.blockers == [Blocker.ENCRYPTION_ON]
     assert platform.paths() == ["/api/lapp/device/info"]
     # Known blocked: the next request costs no platform call at all.
     with db.session() as session:
-        front = session.get(Camera, cameras["SN001"].id)
-        assert stream_blockers(session, front, Audience.ALEXA, Protocol.RTSPS)
+        front = session.get(Camera, front_id)
+    with pytest.raises(StreamRefused) as refused:
+        services.streams.open(db, front, Audience.ALEXA, Protocol.RTSPS)  # type: ignore[arg-type]
+    assert refused.value.blockers
     assert platform.paths() == ["/api/lapp/device/info"]
     # A platform that does not answer in time leaves the last synced state in charge.
     platform.close()
     with db.session() as session:
         nursery = session.get(Camera, cameras["SN003"].id)
-        assert stream_blockers(session, nursery, Audience.ALEXA, Protocol.HLS) == []
+    opened = services.streams.open(db, nursery, Audience.ALEXA, Protocol.HLS)  # type: ignore[arg-type]
+    assert opened.camera.id == cameras["SN003"].id
+    assert opened.url.startswith(f"{services.settings.public_url}/streams/{opened.camera.id}/")
 
 
 def test_worker_syncs_on_schedule(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
     import threading
     import time
 
-    linked(db, ez, owner)
+    linked(services, owner)
     platform.devices["SN001"].name = "Porch"
     with db.session() as session:
         session.execute(update(EzvizLink).values(next_sync_at=utcnow() - timedelta(seconds=1)))
     stop = threading.Event()
-    worker = threading.Thread(target=outbox.run_worker, args=(db, 3, 0.05, stop),
-                              kwargs={"periodic": lambda: ezviz.sync_due(db, ez)})  # fmt: skip
+    worker = threading.Thread(target=outbox.run_worker, args=(db, services.outbox, 3, 0.05, stop),
+                              kwargs={"periodic": lambda: sync_due(services)})  # fmt: skip
     worker.start()
     try:
         deadline = time.monotonic() + 15
@@ -508,8 +535,21 @@ def test_console_links_ezviz_and_fixes_with_the_label_code(
         done = browser.http.post(live.url + "/console/ezviz", timeout=30,
                                  data={**form, "app_secret": APP_SECRET}, allow_redirects=False)  # fmt: skip
         assert done.status_code == 303
+        # The keys are kept; the import is the worker's, and until it runs the link says so.
+        assert cameras_of(db, owner) == {}
+        cloud = wiring(app).registry.cloud("ezviz")
+        assert cloud is not None
+        link = cloud.link_of(owner.id)
+        assert link is not None and link.importing and link.label == APP_KEY
+        page = browser.http.get(live.url + "/console", timeout=10)
+        assert 'data-camera="Garage"' not in page.text and APP_KEY in page.text
+        assert 'id="ezviz-importing"' in page.text
+        assert sync_due(wiring(app)) == 1
+        link = cloud.link_of(owner.id)
+        assert link is not None and not link.importing and link.last_error is None
         page = browser.http.get(live.url + "/console", timeout=10)
         assert 'data-camera="Garage"' in page.text and APP_KEY in page.text
+        assert 'id="ezviz-importing"' not in page.text
         assert APP_SECRET not in page.text and 'name="code"' in page.text
 
         garage = cameras_of(db, owner)["SN002"].id
@@ -526,9 +566,9 @@ def test_console_links_ezviz_and_fixes_with_the_label_code(
 
 
 def test_odd_platform_answers_never_crash_a_request(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, ez: Settings, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
-    cameras = linked(db, ez, owner)
+    cameras = linked(services, owner)
     app = create_app(ez, db)
     with LiveServer(app) as live:
         token = google_token(live, db)
@@ -545,25 +585,24 @@ def test_odd_platform_answers_never_crash_a_request(
 
     platform.odd["/api/lapp/device/info"] = ["not", "an", "object"]
     platform.odd["/api/lapp/device/list"] = "garbage"
-    with pytest.raises(ezviz.SyncFailed, match="incomplete"):  # nothing is removed
-        ezviz.sync_now(db, ez, owner.id)
+    with pytest.raises(SyncFailed, match="incomplete"):  # nothing is removed
+        sync_now(services, owner.id)
     assert len(cameras_of(db, owner)) == 3
     with db.session() as session:
         assert "incomplete" in (session.get(EzvizLink, owner.id).last_error or "")  # type: ignore[union-attr]
 
 
 def test_unlinking_mid_sync_does_not_bring_cameras_back(
-    db: Database, ez: Settings, owner: Account, platform: FakeEzviz
+    db: Database, ez: Settings, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:
-    linked(db, ez, owner)
+    linked(services, owner)
     with db.session() as session:
-        keys = ezviz.Keys.load(session.get(EzvizLink, owner.id), ez)  # type: ignore[arg-type]
-    client = ezviz.Client(keys, ez.ezviz_api_url, ez.ezviz_timeout)
-    read = {
-        str(d["deviceSerial"]): ezviz.read_device(client, d) for d in ezviz.list_devices(client)
-    }
+        keys = Keys.load(session.get(EzvizLink, owner.id), ez)  # type: ignore[arg-type]
+    client = Client(keys, ez.ezviz_api_url, ez.ezviz_timeout)
+    read = {str(d["deviceSerial"]): read_device(client, d) for d in list_devices(client)}
+    registry = services.registry
     with db.session() as session:
-        assert ezviz.unlink_account(session, session.get(Account, owner.id), actor="t") == 3  # type: ignore[arg-type]
+        assert unlink_account(session, registry, session.get(Account, owner.id), actor="t") == 3  # type: ignore[arg-type]
     with db.session() as session:
-        assert ezviz.apply_sync(session, owner.id, APP_KEY, read) == ezviz.SyncReport()
+        assert apply_sync(session, registry, owner.id, APP_KEY, read) == SyncReport()
     assert cameras_of(db, owner) == {}

@@ -14,14 +14,15 @@ import requests
 from sqlalchemy import select, update
 
 from camvoice import outbox
-from camvoice.app import create_app
-from camvoice.cameras import update_camera
+from camvoice.cameras import Registry
 from camvoice.db import Database
-from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from camvoice.models import AuditEvent, Camera, utcnow
+from camvoice.outbox import Outbox
 from camvoice.settings import Settings
 from oauth.models import Token
-from tests.conftest import LiveServer
+from service.app import create_app
+from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+from tests.conftest import LiveServer, wiring
 from tests.fake_google import FakeGoogle
 from tests.media_support import probe_video
 from tests.oauth_support import ALEXA_URIS, GOOGLE_URIS, make_owner, register
@@ -38,7 +39,7 @@ EXPECTED_ERRORS = {
 def demo(db: Database) -> dict[str, str]:
     """The demo account's cameras by name."""
     with db.session() as session:
-        return {c.name: c.id for c in seed(session).cameras}
+        return {c.name: c.id for c in seed(session, Registry(Outbox())).cameras}
 
 
 @pytest.fixture
@@ -254,16 +255,18 @@ def test_homegraph_sync_and_report_state(
         "google_homegraph_key": fake_google.key_file(tmp_path), "google_homegraph_url": fake_google.url,
         "media_dir": tmp_path / "m",
     })  # fmt: skip
-    with LiveServer(create_app(configured, db)) as live:
+    app = create_app(configured, db)
+    registry, events = wiring(app).registry, wiring(app).outbox
+    with LiveServer(app) as live:
         token = token_for(live, google, DEMO_EMAIL)
         assert fulfill(live, token, {"intent": "action.devices.SYNC"}).json()["payload"]["devices"][
             0
         ]["willReportState"]
     with db.session() as session:
         front = session.get(Camera, demo["Front Door"])
-        update_camera(session, front, {"name": "Front Porch"}, actor="test")
-        update_camera(session, front, {"online": False}, actor="test")
-    while outbox.drain_once(db, max_attempts=3):
+        registry.record(session, front, {"name": "Front Porch"}, actor="test")
+        registry.record(session, front, {"online": False}, actor="test")
+    while outbox.drain_once(db, events, max_attempts=3):
         pass
     account_id = front.owner_id
     assert fake_google.calls == [
@@ -278,12 +281,16 @@ def test_homegraph_sync_and_report_state(
     # Google forgot this owner (404): calls for them stop.
     fake_google.unknown_users.add(account_id)
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"name": "Garage 2"}, actor="t")
-    outbox.drain_once(db, max_attempts=3)
+        registry.record(
+            session, session.get(Camera, demo["Garage"]), {"name": "Garage 2"}, actor="t"
+        )
+    outbox.drain_once(db, events, max_attempts=3)
     fake_google.unknown_users.clear()
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"name": "Garage 3"}, actor="t")
-    outbox.drain_once(db, max_attempts=3)
+        registry.record(
+            session, session.get(Camera, demo["Garage"]), {"name": "Garage 3"}, actor="t"
+        )
+    outbox.drain_once(db, events, max_attempts=3)
     assert len(fake_google.calls) == 2
 
 
@@ -292,15 +299,17 @@ def test_no_homegraph_without_key_or_google_link(
 ) -> None:  # type: ignore[no-untyped-def]
     from camvoice.models import OutboxEvent
 
-    create_app(settings, db)  # no key: nothing is subscribed
+    bare = wiring(create_app(settings, db))  # no key: nothing is subscribed
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"name": "G"}, actor="t")
+        bare.registry.record(session, session.get(Camera, demo["Garage"]), {"name": "G"}, actor="t")
         assert session.scalars(select(OutboxEvent)).all() == []
     configured = settings.model_copy(update={
         "google_homegraph_key": fake_google.key_file(tmp_path), "google_homegraph_url": fake_google.url})  # fmt: skip
-    create_app(configured, db)
+    keyed = wiring(create_app(configured, db))
     with db.session() as session:
-        update_camera(session, session.get(Camera, demo["Garage"]), {"name": "G2"}, actor="t")
-    while outbox.drain_once(db, max_attempts=3):
+        keyed.registry.record(
+            session, session.get(Camera, demo["Garage"]), {"name": "G2"}, actor="t"
+        )
+    while outbox.drain_once(db, keyed.outbox, max_attempts=3):
         pass
     assert fake_google.calls == []  # the owner never linked Google

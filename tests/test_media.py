@@ -12,15 +12,13 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from camvoice.app import create_app
-from camvoice.cameras import add_camera, update_camera
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
 from camvoice.settings import Settings
-from camvoice.streams import mint
 from camvoice.tickets import Audience, Protocol
+from service.app import create_app
 from tests.conftest import LiveServer
-from tests.media_support import ffmpeg_pids, probe_video, zombies
+from tests.media_support import bare_registry, ffmpeg_pids, mint, probe_video, zombies
 from tests.oauth_support import make_owner
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -49,7 +47,7 @@ def camera(
     if not exists:
         make_owner(db, owner)
     with db.session() as session:
-        return add_camera(session, find_account(session, owner), name, actor="test", **kw)
+        return bare_registry().add(session, find_account(session, owner), name, actor="test", **kw)
 
 
 def url_for(
@@ -160,7 +158,7 @@ def test_blocked_camera_stops_new_fetches(
     url = url_for(media_settings, server, front)
     assert requests.get(url, timeout=30).status_code == 200
     with db.session() as session:
-        update_camera(
+        bare_registry().record(
             session, session.get(Camera, front.id), {"image_encryption": True}, actor="test"
         )
     refused = requests.get(url, timeout=10)

@@ -13,9 +13,10 @@ import pytest
 import requests
 from sqlalchemy import update
 
-from camvoice.cameras import BACKENDS
+from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.models import Camera, utcnow
+from camvoice.outbox import Outbox
 from oauth.models import AuthorizationCode, Token
 from oauth.tokens import Failure, Principal, authenticate_bearer
 from tests.conftest import LiveServer
@@ -354,9 +355,9 @@ def test_one_owners_token_never_reaches_another_owners_camera(
     assert isinstance(principal, Principal)
     with db.session() as s:
         victim_camera = s.query(Camera).one()
-        local = BACKENDS["local"]
-        assert local.get_camera(s, principal.account_id, victim_camera.id) is None
-        assert local.list_cameras(s, principal.account_id) == []
+        registry = Registry(Outbox())
+        assert registry.owned_camera(s, principal.account_id, victim_camera.id) is None
+        assert registry.owned_cameras(s, principal.account_id) == []
 
 
 def test_introspection_hides_other_clients_tokens(
@@ -551,7 +552,7 @@ def test_same_message_for_unknown_email_and_wrong_password(live: LiveServer, ale
 
 
 def test_sign_in_failures_hit_the_address_limit(settings, db: Database, alexa: Client) -> None:  # type: ignore[no-untyped-def]
-    from camvoice.app import create_app
+    from service.app import create_app
 
     strict = settings.model_copy(update={"login_max_failures_ip": 3})
     with LiveServer(create_app(strict, db)) as live:

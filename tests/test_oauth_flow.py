@@ -164,7 +164,7 @@ def test_pages_forbid_framing_and_cookie_is_httponly_lax(live: LiveServer, db: D
 
 
 def test_secure_cookie_when_public_url_is_https(settings, db: Database) -> None:  # type: ignore[no-untyped-def]
-    from camvoice.app import create_app
+    from service.app import create_app
 
     https = settings.model_copy(update={"public_url": "https://cams.example.com"})
     client = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
@@ -226,7 +226,7 @@ def test_debug_logging_never_shows_tokens(
 ) -> None:
     import logging
 
-    from camvoice.app import create_app
+    from service.app import create_app
     from tests.oauth_support import link
 
     debug = settings.model_copy(update={"log_level": "DEBUG"})

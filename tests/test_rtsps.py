@@ -13,17 +13,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from camvoice.app import create_app
-from camvoice.cameras import add_camera, update_camera
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
-from camvoice.relay import find_ffmpeg
-from camvoice.rtsps import self_signed
 from camvoice.settings import Settings
-from camvoice.streams import mint
 from camvoice.tickets import Audience, Protocol
+from media.relay import find_ffmpeg
+from media.rtsps import self_signed
+from service.app import create_app
 from tests.conftest import LiveServer, free_port, require_gstreamer, running_relay
-from tests.media_support import probe_video
+from tests.media_support import bare_registry, mint, probe_video
 from tests.oauth_support import make_owner
 
 
@@ -53,7 +51,7 @@ def demo_camera(db: Database, **fields: object) -> Camera:
         from camvoice.accounts import find_account
 
         owner = find_account(session, "owner@example.com")
-        return add_camera(session, owner, "Front Door", actor="test", **fields)
+        return bare_registry().add(session, owner, "Front Door", actor="test", **fields)
 
 
 def tls(settings: Settings) -> list[str]:
@@ -92,7 +90,7 @@ def test_rtsps_refuses_bad_tickets(
     hls_ticket = mint(relay_settings, camera, Protocol.HLS, Audience.ALEXA).split("/")[-2]
     assert refused(url.rsplit("/", 1)[0] + "/" + hls_ticket, relay_settings)
     with db.session() as session:
-        update_camera(
+        bare_registry().record(
             session, session.get(Camera, camera.id), {"image_encryption": True}, actor="t"
         )
     assert refused(url, relay_settings)

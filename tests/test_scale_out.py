@@ -24,11 +24,12 @@ import redis
 import requests
 from sqlalchemy import select
 
-from camvoice import outbox
-from camvoice.cameras import update_camera
+from backends.local import LocalBackend
+from camvoice.cameras import Registry
 from camvoice.db import Database
-from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from camvoice.models import Camera, OutboxEvent
+from camvoice.outbox import Outbox
+from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from tests.conftest import (
     VENV_BIN,
     _pg_url,
@@ -42,6 +43,13 @@ from tests.oauth_support import ALEXA_URIS, Browser, link, register, token_reque
 pytestmark = pytest.mark.postgres
 REDIS_URL = os.environ.get("CAMVOICE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 FORWARDER = "scale-out-forwarder-secret-0123456789"
+
+
+def local_registry(box: Outbox | None = None) -> Registry:
+    """A registry in this test process: local cameras, and only the subscribers `box` has."""
+    registry = Registry(box if box is not None else Outbox())
+    registry.register(LocalBackend())
+    return registry
 
 
 class Instance:
@@ -104,7 +112,7 @@ def cluster(pg_template: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     }
     db = Database(url)
     with db.session() as session:
-        seed(session)
+        seed(session, local_registry())
     a = Instance(["serve", "--port", str(port_a := free_port()), "--workers", "2"], env, port_a)
     b = Instance(["serve", "--port", str(port_b := free_port()), "--workers", "2"], env, port_b)
     a.wait_ready()
@@ -199,13 +207,15 @@ def test_camera_change_and_outbox_across_instances_and_workers(cluster: dict[str
     assert "Front Porch" in discover(b, access)
 
     # Many changes, two workers, one of them stopped halfway: every event arrives exactly once.
+    box = Outbox()
     for topic in ("camera.added", "camera.removed", "camera.changed"):
-        outbox.subscribe(topic, "alexa.events", lambda t, p: None)  # names only: workers deliver
+        box.subscribe(topic, "alexa.events", lambda t, p: None)  # names only: workers deliver
+    registry = local_registry(box)
     with db.session() as session:
         cameras = session.query(Camera).all()
         for round_ in range(10):
             for camera in cameras:
-                update_camera(session, camera, {"online": round_ % 2 == 0}, actor="test")
+                registry.record(session, camera, {"online": round_ % 2 == 0}, actor="test")
     workers = [Instance(["worker"], env) for _ in range(2)]
     time.sleep(1.5)
     workers[0].stop()  # graceful: finishes the event in hand, leaves the rest to the other

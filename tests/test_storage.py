@@ -5,11 +5,20 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select, text
 
-from camvoice import outbox
+from backends.local import LocalBackend
 from camvoice.accounts import AccountError, authenticate, create_account
-from camvoice.cameras import BACKENDS, CameraError, add_camera, remove_camera, update_camera
+from camvoice.cameras import CameraError, Registry
 from camvoice.db import Database
 from camvoice.models import Account, AuditEvent, Camera, OutboxEvent
+from camvoice.outbox import Outbox
+
+
+@pytest.fixture
+def registry() -> Registry:
+    """A registry with the local backend and a bare outbox: no subscriber unless a test adds one."""
+    registry = Registry(Outbox())
+    registry.register(LocalBackend())
+    return registry
 
 
 def count(db: Database, model: type) -> int:
@@ -48,26 +57,28 @@ def test_account_password_is_argon2id_and_checks(db: Database) -> None:
             create_account(session, "OWNER@example.com", "another password")
 
 
-def test_deleting_account_cascades_to_cameras(db: Database) -> None:
+def test_deleting_account_cascades_to_cameras(db: Database, registry: Registry) -> None:
     with db.session() as session:
         owner = create_account(session, "a@example.com", "password-a")
-        add_camera(session, owner, "Porch", actor="test")
+        registry.add(session, owner, "Porch", actor="test")
     with db.session() as session:
         session.delete(session.scalars(select(Account)).one())
     assert count(db, Camera) == 0
 
 
-def test_change_writes_audit_and_outbox_in_same_transaction(db: Database) -> None:
+def test_change_writes_audit_and_outbox_in_same_transaction(
+    db: Database, registry: Registry
+) -> None:
     delivered: list[dict] = []
-    outbox.subscribe("camera.changed", "recorder", lambda topic, p: delivered.append(p))
+    registry.outbox.subscribe("camera.changed", "recorder", lambda topic, p: delivered.append(p))
     with db.session() as session:
         owner = create_account(session, "a@example.com", "password-a")
-        camera_id = add_camera(session, owner, "Porch", actor="test").id
+        camera_id = registry.add(session, owner, "Porch", actor="test").id
     before_audit, before_outbox = count(db, AuditEvent), count(db, OutboxEvent)
 
     with pytest.raises(RuntimeError), db.session() as session:
         camera = session.get(Camera, camera_id)
-        assert update_camera(session, camera, {"image_encryption": True}, actor="test")
+        assert registry.record(session, camera, {"image_encryption": True}, actor="test")
         raise RuntimeError("crash before commit")
     assert (count(db, AuditEvent), count(db, OutboxEvent)) == (before_audit, before_outbox)
     with db.session() as session:
@@ -75,10 +86,10 @@ def test_change_writes_audit_and_outbox_in_same_transaction(db: Database) -> Non
 
     with db.session() as session:
         camera = session.get(Camera, camera_id)
-        assert update_camera(session, camera, {"image_encryption": True}, actor="test") == {
+        assert registry.record(session, camera, {"image_encryption": True}, actor="test") == {
             "image_encryption": True
         }
-        assert update_camera(session, camera, {"image_encryption": True}, actor="test") == {}
+        assert registry.record(session, camera, {"image_encryption": True}, actor="test") == {}
     assert count(db, AuditEvent) == before_audit + 1
     with db.session() as session:
         event = session.scalars(select(OutboxEvent)).one()
@@ -94,23 +105,23 @@ def test_change_writes_audit_and_outbox_in_same_transaction(db: Database) -> Non
         }
 
 
-def test_bad_camera_input_is_refused(db: Database) -> None:
+def test_bad_camera_input_is_refused(db: Database, registry: Registry) -> None:
     with db.session() as session:
         owner = create_account(session, "a@example.com", "password-a")
         with pytest.raises(CameraError, match="rtsp"):
-            add_camera(session, owner, "Porch", actor="test", source="http://cam/stream")
+            registry.add(session, owner, "Porch", actor="test", source="http://cam/stream")
         with pytest.raises(CameraError, match="empty"):
-            add_camera(session, owner, "   ", actor="test")
-        camera = add_camera(session, owner, "Porch", actor="test")
+            registry.add(session, owner, "   ", actor="test")
+        camera = registry.add(session, owner, "Porch", actor="test")
         with pytest.raises(CameraError, match="unknown"):
-            update_camera(session, camera, {"owner_id": "acc_other"}, actor="test")
+            registry.record(session, camera, {"owner_id": "acc_other"}, actor="test")
 
 
-def test_rtsp_credentials_never_reach_the_audit_log(db: Database) -> None:
+def test_rtsp_credentials_never_reach_the_audit_log(db: Database, registry: Registry) -> None:
     with db.session() as session:
         owner = create_account(session, "a@example.com", "password-a")
-        camera = add_camera(session, owner, "Porch", actor="test")
-        update_camera(
+        camera = registry.add(session, owner, "Porch", actor="test")
+        registry.record(
             session, camera, {"source": "rtsp://admin:pa55word@10.0.0.9:554/h264"}, actor="t"
         )
     with db.session() as session:
@@ -119,25 +130,24 @@ def test_rtsp_credentials_never_reach_the_audit_log(db: Database) -> None:
     assert any("rtsp://***@10.0.0.9:554/h264" in d for d in details)
 
 
-def test_one_owner_never_sees_another_owners_camera(db: Database) -> None:
-    local = BACKENDS["local"]
+def test_one_owner_never_sees_another_owners_camera(db: Database, registry: Registry) -> None:
     with db.session() as session:
         alice = create_account(session, "alice@example.com", "password-a")
         bob = create_account(session, "bob@example.com", "password-b")
-        alice_cam = add_camera(session, alice, "Alice Porch", actor="test")
-        add_camera(session, bob, "Bob Garage", actor="test")
-        assert local.get_camera(session, bob.id, alice_cam.id) is None
-        assert local.get_camera(session, alice.id, alice_cam.id) is alice_cam
-        assert [c.name for c in local.list_cameras(session, bob.id)] == ["Bob Garage"]
+        alice_cam = registry.add(session, alice, "Alice Porch", actor="test")
+        registry.add(session, bob, "Bob Garage", actor="test")
+        assert registry.owned_camera(session, bob.id, alice_cam.id) is None
+        assert registry.owned_camera(session, alice.id, alice_cam.id) is alice_cam
+        assert [c.name for c in registry.owned_cameras(session, bob.id)] == ["Bob Garage"]
 
 
-def test_remove_camera_audits_and_publishes(db: Database) -> None:
-    outbox.subscribe("camera.removed", "recorder", lambda topic, p: None)
+def test_remove_camera_audits_and_publishes(db: Database, registry: Registry) -> None:
+    registry.outbox.subscribe("camera.removed", "recorder", lambda topic, p: None)
     with db.session() as session:
         owner = create_account(session, "a@example.com", "password-a")
-        camera = add_camera(session, owner, "Porch", actor="test")
+        camera = registry.add(session, owner, "Porch", actor="test")
     with db.session() as session:
-        remove_camera(session, session.get(Camera, camera.id), actor="test")
+        registry.remove(session, session.get(Camera, camera.id), actor="test")
     assert count(db, Camera) == 0
     with db.session() as session:
         assert session.scalars(select(OutboxEvent.topic)).all() == ["camera.removed"]

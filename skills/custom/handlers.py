@@ -23,15 +23,16 @@ from ask_sdk_model import Response
 from ask_sdk_model.dialog import ElicitSlotDirective
 from ask_sdk_model.interfaces.videoapp import LaunchDirective, Metadata, VideoItem
 from ask_sdk_model.ui import LinkAccountCard
+from flask import current_app
 
-from camvoice.cameras import BACKENDS
+from camvoice.cameras import CameraGone
 from camvoice.models import Camera
+from camvoice.names import resolve
 from camvoice.readiness import Assistant, explain, readiness
-from camvoice.streams import mint, stream_blockers
+from camvoice.services import EXTENSION, Services
+from camvoice.streams import StreamRefused, blockers_for
 from camvoice.tickets import Audience, Protocol
-from camvoice.web import database, settings
 from oauth.tokens import Principal, authenticate_bearer
-from skills.custom.names import resolve
 from skills.custom.speech import join, language, say
 
 log = logging.getLogger(__name__)
@@ -41,16 +42,21 @@ def lang_of(handler_input: HandlerInput) -> str:
     return language(get_locale(handler_input))
 
 
+def services() -> Services:
+    """The wiring of the app serving this request (the skill runs inside a Flask request)."""
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
 def owner(handler_input: HandlerInput) -> Principal | None:
     token = handler_input.request_envelope.context.system.user.access_token
-    with database().session() as session:
+    with services().db.session() as session:
         result = authenticate_bearer(session, token, "alexa")
     return result if isinstance(result, Principal) else None
 
 
 def cameras_of(principal: Principal) -> list[Camera]:
-    with database().session() as session:
-        return BACKENDS["local"].list_cameras(session, principal.account_id)
+    with services().db.session() as session:
+        return services().registry.owned_cameras(session, principal.account_id)
 
 
 def ask_to_link(handler_input: HandlerInput) -> Response:
@@ -130,25 +136,21 @@ class ShowCameraHandler(AbstractRequestHandler):
         if not isinstance(camera, Camera):
             return camera
         builder = handler_input.response_builder
-        with database().session() as session:
-            fresh = session.get(Camera, camera.id)
-            try:
-                blockers = (
-                    stream_blockers(session, fresh, Audience.ALEXA, Protocol.HLS) if fresh else []
-                )
-            except LookupError:
-                fresh = None
-        if fresh is None:
-            return builder.speak(say(lang, "gone", name=camera.name)).response
-        camera = fresh
-        if blockers:
-            reason = " ".join(explain(b, lang) for b in blockers)
-            return builder.speak(say(lang, "blocked", name=camera.name, reason=reason)).response
-        if get_supported_interfaces(handler_input).video_app is None:
+        screen = get_supported_interfaces(handler_input).video_app is not None
+        if not screen and not blockers_for(camera, Audience.ALEXA, Protocol.HLS):
             text = say(lang, "no_screen", name=camera.name, status=status_sentence(lang, camera))
             return builder.speak(text).response
-        url = mint(settings(), camera, Protocol.HLS, Audience.ALEXA, principal.grant_id)
-        video = VideoItem(source=url, metadata=Metadata(title=camera.name,
+        try:
+            opened = services().streams.open(
+                services().db, camera, Audience.ALEXA, Protocol.HLS, principal.grant_id
+            )
+        except CameraGone:
+            return builder.speak(say(lang, "gone", name=camera.name)).response
+        except StreamRefused as refused:
+            reason = " ".join(explain(b, lang) for b in refused.blockers)
+            return builder.speak(say(lang, "blocked", name=camera.name, reason=reason)).response
+        camera = opened.camera
+        video = VideoItem(source=opened.url, metadata=Metadata(title=camera.name,
                                                         subtitle=say(lang, "title")))  # fmt: skip
         builder.speak(say(lang, "showing", name=camera.name))
         return builder.add_directive(LaunchDirective(video_item=video)).response

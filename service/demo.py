@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from camvoice.accounts import create_account, find_account
-from camvoice.cameras import add_camera
+from camvoice.cameras import Registry
 from camvoice.models import Account
 
 DEMO_EMAIL = "demo@camvoice.example"
@@ -22,7 +22,7 @@ DEMO_CAMERAS: list[dict[str, Any]] = [
 ]
 
 
-def seed(session: Session) -> Account:
+def seed(session: Session, registry: Registry) -> Account:
     """Create the demo account and cameras unless they exist (safe to run on every start)."""
     account = find_account(session, DEMO_EMAIL)
     if account is None:
@@ -31,7 +31,7 @@ def seed(session: Session) -> Account:
     for index, spec in enumerate(DEMO_CAMERAS, start=1):
         if spec["name"] not in have:
             fields = {k: v for k, v in spec.items() if k != "name"}
-            add_camera(
+            registry.add(
                 session,
                 account,
                 spec["name"],

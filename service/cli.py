@@ -16,12 +16,11 @@ from urllib.parse import urlsplit
 import click
 
 from camvoice import cameras as registry
-from camvoice import outbox
 from camvoice.accounts import AccountError, create_account, find_account
 from camvoice.commands import Context, emit, fail, pass_ctx, require_migrated
 from camvoice.db import Database
 from camvoice.models import Account, Camera
-from camvoice.rtsps import gstreamer_available, relay_problem, self_signed, start_relay
+from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
 
 
@@ -29,18 +28,14 @@ from camvoice.settings import Settings, load_settings
 @click.pass_context
 def main(click_ctx: click.Context) -> None:
     """camvoice: show security cameras on Alexa and Google Home."""
-    click_ctx.obj = Context(wire=subscribe_adapters)
+    click_ctx.obj = Context(wire=wire)
 
 
-def subscribe_adapters(db: Database, settings: Settings) -> None:
+def wire(settings: Settings, db: Database) -> Services:
     """Changes made from the CLI emit the same outbox events as changes made in the app."""
-    import fulfillment
-    import skills
-    from camvoice import ezviz
+    from service.wiring import build_services
 
-    ezviz.install(settings)
-    fulfillment.subscribe(db, settings)
-    skills.subscribe(db, settings)
+    return build_services(settings, db)
 
 
 @main.command()
@@ -198,7 +193,7 @@ def cameras_add(ctx: Context, owner: str, as_json: bool, **opts: Any) -> None:
     try:
         with ctx.db.session() as session:
             account = owner_or_fail(session, owner)
-            camera = registry.add_camera(session, account, name, actor="cli", **fields)
+            camera = ctx.services.registry.add(session, account, name, actor="cli", **fields)
             shown = registry.describe(camera)
     except registry.CameraError as exc:
         fail(str(exc))
@@ -222,12 +217,11 @@ def cameras_set(ctx: Context, camera_id: str, as_json: bool, code_stdin: bool, *
     require_migrated(ctx)
     code = sys.stdin.readline().strip() if code_stdin else None
     try:
-        with ctx.db.session() as session:
-            camera = camera_or_fail(session, camera_id)
-            registry.update_camera(session, camera, collect(opts), actor="cli", code=code)
-            shown = registry.describe(camera)
+        ctx.services.registry.change(ctx.db, camera_id, collect(opts), actor="cli", code=code)
     except registry.CameraError as exc:
         fail(str(exc))
+    with ctx.db.session() as session:
+        shown = registry.describe(camera_or_fail(session, camera_id))
     emit(shown, as_json, camera_line)
 
 
@@ -239,7 +233,7 @@ def cameras_remove(ctx: Context, camera_id: str) -> None:
     require_migrated(ctx)
     with ctx.db.session() as session:
         camera = camera_or_fail(session, camera_id)
-        registry.remove_camera(session, camera, actor="cli")
+        ctx.services.registry.remove(session, camera, actor="cli")
     click.echo(f"removed camera {camera_id}")
 
 
@@ -275,14 +269,17 @@ def backends_add(
     ctx: Context, kind: str, owner: str, app_key: str, app_secret_stdin: bool, as_json: bool
 ) -> None:
     """Link an owner's EZVIZ account and import its cameras (the secret is read from stdin)."""
-    from camvoice import ezviz
+    from backends.ezviz import sync as ezviz
 
     require_migrated(ctx)
     secret = sys.stdin.readline().strip()
     with ctx.db.session() as session:
         account = owner_or_fail(session, owner)
     try:
-        report = ezviz.link_account(ctx.db, ctx.settings, account, app_key, secret, actor="cli")
+        ezviz.link_account(ctx.services, account, app_key, secret, actor="cli")
+        report = ezviz.sync_now(ctx.services, account.id)
+    except ezviz.SyncFailed as exc:
+        fail(f"keys saved, but the first sync failed: {exc}; the worker retries")
     except registry.CameraError as exc:
         fail(str(exc))
     shown = {"owner": owner, "backend": kind, **vars(report)}
@@ -296,7 +293,7 @@ def backends_list(ctx: Context, as_json: bool) -> None:
     """Linked camera-cloud accounts and how their sync goes (never the secret)."""
     from sqlalchemy import select
 
-    from camvoice.ezviz import EzvizLink
+    from backends.ezviz.models import EzvizLink
 
     require_migrated(ctx)
     with ctx.db.session() as session:
@@ -324,15 +321,16 @@ def backends_list(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def backends_sync(ctx: Context, owner: str, as_json: bool) -> None:
     """Sync an owner's EZVIZ cameras now instead of waiting for the worker."""
-    from camvoice import ezviz
+    from backends.ezviz import sync as ezviz
+    from backends.ezviz.models import EzvizLink
 
     require_migrated(ctx)
     with ctx.db.session() as session:
         account = owner_or_fail(session, owner)
-        if session.get(ezviz.EzvizLink, account.id) is None:
+        if session.get(EzvizLink, account.id) is None:
             fail(f"{owner} has no EZVIZ account linked")
     try:
-        report = ezviz.sync_now(ctx.db, ctx.settings, account.id)
+        report = ezviz.sync_now(ctx.services, account.id)
     except ezviz.SyncFailed as exc:
         fail(f"sync failed: {exc}")
     emit(vars(report), as_json, lambda d: ", ".join(f"{k} {v}" for k, v in d.items()))
@@ -344,12 +342,13 @@ def backends_sync(ctx: Context, owner: str, as_json: bool) -> None:
 @pass_ctx
 def backends_remove(ctx: Context, kind: str, owner: str) -> None:
     """Forget an owner's EZVIZ keys and remove the cameras that came from it."""
-    from camvoice import ezviz
+    from backends.ezviz import sync as ezviz
 
     require_migrated(ctx)
     try:
         with ctx.db.session() as session:
-            removed = ezviz.unlink_account(session, owner_or_fail(session, owner), actor="cli")
+            account = owner_or_fail(session, owner)
+            removed = ezviz.unlink_account(session, ctx.services.registry, account, actor="cli")
     except registry.CameraError as exc:
         fail(str(exc))
     click.echo(f"unlinked EZVIZ for {owner}; removed {removed} cameras")
@@ -376,11 +375,12 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
 @pass_ctx
 def demo(ctx: Context, host: str, port: int) -> None:
     """Migrate, create the demo account and cameras, and serve."""
-    from camvoice.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+    from media.rtsps import gstreamer_available, self_signed
+    from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 
     ctx.db.upgrade()
     with ctx.db.session() as session:
-        account = seed(session)
+        account = seed(session, ctx.services.registry)
         count = len(account.cameras)
     ctx.db.dispose()
     # The demo works end to end out of the box: the simulator signs smart-home directives like
@@ -408,6 +408,8 @@ def demo(ctx: Context, host: str, port: int) -> None:
 @contextmanager
 def rtsps_relay(settings: Settings, port: int) -> Iterator[None]:
     """Run the RTSPS relay beside the web app when enabled; the app runs either way."""
+    from media.rtsps import relay_problem, start_relay
+
     if not settings.relay_enabled:
         yield
         return
@@ -434,6 +436,8 @@ def rtsps_relay(settings: Settings, port: int) -> Iterator[None]:
 @pass_ctx
 def relay(ctx: Context, app_url: str) -> None:
     """Run the RTSPS relay (GStreamer) in the foreground."""
+    from media.rtsps import relay_problem, start_relay
+
     problem = relay_problem(ctx.settings.model_copy(update={"relay_enabled": True}))
     if problem:
         fail(f"cannot run the RTSPS relay: {problem}")
@@ -447,7 +451,8 @@ def relay(ctx: Context, app_url: str) -> None:
 @pass_ctx
 def doctor(ctx: Context) -> None:
     """Check what this installation can do, and say what is missing."""
-    from camvoice.relay import find_ffmpeg
+    from media.relay import find_ffmpeg
+    from media.rtsps import relay_problem
 
     settings = ctx.settings
     checks: list[tuple[str, str | None]] = []
@@ -480,20 +485,22 @@ def doctor(ctx: Context) -> None:
 def worker(ctx: Context) -> None:
     """Deliver outbox events and sync EZVIZ accounts until stopped (SIGINT/SIGTERM)."""
     require_migrated(ctx)
-    from camvoice.app import configure_logging
+    from backends.ezviz.sync import sync_due
+    from camvoice.outbox import run_worker
+    from service.app import configure_logging
 
     configure_logging(ctx.settings.log_level)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    from camvoice import ezviz
-
-    outbox.run_worker(
+    services = ctx.services
+    run_worker(
         ctx.db,
+        services.outbox,
         ctx.settings.outbox_max_attempts,
         ctx.settings.worker_poll_interval,
         stop,
-        periodic=lambda: ezviz.sync_due(ctx.db, ctx.settings),
+        periodic=lambda: sync_due(services),
     )
 
 
@@ -513,7 +520,7 @@ def run_gunicorn(host: str, port: int, workers: int) -> None:
             self.cfg.set("control_socket_disable", True)  # one per user: clashes side by side
 
         def load(self) -> Any:
-            from camvoice.app import create_app
+            from service.app import create_app
 
             return create_app()
 

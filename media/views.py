@@ -9,19 +9,28 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
 
-from camvoice import hls_proxy, snapshots
-from camvoice.cameras import StreamUnavailable, backend_for
+from camvoice.cameras import StreamUnavailable
 from camvoice.models import Camera
-from camvoice.relay import PLAYLIST, SEGMENT, RelayBusy, RelayFailed, RelayManager
-from camvoice.streams import admit, record_denial
+from camvoice.services import EXTENSION, Services
+from camvoice.settings import Settings
+from camvoice.streams import record_denial
 from camvoice.tickets import Protocol, TicketError
-from camvoice.web import database, settings
+from media import hls_proxy, snapshots
+from media.relay import PLAYLIST, SEGMENT, RelayBusy, RelayFailed, RelayManager
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("media", __name__)
 RELAY_SECRET_HEADER = "X-Camvoice-Relay-Secret"  # noqa: S105 - a header name
 CAMERA_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def services() -> Services:
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def settings() -> Settings:
+    return services().settings
 
 
 def relays() -> RelayManager:
@@ -38,7 +47,7 @@ def cast_headers(response: Response) -> Response:
 
 def denied(camera_id: str, reason: str, protocol: Protocol, audit: bool) -> Response:
     if audit:
-        with database().session() as session:
+        with services().db.session() as session:
             record_denial(session, camera_id, reason, protocol)
     status = 403
     response = jsonify(error="forbidden", message=f"stream ticket refused: {reason}")
@@ -51,8 +60,8 @@ def check(camera_id: str, token: str, protocol: Protocol, audit: bool) -> Any:
     if not CAMERA_ID.match(camera_id):
         abort(404)
     try:
-        with database().session() as session:
-            camera, _ticket = admit(session, settings(), token, camera_id, protocol)
+        with services().db.session() as session:
+            camera, _ticket = services().streams.admit(session, token, camera_id, protocol)
             return camera, None
     except TicketError as exc:
         return None, denied(camera_id, exc.reason, protocol, audit)
@@ -64,7 +73,7 @@ def playlist(camera_id: str, token: str) -> Response:
     if refusal is not None:
         return refusal  # type: ignore[no-any-return]
     if camera.backend != "local":
-        proxied = cloud_playlist(camera.id)
+        proxied = cloud_playlist(camera)
         if proxied is not None:
             return proxied
     try:
@@ -92,19 +101,16 @@ def unavailable(message: str) -> Response:
     return response
 
 
-def cloud_playlist(camera_id: str) -> Response | None:
+def cloud_playlist(camera: Camera) -> Response | None:
     """A camera cloud's playlist with every URI rewritten to a sealed, ticketed one.
 
     None when the camera's backend does not stream it itself (camvoice's relay does).
     """
-    with database().session() as session:
-        camera = session.get(Camera, camera_id)
-        if camera is None:
-            abort(404)
-        try:
-            url = backend_for(camera).upstream_hls(session, camera)
-        except StreamUnavailable as exc:
-            return unavailable(f"The camera's stream did not start: {exc}.")
+    camera_id = camera.id
+    try:
+        url = services().registry.backend_for(camera).upstream_hls(camera)
+    except StreamUnavailable as exc:
+        return unavailable(f"The camera's stream did not start: {exc}.")
     if url is None:
         return None
     timeout = settings().ezviz_timeout

@@ -9,12 +9,15 @@ from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from camvoice import ezviz, media
+import console
+import fulfillment
+import media
+import oauth
+import skills
 from camvoice.db import Database
-from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
-from camvoice.relay import RelayManager, find_ffmpeg
+from camvoice.services import EXTENSION, Services
 from camvoice.settings import Settings, load_settings
-from camvoice.web import database
+from service.wiring import build_services, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -36,53 +39,28 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
         MAX_CONTENT_LENGTH=1024 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,  # a form's token lives as long as the sign-in session
     )
-    app.extensions["camvoice.settings"] = settings
-    ezviz.install(settings)
-    app.extensions["camvoice.db"] = db
     app.extensions["camvoice.redis"] = redis_client(settings)
-    app.extensions["camvoice.limiter"] = (
-        RedisLimiter(app.extensions["camvoice.redis"])
-        if app.extensions["camvoice.redis"] is not None
-        else DatabaseLimiter(db)
-    )
+    services = build_services(settings, db, app.extensions["camvoice.redis"])
+    app.extensions[EXTENSION] = services
 
     if settings.proxy_hops:
         # Trust X-Forwarded-For from our own proxies only, for the client address. The public
         # URL comes from settings, so forged Host or X-Forwarded-Proto headers change nothing.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=0, x_host=0)  # type: ignore[method-assign]
 
-    app.extensions["camvoice.relays"] = RelayManager(
-        settings.media_path,
-        find_ffmpeg(settings.ffmpeg),
-        settings.relay_idle_timeout,
-        settings.max_relays,
-    )
-    app.register_blueprint(media.bp)
-
-    import console
-    import fulfillment
-    import oauth
-    import skills
-
-    oauth.init_app(app, settings)
-    fulfillment.init_app(app, settings, db)
-    skills.init_app(app, settings, db)
-    console.init_app(app)
+    media.init_app(app, services)
+    oauth.init_app(app, services)
+    fulfillment.init_app(app, services)
+    skills.init_app(app, services)
+    console.init_app(app, services)
 
     app.add_url_rule("/healthz", "healthz", healthz)
     app.add_url_rule("/readyz", "readyz", readyz)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
     return app
-
-
-def redis_client(settings: Settings) -> redis.Redis | None:
-    if settings.redis_url is None:
-        return None
-    return redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
-    )
 
 
 def configure_logging(level: str) -> None:
@@ -102,7 +80,8 @@ def healthz() -> Response:
 
 def readyz() -> tuple[Response, int]:
     """Readiness: the database answers and its schema is current."""
-    db = database()
+    services: Services = current_app.extensions[EXTENSION]
+    db = services.db
     checks: dict[str, str] = {}
     try:
         db.ping()

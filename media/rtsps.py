@@ -1,4 +1,4 @@
-"""Starting the RTSPS relay (camvoice/rtsps_relay.py) under the system's GStreamer Python."""
+"""Starting the RTSPS relay (media/rtsps_relay.py) under the system's GStreamer Python."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
-from camvoice.relay import die_with_parent
 from camvoice.settings import Settings
+from media.relay import die_with_parent
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SCRIPT = Path(__file__).with_name("rtsps_relay.py")

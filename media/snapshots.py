@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 
-from camvoice.relay import RelayManager, demo_input, redact
+from media.relay import RelayManager, demo_input, redact
 
 log = logging.getLogger(__name__)
 TIMEOUT = 8.0

@@ -1,0 +1,32 @@
+"""The wiring: one object holding what the composition root built, handed to what needs it.
+
+The app factory, the CLI and the worker each build one (service/wiring.py); adapters receive it
+(Flask views read it from `current_app.extensions[EXTENSION]`). Nothing here is a module global,
+so two apps in one process (two instances in a test) never share subscribers or backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from camvoice.cameras import Registry
+from camvoice.db import Database
+from camvoice.outbox import Outbox
+from camvoice.ratelimit import Limiter
+from camvoice.settings import Settings
+from camvoice.streams import Streams
+
+EXTENSION = "camvoice"  # the key of the Services object in a Flask app's extensions
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    outbox: Outbox
+    registry: Registry
+    streams: Streams
+    limiter: Limiter
+    # Whether Alexa's RTSPS can be served (a relay runs, or a URL template points at one).
+    rtsps_available: Callable[[], bool]

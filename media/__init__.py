@@ -1,0 +1,23 @@
+"""Players' protocols: ticketed HLS and snapshots, the HLS relay (ffmpeg), the RTSPS relay
+(GStreamer) and its auth hook, and the proxy for a camera cloud's HLS."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from camvoice.services import Services
+
+
+def init_app(app: Flask, services: Services) -> None:
+    """Register the media endpoints and this process's relay manager."""
+    from media.relay import RelayManager, find_ffmpeg
+    from media.views import bp
+
+    settings = services.settings
+    app.extensions["camvoice.relays"] = RelayManager(
+        settings.media_path,
+        find_ffmpeg(settings.ffmpeg),
+        settings.relay_idle_timeout,
+        settings.max_relays,
+    )
+    app.register_blueprint(bp)

@@ -1,0 +1,53 @@
+"""Building the Services object: the one place that knows every adapter and backend."""
+
+from __future__ import annotations
+
+import redis
+
+import fulfillment
+import skills
+from backends.ezviz.backend import EzvizBackend
+from backends.local import LocalBackend
+from camvoice.cameras import Registry
+from camvoice.db import Database
+from camvoice.outbox import Outbox
+from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
+from camvoice.services import Services
+from camvoice.settings import Settings
+from camvoice.streams import Streams
+from media.rtsps import relay_problem
+from oauth.tokens import grant_is_live
+
+
+def build_services(
+    settings: Settings, db: Database, redis_client: redis.Redis | None = None
+) -> Services:
+    """The wiring for one process: backends, outbox subscribers, the grant check, the limiter.
+
+    The app factory, the CLI and the worker all build it here, so a change made from any of them
+    emits the same outbox events and reads cameras through the same backends.
+    """
+    outbox = Outbox()
+    registry = Registry(outbox)
+    services = Services(
+        settings=settings,
+        db=db,
+        outbox=outbox,
+        registry=registry,
+        streams=Streams(settings, registry, grant_is_live),
+        limiter=RedisLimiter(redis_client) if redis_client is not None else DatabaseLimiter(db),
+        rtsps_available=lambda: bool(settings.rtsps_url_template) or not relay_problem(settings),
+    )
+    registry.register(LocalBackend())
+    registry.register(EzvizBackend(services))
+    skills.subscribe(services)
+    fulfillment.subscribe(services)
+    return services
+
+
+def redis_client(settings: Settings) -> redis.Redis | None:
+    if settings.redis_url is None:
+        return None
+    return redis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
+    )
