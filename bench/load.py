@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from camvoice.accounts import create_account  # noqa: E402
-from camvoice.cameras import add_camera  # noqa: E402
+from camvoice.cameras import Registry  # noqa: E402
 from camvoice.db import Database  # noqa: E402
+from camvoice.outbox import Outbox  # noqa: E402
 from camvoice.settings import load_settings  # noqa: E402
 from media.rtsps import self_signed  # noqa: E402
 from service.app import create_app  # noqa: E402
@@ -116,7 +117,7 @@ def owner_with(db: Database, email: str, count: int) -> None:
     with db.session() as session:
         account = create_account(session, email, "bench-password-1")
         for i in range(count):
-            add_camera(session, account, f"Camera {i:03d}", actor="bench", model="C6N",
+            Registry(Outbox()).add(session, account, f"Camera {i:03d}", actor="bench", model="C6N",
                        nicknames=[f"cam {i}"], room="Hall")  # fmt: skip
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import requests
 
 from camvoice.accounts import create_account
-from camvoice.cameras import add_camera
+from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.outbox import Outbox
 from camvoice.settings import load_settings
-from camvoice.streams import mint
+from camvoice.streams import Streams
 from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
 from media.rtsps import gstreamer_available, self_signed
@@ -97,17 +98,19 @@ def main() -> None:
     settings = load_settings()
     db = Database(settings.sqlalchemy_url)
     db.upgrade()
+    registry = Registry(Outbox())
+    streams = Streams(settings, registry)
     with db.session() as session:
         owner = create_account(session, "bench@example.com", "bench-password")
-        camera = add_camera(session, owner, "Bench Door", actor="bench")
+        camera = registry.add(session, owner, "Bench Door", actor="bench")
     server = subprocess.Popen([str(BIN / "camvoice"), "serve", "--port", str(port)], env=env)
     try:
         wait_for(f"http://127.0.0.1:{port}/readyz")
         results: dict[str, list[float]] = {"hls": [], "rtsps": []}
         for _ in range(args.runs):
-            results["hls"].append(hls_start(mint(settings, camera, Protocol.HLS, Audience.GOOGLE)))
+            results["hls"].append(hls_start(streams.mint(camera, Protocol.HLS, Audience.GOOGLE)))
             if relay:
-                url = mint(settings, camera, Protocol.RTSPS, Audience.ALEXA)
+                url = streams.mint(camera, Protocol.RTSPS, Audience.ALEXA)
                 results["rtsps"].append(rtsps_start(url, cert))
             time.sleep(args.idle + 2.5)  # let the HLS relay stop: the next run is a cold start
         print(f"stream start, cold, {args.runs} runs (seconds from mint to first media)")

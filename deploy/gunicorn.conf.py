@@ -1,6 +1,6 @@
 """gunicorn settings for camvoice web processes (the same as `camvoice serve` uses).
 
-gunicorn -c deploy/gunicorn.conf.py 'camvoice.app:create_app()'
+gunicorn -c deploy/gunicorn.conf.py 'service.app:create_app()'
 """
 
 import os
