@@ -207,7 +207,7 @@ class Registry:
         """An owner's or operator's change: pushed to the camera's backend first (no transaction
         open while it may call a camera cloud), then recorded. `owner_id` limits it to one owner's
         cameras (CameraError 'no camera' otherwise)."""
-        with db.session() as session:
+        with db.reading() as session:
             camera = self._find(session, camera_id, owner_id)
             changed = self._validated(camera, changes)
         if changed:

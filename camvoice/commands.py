@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from camvoice.db import Database
-from camvoice.services import Services
-from camvoice.settings import ConfigError, Settings, load_settings
+if TYPE_CHECKING:  # imported when a command first needs them: `camvoice --help` stays quick
+    from camvoice.db import Database
+    from camvoice.services import Services
+    from camvoice.settings import Settings
 
-Wire = Callable[[Settings, Database], Services]
+Wire = Callable[["Settings", "Database"], "Services"]
 
 
 class Context:
@@ -28,6 +29,8 @@ class Context:
 
     @property
     def settings(self) -> Settings:
+        from camvoice.settings import ConfigError, load_settings
+
         if self._settings is None:
             try:
                 self._settings = load_settings()
@@ -37,6 +40,8 @@ class Context:
 
     @property
     def db(self) -> Database:
+        from camvoice.db import Database
+
         if self._db is None:
             self._db = Database(self.settings.sqlalchemy_url)
         return self._db

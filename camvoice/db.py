@@ -20,6 +20,15 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+class ReadOnlySession(Session):
+    """A session that must not write: flushing one is a bug, caught at once."""
+
+    def flush(self, objects: Any = None) -> None:
+        if self.new or self.dirty or self.deleted:
+            raise RuntimeError("a reading() session must not write")
+        super().flush(objects)
+
+
 class Database:
     """An engine plus a session factory, one per process."""
 
@@ -27,6 +36,11 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.readers = sessionmaker(
+            self.engine.execution_options(camvoice_read_only=True),
+            class_=ReadOnlySession,
+            expire_on_commit=False,
+        )
 
     @property
     def is_sqlite(self) -> bool:
@@ -36,6 +50,13 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A unit of work: commit on success, roll back on any error."""
         with self.sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A unit of work that only reads. On SQLite it begins without the write lock, so reads
+        never queue behind writers (WAL lets them see the last commit meanwhile)."""
+        with self.readers() as session, session.begin():
             yield session
 
     def upgrade(self) -> None:
@@ -71,10 +92,16 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own BEGIN handling defers locks; take the write lock at BEGIN instead so two
-        # writers queue on busy_timeout rather than failing with "database is locked".
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """A writing transaction takes the write lock at BEGIN, so two writers queue on busy_timeout
+    rather than failing with "database is locked" when a read turns into a write; a reading one
+    (Database.reading) takes no lock at all."""
+    read_only = conn.get_execution_options().get("camvoice_read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

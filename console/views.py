@@ -91,7 +91,7 @@ def owner() -> Account:
     account_id = session.get("account_id")
     account = None
     if account_id:
-        with services().db.session() as db_session:
+        with services().db.reading() as db_session:
             account = db_session.get(Account, account_id)
     if account is None:
         abort(redirect(url_for("oauth.login_form", next=request.full_path.rstrip("?"))))
@@ -116,7 +116,7 @@ def cameras(problem: str | None = None) -> str:
     lang = language()
     cloud = services().registry.cloud("ezviz")
     link = cloud.link_of(account.id) if cloud is not None else None
-    with services().db.session() as db_session:
+    with services().db.reading() as db_session:
         rows = []
         for camera in services().registry.owned_cameras(db_session, account.id):
             row: dict[str, Any] = {"camera": camera}
@@ -137,7 +137,7 @@ def fix(camera_id: str) -> Response:
         abort(400, description="unknown fix")
     if action == "encryption" and request.form.get("confirm") != "yes":
         abort(400, description="turning off Image Encryption needs your explicit confirmation")
-    with services().db.session() as db_session:
+    with services().db.reading() as db_session:
         if services().registry.owned_camera(db_session, account.id, camera_id) is None:
             abort(404)
     try:
@@ -169,7 +169,7 @@ def link_ezviz() -> Response:
 @bp.get("/console/cameras/<camera_id>/live")
 def live(camera_id: str) -> str:
     account = owner()
-    with services().db.session() as db_session:
+    with services().db.reading() as db_session:
         camera = services().registry.owned_camera(db_session, account.id, camera_id)
     if camera is None:
         abort(404)
@@ -187,7 +187,7 @@ def live(camera_id: str) -> str:
 @bp.get("/console/links")
 def links() -> str:
     account = owner()
-    with services().db.session() as db_session:
+    with services().db.reading() as db_session:
         grants = live_links(db_session, account.id)
     return page("links.html", account=account, grants=grants)
 
@@ -206,7 +206,7 @@ def unlink(grant_id: str) -> Response:
 @bp.get("/console/activity")
 def activity() -> str:
     account = owner()
-    with services().db.session() as db_session:
+    with services().db.reading() as db_session:
         events = audit.recent(db_session, account.id, limit=200)
         names = {
             c.id: c.name

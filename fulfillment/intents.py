@@ -97,7 +97,7 @@ def sync_device(ctx: Context, camera: Camera) -> dict[str, Any]:
 
 def query(ctx: Context, payload: Any) -> dict[str, Any]:
     devices: dict[str, Any] = {}
-    with ctx.services.db.session() as session:
+    with ctx.services.db.reading() as session:
         for camera_id in device_ids(payload):
             camera = owned(ctx, session, camera_id)
             if camera is None:
@@ -142,7 +142,7 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
 
 
 def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict[str, Any]:
-    with ctx.services.db.session() as session:
+    with ctx.services.db.reading() as session:
         camera = owned(ctx, session, camera_id)
     if camera is None:
         return error(camera_id, "deviceNotFound")

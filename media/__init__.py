@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
 
-from camvoice.services import Services
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from camvoice.services import Services
 
 
 def init_app(app: Flask, services: Services) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
-from sqlalchemy import func, select
 
 from camvoice.commands import Context, emit, fail, pass_ctx, require_migrated
-from oauth.models import Grant, OAuthClient, digest
+
+if TYPE_CHECKING:  # the models are imported by the command that needs them: `--help` is quick
+    from oauth.models import OAuthClient
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -76,6 +77,8 @@ def clients_add(
     as_json: bool,
 ) -> None:
     """Register a client; prints client_id and client_secret once."""
+    from oauth.models import OAuthClient, digest
+
     require_migrated(ctx)
     uris = list(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
     secret = None if public else secrets.token_urlsafe(32)
@@ -98,6 +101,10 @@ def clients_add(
 @pass_ctx
 def clients_list(ctx: Context, as_json: bool) -> None:
     """List clients (never their secrets)."""
+    from sqlalchemy import func, select
+
+    from oauth.models import Grant, OAuthClient
+
     require_migrated(ctx)
     with ctx.db.session() as session:
         links = dict(
@@ -126,6 +133,8 @@ def clients_list(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def clients_remove(ctx: Context, client_id: str) -> None:
     """Remove a client and, with it, every link and token it holds."""
+    from oauth.models import OAuthClient
+
     require_migrated(ctx)
     with ctx.db.session() as session:
         client = session.get(OAuthClient, client_id)
@@ -141,6 +150,8 @@ def clients_remove(ctx: Context, client_id: str) -> None:
 @pass_ctx
 def clients_rotate(ctx: Context, client_id: str, as_json: bool) -> None:
     """Replace a client's secret; the old one stops working at once."""
+    from oauth.models import OAuthClient, digest
+
     require_migrated(ctx)
     secret = secrets.token_urlsafe(32)
     with ctx.db.session() as session:

@@ -47,7 +47,7 @@ def database() -> Database:
 
 
 def query_client(client_id: str) -> OAuthClient | None:
-    with database().session() as session:
+    with database().reading() as session:
         return session.get(OAuthClient, client_id)
 
 

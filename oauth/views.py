@@ -83,7 +83,7 @@ def signed_in_account() -> Account | None:
     account_id = session.get("account_id")
     if not account_id:
         return None
-    with services().db.session() as db_session:
+    with services().db.reading() as db_session:
         return db_session.get(Account, account_id)
 
 
@@ -119,7 +119,7 @@ def authorize() -> Any:
 def consent_page(client: OAuthClient, account: Account, scope: str) -> tuple[str, int]:
     lang = language()
     assistant = Assistant(client.assistant) if client.assistant in ("alexa", "google") else None
-    with services().db.session() as db_session:
+    with services().db.reading() as db_session:
         owned = services().registry.owned_cameras(db_session, account.id)
         cameras = [
             {

@@ -10,18 +10,18 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
 
-from camvoice import cameras as registry
-from camvoice.accounts import AccountError, create_account, find_account
 from camvoice.commands import Context, emit, fail, pass_ctx, require_migrated
-from camvoice.db import Database
-from camvoice.models import Account, Camera
-from camvoice.services import Services
-from camvoice.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the rest is imported by the command that needs it: `--help` stays quick
+    from camvoice.db import Database
+    from camvoice.models import Account, Camera
+    from camvoice.services import Services
+    from camvoice.settings import Settings
 
 
 @click.group()
@@ -78,6 +78,8 @@ def accounts() -> None:
 @pass_ctx
 def accounts_create(ctx: Context, email: str, password_stdin: bool) -> None:
     """Create an account (password from --password-stdin or a prompt)."""
+    from camvoice.accounts import AccountError, create_account
+
     require_migrated(ctx)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -96,10 +98,12 @@ def accounts_create(ctx: Context, email: str, password_stdin: bool) -> None:
 @pass_ctx
 def accounts_list(ctx: Context, as_json: bool) -> None:
     """List accounts."""
+    from camvoice.models import Account
+
     require_migrated(ctx)
     from sqlalchemy import select
 
-    with ctx.db.session() as session:
+    with ctx.db.reading() as session:
         rows = [
             {"id": a.id, "email": a.email, "cameras": len(a.cameras), "created_at": a.created_at}
             for a in session.scalars(select(Account).order_by(Account.email))
@@ -108,6 +112,8 @@ def accounts_list(ctx: Context, as_json: bool) -> None:
 
 
 def owner_or_fail(session: Any, email: str) -> Account:
+    from camvoice.accounts import find_account
+
     account = find_account(session, email)
     if account is None:
         fail(f"no account {email}")
@@ -158,6 +164,8 @@ def collect(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def camera_or_fail(session: Any, camera_id: str) -> Camera:
+    from camvoice.models import Camera
+
     camera = session.get(Camera, camera_id)
     if camera is None:
         fail(f"no camera {camera_id}")
@@ -185,6 +193,8 @@ def cameras() -> None:
 @pass_ctx
 def cameras_add(ctx: Context, owner: str, as_json: bool, **opts: Any) -> None:
     """Add a camera to an owner's account."""
+    from camvoice import cameras as registry
+
     require_migrated(ctx)
     fields = collect(opts)
     name = opts["name"]
@@ -214,13 +224,15 @@ def cameras_add(ctx: Context, owner: str, as_json: bool, **opts: Any) -> None:
 @pass_ctx
 def cameras_set(ctx: Context, camera_id: str, as_json: bool, code_stdin: bool, **opts: Any) -> None:
     """Change a camera's settings (an EZVIZ camera's go to the EZVIZ platform)."""
+    from camvoice import cameras as registry
+
     require_migrated(ctx)
     code = sys.stdin.readline().strip() if code_stdin else None
     try:
         ctx.services.registry.change(ctx.db, camera_id, collect(opts), actor="cli", code=code)
     except registry.CameraError as exc:
         fail(str(exc))
-    with ctx.db.session() as session:
+    with ctx.db.reading() as session:
         shown = registry.describe(camera_or_fail(session, camera_id))
     emit(shown, as_json, camera_line)
 
@@ -243,8 +255,10 @@ def cameras_remove(ctx: Context, camera_id: str) -> None:
 @pass_ctx
 def cameras_list(ctx: Context, owner: str | None, as_json: bool) -> None:
     """List cameras with their readiness for Alexa and Google."""
+    from camvoice import cameras as registry
+
     require_migrated(ctx)
-    with ctx.db.session() as session:
+    with ctx.db.reading() as session:
         owner_id = owner_or_fail(session, owner).id if owner else None
         rows = [registry.describe(c) for c in registry.all_cameras(session, owner_id)]
     emit(rows, as_json, lambda d: "\n".join(camera_line(r) for r in d))
@@ -270,6 +284,7 @@ def backends_add(
 ) -> None:
     """Link an owner's EZVIZ account and import its cameras (the secret is read from stdin)."""
     from backends.ezviz import sync as ezviz
+    from camvoice.cameras import CameraError
 
     require_migrated(ctx)
     secret = sys.stdin.readline().strip()
@@ -280,7 +295,7 @@ def backends_add(
         report = ezviz.sync_now(ctx.services, account.id)
     except ezviz.SyncFailed as exc:
         fail(f"keys saved, but the first sync failed: {exc}; the worker retries")
-    except registry.CameraError as exc:
+    except CameraError as exc:
         fail(str(exc))
     shown = {"owner": owner, "backend": kind, **vars(report)}
     emit(shown, as_json, lambda d: f"linked EZVIZ for {owner}: {d['added']} cameras imported")
@@ -294,9 +309,10 @@ def backends_list(ctx: Context, as_json: bool) -> None:
     from sqlalchemy import select
 
     from backends.ezviz.models import EzvizLink
+    from camvoice.models import Account
 
     require_migrated(ctx)
-    with ctx.db.session() as session:
+    with ctx.db.reading() as session:
         rows = [
             {
                 "owner": account.email,
@@ -343,13 +359,14 @@ def backends_sync(ctx: Context, owner: str, as_json: bool) -> None:
 def backends_remove(ctx: Context, kind: str, owner: str) -> None:
     """Forget an owner's EZVIZ keys and remove the cameras that came from it."""
     from backends.ezviz import sync as ezviz
+    from camvoice.cameras import CameraError
 
     require_migrated(ctx)
     try:
         with ctx.db.session() as session:
             account = owner_or_fail(session, owner)
             removed = ezviz.unlink_account(session, ctx.services.registry, account, actor="cli")
-    except registry.CameraError as exc:
+    except CameraError as exc:
         fail(str(exc))
     click.echo(f"unlinked EZVIZ for {owner}; removed {removed} cameras")
 
@@ -375,6 +392,7 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
 @pass_ctx
 def demo(ctx: Context, host: str, port: int) -> None:
     """Migrate, create the demo account and cameras, and serve."""
+    from camvoice.settings import load_settings
     from media.rtsps import gstreamer_available, self_signed
     from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 

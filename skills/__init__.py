@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from camvoice.services import Services
+    from camvoice.services import Services
 
 log = logging.getLogger(__name__)
 TOPICS = ("camera.added", "camera.removed", "camera.changed")

@@ -6,7 +6,6 @@ import json
 
 import click
 
-from camvoice.accounts import find_account
 from camvoice.commands import Context, fail, pass_ctx, require_migrated
 
 
@@ -20,6 +19,8 @@ def alexa() -> None:
 @pass_ctx
 def model(ctx: Context, owner: str) -> None:
     """Print CAMERA_NAME slot values (names and nicknames) for an owner's cameras."""
+    from camvoice.accounts import find_account
+
     require_migrated(ctx)
     with ctx.db.session() as session:
         account = find_account(session, owner)

@@ -107,7 +107,7 @@ class Gateway:
         LWA is asked between two short transactions, never inside one.
         """
         sealer = self.settings.sealer()
-        with self.db.session() as session:
+        with self.db.reading() as session:
             link = session.get(AlexaLink, account_id)
             if link is None or link.dead_at is not None:
                 return None

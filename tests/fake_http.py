@@ -15,11 +15,17 @@ GetRoute = Callable[[str], tuple[int, bytes, str]]  # path -> (status, body, con
 
 class JsonServer:
     """Calls route(path, headers, body) for every POST; answers its (status, JSON or None).
-    GETs go to `get` when given (files such as an HLS stream)."""
+    GETs go to `get` when given (files such as an HLS stream). Each `observers` entry is called
+    with the path before a POST is answered: what the caller's side looks like meanwhile."""
 
     def __init__(self, route: Route, get: GetRoute | None = None) -> None:
+        self.observers: list[Callable[[str], None]] = []
+        observers = self.observers
+
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                for observe in observers:
+                    observe(self.path)
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 status, body = route(self.path, self.headers, raw)
                 data = json.dumps(body).encode() if body is not None else b""

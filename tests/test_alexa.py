@@ -35,6 +35,7 @@ from tests.conftest import LiveServer, free_port, require_gstreamer, running_rel
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
 from tests.media_support import probe_video
 from tests.oauth_support import ALEXA_URIS, link, make_owner, register
+from tests.transactions import open_transactions
 
 SECRET = "forwarder-secret-for-tests-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
@@ -604,3 +605,28 @@ def test_owner_without_accept_grant_gets_no_events(
         )
     drain(server)
     assert amazon.events == [] and amazon.lwa_calls == []
+
+
+def test_no_transaction_is_open_while_login_with_amazon_is_asked(
+    server: LiveServer,
+    db: Database,
+    db_url: str,
+    token: str,
+    demo: dict[str, str],
+    amazon: FakeAmazon,
+) -> None:
+    """AcceptGrant's code exchange and the refresh before an event both reach LWA between
+    transactions, so a slow LWA never holds a database lock or connection."""
+    seen: list[tuple[str, int]] = []
+    amazon.http.observers.append(lambda path: seen.append((path, open_transactions(db_url))))
+    drain(server)
+    accept_grant(token, amazon.new_code())
+    with db.session() as session:
+        session.execute(update(AlexaLink).values(expires_at=utcnow() - timedelta(seconds=1)))
+        registry(server).record(
+            session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t"
+        )  # type: ignore[arg-type]
+    drain(server)
+    assert [c["grant_type"] for c in amazon.lwa_calls] == ["authorization_code", "refresh_token"]
+    assert [path for path, _ in seen].count("/auth/o2/token") == 2
+    assert [(path, n) for path, n in seen if n] == []

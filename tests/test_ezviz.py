@@ -40,6 +40,7 @@ from tests.conftest import LiveServer, run_cli, wiring
 from tests.fake_ezviz import FakeEzviz, make_hls
 from tests.media_support import probe_video
 from tests.oauth_support import GOOGLE_URIS, make_owner, register
+from tests.transactions import open_transactions
 
 APP_KEY = "f3b1c0de5a7e4c1b9d2e"
 APP_SECRET = "s3cr3t-" + uuid.uuid4().hex
@@ -606,3 +607,29 @@ def test_unlinking_mid_sync_does_not_bring_cameras_back(
     with db.session() as session:
         assert apply_sync(session, registry, owner.id, APP_KEY, read) == SyncReport()
     assert cameras_of(db, owner) == {}
+
+
+def test_no_transaction_is_open_while_the_platform_is_asked(
+    db: Database, db_url: str, ez: Settings, services: Services, owner: Account,
+    platform: FakeEzviz,
+) -> None:  # fmt: skip
+    """Sync, stream checks, the cloud playlist and owners' fixes all ask EZVIZ between
+    transactions: a slow platform must never hold a database lock or connection."""
+    seen: list[tuple[str, int]] = []
+    for host in (platform.region, platform.global_host):
+        host.observers.append(lambda path: seen.append((path, open_transactions(db_url))))
+    cameras = linked(services, owner)
+    app = create_app(ez, db)
+    with LiveServer(app) as live:
+        token = google_token(live, db)
+        front = execute(live, token, [cameras["SN001"].id])[cameras["SN001"].id]
+        local = front["states"]["cameraStreamAccessUrl"].replace(ez.public_url, live.url)
+        assert requests.get(local, timeout=10).status_code == 200
+        wiring(app).registry.change(
+            db, cameras["SN002"].id, {"image_encryption": False}, actor="o", code="ABCDEF"
+        )
+    app.extensions["camvoice.relays"].shutdown()
+    asked = {path.split("?")[0] for path, _ in seen}
+    assert {"/api/lapp/token/get", "/api/lapp/device/list", "/api/lapp/v2/live/address/get",
+            "/api/lapp/device/encrypt/off"} <= asked  # fmt: skip
+    assert [(path, n) for path, n in seen if n] == []

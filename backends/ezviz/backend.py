@@ -46,7 +46,7 @@ class EzvizBackend:
     def call(self, camera: Camera, path: str, **form: Any) -> dict[str, Any]:
         """One bounded platform call about a camera, keeping a token renewed on the way."""
         db = self.services.db
-        with db.session() as session:
+        with db.reading() as session:
             link = session.get(EzvizLink, camera.owner_id)
             if link is None:
                 raise EzvizError("unlinked", Kind.TRANSIENT,
@@ -172,7 +172,7 @@ class EzvizBackend:
 
     def link_of(self, account_id: str) -> CloudLink | None:
         """The owner's EZVIZ link as the console shows it."""
-        with self.services.db.session() as session:
+        with self.services.db.reading() as session:
             link = session.get(EzvizLink, account_id)
             if link is None:
                 return None

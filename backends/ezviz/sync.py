@@ -47,7 +47,7 @@ def sync_account(services: Services, account_id: str) -> SyncReport:
     A sync that fails part-way changes nothing, so a device is never removed on a partial list.
     """
     db, settings = services.db, services.settings
-    with db.session() as session:
+    with db.reading() as session:
         link = session.get(EzvizLink, account_id)
         if link is None:
             raise CameraError("no EZVIZ account is linked for this owner")
@@ -154,7 +154,7 @@ def sync_due(services: Services) -> int:
     """
     db, settings = services.db, services.settings
     now = utcnow()
-    with db.session() as session:
+    with db.reading() as session:
         due = session.execute(
             select(EzvizLink.account_id, EzvizLink.next_sync_at)
             .where(EzvizLink.next_sync_at <= now)

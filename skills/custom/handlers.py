@@ -55,7 +55,7 @@ def owner(handler_input: HandlerInput) -> Principal | None:
 
 
 def cameras_of(principal: Principal) -> list[Camera]:
-    with services().db.session() as session:
+    with services().db.reading() as session:
         return services().registry.owned_cameras(session, principal.account_id)
 
 

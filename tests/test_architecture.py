@@ -1,0 +1,131 @@
+"""The floors of the design hold: layering, wiring passed in (never shared through module
+globals), a grant check that fails closed, reads that never queue behind writers, a quick CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from camvoice.cameras import Registry
+from camvoice.db import Database
+from camvoice.models import Account, OutboxEvent
+from camvoice.outbox import Outbox
+from camvoice.settings import Settings
+from camvoice.streams import Streams
+from camvoice.tickets import Audience, Protocol, TicketError
+from service.app import create_app
+from tests.conftest import VENV_BIN, wiring
+from tests.oauth_support import make_owner
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_contracts_are_kept() -> None:
+    """Core <- adapters <- composition root, adapters apart but for oauth.tokens (pyproject)."""
+    result = subprocess.run(
+        [str(VENV_BIN / "lint-imports")], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_help_loads_no_database_or_web_stack() -> None:
+    """`camvoice --help` imports the commands, not SQLAlchemy, Alembic, Flask or an adapter's
+    protocol code: those load when a command runs."""
+    probe = (
+        "import sys\n"
+        "from service.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('MODULES=' + __import__('json').dumps(sorted(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert "accounts" in result.stdout and "clients" in result.stdout  # adapters' commands too
+    loaded = json.loads(result.stdout.split("MODULES=", 1)[1])
+    heavy = {"sqlalchemy", "alembic", "flask", "authlib", "ask_sdk_core", "google", "requests"}
+    assert sorted(heavy & {name.split(".")[0] for name in loaded}) == []
+
+
+def test_grant_check_fails_closed_until_one_is_wired(settings: Settings, db: Database) -> None:
+    """A Streams built without the OAuth server's grant check refuses every linked ticket."""
+    make_owner(db, "owner@example.com", {"Door": {}})
+    registry = Registry(Outbox())
+    with db.session() as session:
+        camera = session.scalars(select(Account)).one().cameras[0]
+    unwired = Streams(settings, registry)
+    token = unwired.mint(camera, Protocol.HLS, Audience.GOOGLE, "grant-that-is-live").split("/")[-2]
+    with pytest.raises(TicketError, match="link_revoked"), db.session() as session:
+        unwired.admit(session, token, camera.id, Protocol.HLS)
+    unlinked = unwired.mint(camera, Protocol.HLS, Audience.WEB).split("/")[-2]  # the console's
+    with db.session() as session:
+        assert unwired.admit(session, unlinked, camera.id, Protocol.HLS)[0].id == camera.id
+
+
+def test_two_apps_in_one_process_share_no_wiring(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    """Subscribers and backends live on each app's own Services, not in module globals: an app
+    without Alexa credentials writes no Alexa events, whatever another app subscribed."""
+    with_alexa = create_app(
+        settings.model_copy(update={
+            "alexa_client_id": "amzn1.application-oa2-client.x", "alexa_client_secret": "s",
+            "media_dir": tmp_path / "a"}),
+        db,
+    )  # fmt: skip
+    without = create_app(settings.model_copy(update={"media_dir": tmp_path / "b"}), db)
+    assert wiring(with_alexa).outbox.handler_for("alexa.events") is not None
+    assert wiring(without).outbox.handler_for("alexa.events") is None
+    assert wiring(with_alexa).registry is not wiring(without).registry
+    make_owner(db, "owner@example.com")
+    with db.session() as session:
+        owner = session.scalars(select(Account)).one()
+        wiring(without).registry.add(session, owner, "Porch", actor="test")
+        subscribers = session.scalars(select(OutboxEvent.subscriber)).all()
+    assert "alexa.events" not in subscribers
+    for app in (with_alexa, without):
+        app.extensions["camvoice.relays"].shutdown()
+
+
+def test_reads_do_not_queue_behind_a_writer(tmp_path: Path) -> None:
+    """On SQLite a reading() unit of work takes no lock: it answers while a writer holds the
+    write lock (every write transaction takes it at BEGIN). And it cannot write."""
+    db = Database(f"sqlite:///{tmp_path / 'camvoice.db'}")
+    db.upgrade()
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with db.session() as session:
+            session.execute(text("UPDATE accounts SET email = email"))
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with db.reading() as session:  # would wait out busy_timeout (15 s) behind the writer
+            assert session.execute(text("SELECT count(*) FROM accounts")).scalar() == 0
+        assert thread.is_alive()  # the writer still held its lock while we read
+        with pytest.raises(RuntimeError, match="must not write"), db.reading() as session:
+            session.add(Account(email="a@example.com", password_hash="x"))
+    finally:
+        release.set()
+        thread.join(10)
+    db.dispose()
+
+
+def test_help_figure_bench_smoke() -> None:
+    """bench/cli_start.py, in its smoke mode, still runs and prints its figure."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "cli_start.py"), "--runs", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "camvoice --help" in result.stdout and "median" in result.stdout
