@@ -18,9 +18,7 @@ from flask import (
     session,
     url_for,
 )
-from flask_wtf.csrf import generate_csrf, validate_csrf
 from sqlalchemy import select
-from wtforms import ValidationError
 
 from camvoice import audit
 from camvoice.cameras import CameraError, CameraGone
@@ -78,14 +76,6 @@ def language() -> str:
     return request.accept_languages.best_match(["en", "es"], default="en") or "en"
 
 
-def check_csrf() -> None:
-    """Refuse a form post whose CSRF token is missing or not this session's (400)."""
-    try:
-        validate_csrf(request.form.get("csrf_token"))
-    except ValidationError:
-        abort(400, description="The form expired or was not sent from this site. Reload and retry.")
-
-
 def owner() -> Account:
     """The signed-in owner; anyone else is sent to sign in first."""
     account_id = session.get("account_id")
@@ -100,9 +90,7 @@ def owner() -> Account:
 
 def page(template: str, **context: Any) -> str:
     lang = language()
-    return render_template(
-        f"console/{template}", lang=lang, t=TEXT[lang], csrf_token=generate_csrf(), **context
-    )
+    return render_template(f"console/{template}", lang=lang, t=TEXT[lang], **context)
 
 
 @bp.get("/")
@@ -130,7 +118,6 @@ def cameras(problem: str | None = None) -> str:
 
 @bp.post("/console/cameras/<camera_id>/fix")
 def fix(camera_id: str) -> Response:
-    check_csrf()
     account = owner()
     action = request.form.get("fix", "")
     if action not in FIXES:
@@ -153,7 +140,6 @@ def fix(camera_id: str) -> Response:
 def link_ezviz() -> Response:
     """The owner's own EZVIZ Open Platform keys: checked and kept sealed; the worker imports
     the cameras while the console shows the import in progress."""
-    check_csrf()
     account = owner()
     cloud = services().registry.cloud("ezviz")
     if cloud is None:
@@ -194,7 +180,6 @@ def links() -> str:
 
 @bp.post("/console/links/<grant_id>/unlink")
 def unlink(grant_id: str) -> Response:
-    check_csrf()
     account = owner()
     with services().db.session() as db_session:
         if not owns_link(db_session, account.id, grant_id):
@@ -226,7 +211,6 @@ def simulator() -> str:
         "utterance": EXAMPLES[0],
     }
     if request.method == "POST":
-        check_csrf()
         assistant = request.form.get("assistant", "")
         utterance = request.form.get("utterance", "")[:200]
         if assistant not in ASSISTANTS or not utterance.strip():

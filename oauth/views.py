@@ -11,15 +11,12 @@ from authlib.oauth2 import OAuth2Error
 from flask import (
     Blueprint,
     Response,
-    abort,
     current_app,
     redirect,
     render_template,
     request,
     session,
 )
-from flask_wtf.csrf import generate_csrf, validate_csrf
-from wtforms import ValidationError
 
 from camvoice.accounts import authenticate, normalize_email
 from camvoice.models import Account
@@ -54,14 +51,6 @@ def language() -> str:
     return request.accept_languages.best_match(["en", "es"], default="en") or "en"
 
 
-def check_csrf() -> None:
-    """Refuse a form post whose CSRF token is missing or not this session's (400)."""
-    try:
-        validate_csrf(request.form.get("csrf_token"))
-    except ValidationError:
-        abort(400, description="The form expired or was not sent from this site. Reload and retry.")
-
-
 @bp.after_request
 def security_headers(response: Response) -> Response:
     if response.mimetype == "text/html":
@@ -74,9 +63,7 @@ def security_headers(response: Response) -> Response:
 
 def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
     lang = language()
-    return render_template(
-        template, lang=lang, t=TEXT[lang], csrf_token=generate_csrf(), **context
-    ), status
+    return render_template(template, lang=lang, t=TEXT[lang], **context), status
 
 
 def signed_in_account() -> Account | None:
@@ -93,8 +80,6 @@ def signed_in_account() -> Account | None:
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize() -> Any:
     """Sign-in, then consent, then a redirect with the code (or access_denied)."""
-    if request.method == "POST":
-        check_csrf()
     account = signed_in_account()
     try:
         grant = server().get_consent_grant(end_user=account)
@@ -167,7 +152,6 @@ def login_form() -> tuple[str, int]:
 @bp.post("/oauth/login")
 def login() -> Any:
     """Check the password, under per-account and per-address failure limits."""
-    check_csrf()
     cfg = services().settings
     email = normalize_email(request.form.get("email", ""))[:254]
     password = request.form.get("password", "")
@@ -214,7 +198,6 @@ def login() -> Any:
 
 @bp.post("/oauth/logout")
 def logout() -> Any:
-    check_csrf()
     target = safe_next(request.form.get("next"))
     session.clear()
     return redirect(target, code=303)

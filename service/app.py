@@ -6,7 +6,8 @@ import logging
 
 import redis
 from flask import Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import console
@@ -39,8 +40,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
         MAX_CONTENT_LENGTH=1024 * 1024,
-        WTF_CSRF_TIME_LIMIT=None,  # a form's token lives as long as the sign-in session
+        # CSRF (flask-wtf): checked below for the pages' form posts only, not for the APIs;
+        # a token lives as long as the session; no Referer check (our pages send none).
+        WTF_CSRF_CHECK_DEFAULT=False,
+        WTF_CSRF_TIME_LIMIT=None,
+        WTF_CSRF_SSL_STRICT=False,
     )
+    csrf = CSRFProtect(app)
     app.extensions["camvoice.redis"] = redis_client(settings)
     services = build_services(settings, db, app.extensions["camvoice.redis"])
     app.extensions[EXTENSION] = services
@@ -56,6 +62,14 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     skills.init_app(app, services)
     console.init_app(app, services)
 
+    @app.before_request
+    def check_csrf() -> None:
+        """Every form a person posts (sign-in, consent, console, simulator) carries the
+        session's token; APIs (OAuth token endpoints, assistants, media) never do."""
+        if request.method == "POST" and wants_html():
+            csrf.protect()
+
+    app.register_error_handler(CSRFError, csrf_error)
     app.add_url_rule("/healthz", "healthz", healthz)
     app.add_url_rule("/readyz", "readyz", readyz)
     app.register_error_handler(HTTPException, http_error)
@@ -108,6 +122,13 @@ def readyz() -> tuple[Response, int]:
 
 def wants_html() -> bool:
     return request.path.startswith(HTML_PREFIXES)
+
+
+def csrf_error(exc: CSRFError) -> Response | HTTPException:
+    """A missing or foreign form token: 400, said in words a person can act on."""
+    return http_error(
+        BadRequest("The form expired or was not sent from this site. Reload and retry.")
+    )
 
 
 def http_error(exc: HTTPException) -> Response | HTTPException:
