@@ -3,7 +3,7 @@
 A ticket binds one camera, one protocol (hls, rtsps, jpeg) and one audience (alexa, google, web),
 names the key that signed it (so keys rotate without breaking tickets in flight), and expires a
 few minutes after minting: long enough for a display to start playing. A viewing session that
-has started is tracked separately (see media.py), so a viewer is not cut off mid-view.
+has started is tracked separately (StreamView in streams.py), so a viewer is not cut off mid-view.
 """
 
 from __future__ import annotations
