@@ -151,13 +151,14 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
     params = execution["params"]
     chosen = next((p for p in OUR_PROTOCOLS if p in params["SupportedStreamProtocols"]), None)
     if chosen is None:
+        # Nothing to play it with: no camera-cloud call. A blocked camera still says why.
         known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
-        if known:  # a blocked camera says why, whatever protocols were offered
-            return blocked(camera_id, known[0])
+        reason = ",".join(b.value for b in known) or "no_common_protocol"
         with ctx.services.db.session() as session:
             audit.record(session, "stream.denied", actor="google", account_id=camera.owner_id,
-                         camera_id=camera.id, assistant="google",
-                         reason="no_common_protocol")  # fmt: skip
+                         camera_id=camera.id, assistant="google", reason=reason)  # fmt: skip
+        if known:
+            return blocked(camera_id, known[0])
         return error(camera_id, "functionNotSupported")
     try:
         opened = ctx.services.streams.open(

@@ -63,6 +63,6 @@ def fulfillment() -> Response:
     try:
         for item in inputs:
             merge(payload, INTENTS[item["intent"]](ctx, item.get("payload")))
-    except BadRequest as exc:  # raised before the intent's work is committed
+    except BadRequest as exc:  # raised before that intent's own work is committed
         return bad_request(str(exc))
     return jsonify(requestId=request_id, payload=payload)

@@ -113,7 +113,8 @@ class Gateway:
                 return None
             if not force and link.expires_at > utcnow() + timedelta(seconds=60):
                 return sealer.decrypt(link.access_token.encode()).decode()
-            refresh = sealer.decrypt(link.refresh_token.encode()).decode()
+            sealed = link.refresh_token
+        refresh = sealer.decrypt(sealed.encode()).decode()
         try:
             data = lwa_request(
                 self.settings, {"grant_type": "refresh_token", "refresh_token": refresh}
@@ -121,18 +122,23 @@ class Gateway:
         except LwaError as exc:
             if not exc.dead:
                 raise
-            self.mark_dead(account_id)
+            self.mark_dead(account_id, sealed)
             log.warning("Alexa grant of owner %s is dead; no more events", account_id)
             return None
         data.setdefault("refresh_token", refresh)
         with self.db.session() as session:
-            store_tokens(session, self.settings, account_id, data)
+            link = session.get(AlexaLink, account_id)
+            # A new AcceptGrant while LWA was asked holds newer tokens: keep those.
+            if link is not None and link.refresh_token == sealed:
+                store_tokens(session, self.settings, account_id, data)
         return str(data["access_token"])
 
-    def mark_dead(self, account_id: str) -> None:
+    def mark_dead(self, account_id: str, sealed_refresh: str | None = None) -> None:
+        """Stop events for the owner; with `sealed_refresh`, only if the link still holds that
+        refresh token (a new AcceptGrant meanwhile made a new, live link)."""
         with self.db.session() as session:
             link = session.get(AlexaLink, account_id)
-            if link is not None:
+            if link is not None and sealed_refresh in (None, link.refresh_token):
                 link.dead_at = utcnow()
 
     def send(self, account_id: str, build: Any) -> None:

@@ -59,7 +59,7 @@ class EzvizBackend:
             if keys.renewed:
                 with db.session() as session:
                     link = session.get(EzvizLink, camera.owner_id)
-                    if link is not None:
+                    if link is not None and link.app_key == keys.app_key:  # not re-keyed since
                         keys.store(link, self.settings)
 
     def push(self, camera: Camera, changes: dict[str, Any], code: str | None) -> None:

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 50  # the platform's maximum
 MAX_PAGES = 400  # the platform refuses pageStart beyond this
 TOKEN_MARGIN = timedelta(hours=1)  # renew this long before the 7-day token expires
-LIVE_SECONDS = 600  # lifetime asked for a platform HLS address; camvoice's own ticket is shorter
 
 
 class Kind(StrEnum):

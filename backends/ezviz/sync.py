@@ -68,7 +68,7 @@ def sync_account(services: Services, account_id: str) -> SyncReport:
         if keys.renewed:
             with db.session() as session:
                 link = session.get(EzvizLink, account_id)
-                if link is not None:
+                if link is not None and link.app_key == keys.app_key:  # not re-keyed since
                     keys.store(link, settings)
     with db.session() as session:
         return apply_sync(session, services.registry, account_id, keys.app_key, read)

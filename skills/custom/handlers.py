@@ -150,6 +150,9 @@ class ShowCameraHandler(AbstractRequestHandler):
             reason = " ".join(explain(b, lang) for b in refused.blockers)
             return builder.speak(say(lang, "blocked", name=camera.name, reason=reason)).response
         camera = opened.camera
+        if not screen:  # the backend's check cleared a blocker the last known state had
+            text = say(lang, "no_screen", name=camera.name, status=status_sentence(lang, camera))
+            return builder.speak(text).response
         video = VideoItem(source=opened.url, metadata=Metadata(title=camera.name,
                                                         subtitle=say(lang, "title")))  # fmt: skip
         builder.speak(say(lang, "showing", name=camera.name))
