@@ -28,7 +28,7 @@ from backends.ezviz.sync import link_account, sync_now
 from camvoice.accounts import create_account
 from camvoice.db import Database
 from camvoice.models import Account, Camera
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from camvoice.settings import load_settings
 from camvoice.tickets import Audience, Protocol
 from service.app import create_app
@@ -93,7 +93,7 @@ def bench_stream(runs: int) -> None:
         link_and_import(services, owner)
         settings, db = services.settings, services.db
         app = create_app(settings, db)
-        wired: Services = app.extensions[EXTENSION]  # the app's own wiring serves the requests
+        wired = Services.of(app)  # the app's own wiring serves the requests
         server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Quiet)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{server.server_port}"

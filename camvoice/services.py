@@ -1,14 +1,15 @@
 """The wiring: one object holding what the composition root built, handed to what needs it.
 
 The app factory, the CLI and the worker each build one (service/wiring.py); adapters receive it
-(Flask views read it from `current_app.extensions[EXTENSION]`). Nothing here is a module global,
-so two apps in one process (two instances in a test) never share subscribers or backends.
+(Flask views read it with `Services.of(current_app)`). Nothing here is a module global, so two
+apps in one process (two instances in a test) never share subscribers or backends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from camvoice.cameras import Registry
 from camvoice.db import Database
@@ -30,3 +31,13 @@ class Services:
     limiter: Limiter
     # Whether Alexa's RTSPS can be served (a relay runs, or a URL template points at one).
     rtsps_available: Callable[[], bool]
+
+    def install(self, app: Any) -> None:
+        """Hand this wiring to a web app (anything with Flask's `extensions` dict)."""
+        app.extensions[EXTENSION] = self
+
+    @staticmethod
+    def of(app: Any) -> Services:
+        """The wiring a web app was built with."""
+        services: Services = app.extensions[EXTENSION]
+        return services

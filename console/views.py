@@ -24,7 +24,7 @@ from camvoice import audit
 from camvoice.cameras import CameraError, CameraGone
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from camvoice.streams import StreamRefused
 from camvoice.tickets import Audience, Protocol
 from console.i18n import TEXT
@@ -68,7 +68,7 @@ def headers(response: Response) -> Response:
 
 
 def services() -> Services:
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    return Services.of(current_app)
 
 
 def language() -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from fulfillment.intents import INTENTS, BadRequest, Context
 from oauth.tokens import Principal, authenticate_bearer
 
@@ -53,7 +53,7 @@ def fulfillment() -> Response:
         return bad_request("requestId (string) and inputs (non-empty list) are required")
     if not all(isinstance(i, dict) and i.get("intent") in INTENTS for i in inputs):
         return bad_request(f"every input needs an intent among {', '.join(INTENTS)}")
-    services: Services = current_app.extensions[EXTENSION]
+    services = Services.of(current_app)
     with services.db.session() as session:
         principal = authenticate_bearer(session, bearer_token(), "google")
     if not isinstance(principal, Principal):

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request, sen
 
 from camvoice.cameras import StreamUnavailable
 from camvoice.models import Camera
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.streams import record_denial
 from camvoice.tickets import Protocol, TicketError
@@ -26,7 +26,7 @@ CAMERA_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
 def services() -> Services:
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    return Services.of(current_app)
 
 
 def settings() -> Settings:

@@ -24,7 +24,7 @@ from sqlalchemy import update
 from camvoice import audit
 from camvoice.db import Database
 from camvoice.models import Account, utcnow
-from camvoice.services import EXTENSION
+from camvoice.services import Services
 from oauth.models import SCOPES, AuthorizationCode, Grant, OAuthClient, Token, digest
 from oauth.tokens import (
     REFRESH_RETRY_GRACE,
@@ -43,7 +43,7 @@ CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
 
 def database() -> Database:
     """The app's database; Authlib calls the functions below inside a request."""
-    return current_app.extensions[EXTENSION].db  # type: ignore[no-any-return]
+    return Services.of(current_app).db
 
 
 def query_client(client_id: str) -> OAuthClient | None:

@@ -21,7 +21,7 @@ from flask import (
 from camvoice.accounts import authenticate, normalize_email
 from camvoice.models import Account
 from camvoice.readiness import Assistant, explain, readiness
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from oauth.i18n import ASSISTANT_NAMES, SCOPE_TEXT, TEXT
 from oauth.models import SCOPES, OAuthClient
 
@@ -43,7 +43,7 @@ def server() -> Any:
 
 
 def services() -> Services:
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    return Services.of(current_app)
 
 
 def language() -> str:

@@ -16,7 +16,7 @@ import media
 import oauth
 import skills
 from camvoice.db import Database
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
 from service.wiring import build_services, redis_client
 
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     csrf = CSRFProtect(app)
     app.extensions["camvoice.redis"] = redis_client(settings)
     services = build_services(settings, db, app.extensions["camvoice.redis"])
-    app.extensions[EXTENSION] = services
+    services.install(app)
 
     if settings.proxy_hops:
         # Trust X-Forwarded-For from our own proxies only, for the client address. The public
@@ -94,8 +94,7 @@ def healthz() -> Response:
 
 def readyz() -> tuple[Response, int]:
     """Readiness: the database answers and its schema is current."""
-    services: Services = current_app.extensions[EXTENSION]
-    db = services.db
+    db = Services.of(current_app).db
     checks: dict[str, str] = {}
     try:
         db.ping()

@@ -15,7 +15,7 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from skills import errors, messages
 from skills.smarthome import handle
 
@@ -37,7 +37,7 @@ def signature_ok(secret: str, timestamp: str, body: bytes, signature: str) -> bo
 
 @bp.post("/alexa/smart-home")
 def smart_home() -> Response:
-    services: Services = current_app.extensions[EXTENSION]
+    services = Services.of(current_app)
     secret = services.settings.alexa_forwarder_secret
     body = request.get_data(cache=False)
     sent = request.headers.get("X-Camvoice-Signature", "")

@@ -25,10 +25,9 @@ from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from camvoice.db import Database
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
 from service.app import create_app
-from service.wiring import build_services
 
 PG_ADMIN = os.environ.get("CAMVOICE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("CAMVOICE_REQUIRE_POSTGRES") == "1"
@@ -111,15 +110,9 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-def services(settings: Settings, db: Database) -> Services:
-    """The wiring as the CLI and worker build it (no web app)."""
-    return build_services(settings, db)
-
-
 def wiring(app: Flask) -> Services:
     """The wiring a web app was built with: its registry, streams and outbox."""
-    return app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    return Services.of(app)
 
 
 class QuietHandler(WSGIRequestHandler):

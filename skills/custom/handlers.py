@@ -29,7 +29,7 @@ from camvoice.cameras import CameraGone
 from camvoice.models import Camera
 from camvoice.names import resolve
 from camvoice.readiness import Assistant, explain, readiness
-from camvoice.services import EXTENSION, Services
+from camvoice.services import Services
 from camvoice.streams import StreamRefused, blockers_for
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Principal, authenticate_bearer
@@ -44,7 +44,7 @@ def lang_of(handler_input: HandlerInput) -> str:
 
 def services() -> Services:
     """The wiring of the app serving this request (the skill runs inside a Flask request)."""
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    return Services.of(current_app)
 
 
 def owner(handler_input: HandlerInput) -> Principal | None:
