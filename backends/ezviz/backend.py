@@ -14,7 +14,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from backends.ezviz.client import Client, EzvizError, Keys, Kind, obj
+from backends.ezviz.client import Client, EzvizError, Kind, keys_in_use, obj
 from backends.ezviz.models import EzvizLink
 from backends.ezviz.sync import CLOUD_SOURCE, link_account
 from camvoice.cameras import CameraError, CameraGone, CloudLink, StreamUnavailable
@@ -45,22 +45,9 @@ class EzvizBackend:
 
     def call(self, camera: Camera, path: str, **form: Any) -> dict[str, Any]:
         """One bounded platform call about a camera, keeping a token renewed on the way."""
-        db = self.services.db
-        with db.reading() as session:
-            link = session.get(EzvizLink, camera.owner_id)
-            if link is None:
-                raise EzvizError("unlinked", Kind.TRANSIENT,
-                                 "the owner's EZVIZ account is not linked")  # fmt: skip
-            keys = Keys.load(link, self.settings)
-        client = Client(keys, self.settings.ezviz_api_url, self.settings.ezviz_live_timeout)
-        try:
+        with keys_in_use(self.services.db, self.settings, camera.owner_id) as keys:
+            client = Client(keys, self.settings.ezviz_api_url, self.settings.ezviz_live_timeout)
             return client.call(path, deviceSerial=camera.serial, **form)
-        finally:
-            if keys.renewed:
-                with db.session() as session:
-                    link = session.get(EzvizLink, camera.owner_id)
-                    if link is not None and link.app_key == keys.app_key:  # not re-keyed since
-                        keys.store(link, self.settings)
 
     def push(self, camera: Camera, changes: dict[str, Any], code: str | None) -> None:
         """Turn Image Encryption off (with the label's code), the microphone or lens cover."""

@@ -7,6 +7,8 @@ returns the regional API host (`areaDomain`) that every later call must use.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -17,6 +19,7 @@ import requests
 from cryptography.fernet import InvalidToken
 
 from backends.ezviz.models import EzvizLink
+from camvoice.db import Database
 from camvoice.models import utcnow
 from camvoice.settings import Settings
 
@@ -129,6 +132,26 @@ class Keys:
             link.access_token = settings.sealer().encrypt(self.access_token.encode()).decode()
             link.token_expires_at = self.expires_at
             link.area_domain = self.area_domain
+
+
+@contextmanager
+def keys_in_use(db: Database, settings: Settings, account_id: str) -> Iterator[Keys]:
+    """An owner's keys for the calls of one unit of work, with no transaction open meanwhile:
+    unsealed in a short read, and a token renewed on the way kept in a short write after (unless
+    the owner entered other keys meanwhile)."""
+    with db.reading() as session:
+        link = session.get(EzvizLink, account_id)
+        if link is None:
+            raise EzvizError("unlinked", Kind.TRANSIENT, "no EZVIZ account is linked")
+        keys = Keys.load(link, settings)
+    try:
+        yield keys
+    finally:
+        if keys.renewed:
+            with db.session() as session:
+                link = session.get(EzvizLink, account_id)
+                if link is not None and link.app_key == keys.app_key:
+                    keys.store(link, settings)
 
 
 class Client:

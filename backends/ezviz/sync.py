@@ -16,7 +16,15 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backends.ezviz.client import Client, EzvizError, Keys, Kind, list_devices, read_device
+from backends.ezviz.client import (
+    Client,
+    EzvizError,
+    Keys,
+    Kind,
+    keys_in_use,
+    list_devices,
+    read_device,
+)
 from backends.ezviz.models import EzvizLink
 from camvoice import audit
 from camvoice.cameras import CameraError, Registry
@@ -46,15 +54,10 @@ def sync_account(services: Services, account_id: str) -> SyncReport:
     No transaction is open during the HTTP calls (SQLite holds its write lock for a whole one).
     A sync that fails part-way changes nothing, so a device is never removed on a partial list.
     """
-    db, settings = services.db, services.settings
-    with db.reading() as session:
-        link = session.get(EzvizLink, account_id)
-        if link is None:
-            raise CameraError("no EZVIZ account is linked for this owner")
-        keys = Keys.load(link, settings)
-    client = Client(keys, settings.ezviz_api_url, settings.ezviz_timeout)
-    try:
-        read = {}
+    settings = services.settings
+    read: dict[str, dict[str, Any]] = {}
+    with keys_in_use(services.db, settings, account_id) as keys:
+        client = Client(keys, settings.ezviz_api_url, settings.ezviz_timeout)
         for item in list_devices(client):
             serial = str(item.get("deviceSerial") or "")
             if serial and serial not in read:
@@ -64,13 +67,7 @@ def sync_account(services: Services, account_id: str) -> SyncReport:
                     if exc.kind is not Kind.NOT_FOUND:
                         raise
                     # Unbound between the list and the read: it is gone.
-    finally:
-        if keys.renewed:
-            with db.session() as session:
-                link = session.get(EzvizLink, account_id)
-                if link is not None and link.app_key == keys.app_key:  # not re-keyed since
-                    keys.store(link, settings)
-    with db.session() as session:
+    with services.db.session() as session:
         return apply_sync(session, services.registry, account_id, keys.app_key, read)
 
 
