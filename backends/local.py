@@ -17,8 +17,9 @@ class LocalBackend:
     def push(self, camera: Camera, changes: dict[str, Any], code: str | None) -> None:
         """The registry's own record of the change is the change."""
 
-    def recheck(self, camera: Camera, protocol: Protocol) -> None:
+    def recheck(self, camera: Camera, protocol: Protocol) -> bool:
         """The database is the camera's truth: nothing to ask."""
+        return False
 
     def upstream_hls(self, camera: Camera) -> str | None:
         return None

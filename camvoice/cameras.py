@@ -48,9 +48,10 @@ class Backend(Protocol):
         Raises CameraError, in the owner's words, when that fails."""
         ...
 
-    def recheck(self, camera: Camera, protocol: tickets.Protocol) -> None:
+    def recheck(self, camera: Camera, protocol: tickets.Protocol) -> bool:
         """Ask where the camera lives whether it still streams, just before a URL is handed out,
-        and record what was learnt. Raises CameraGone when it left the owner."""
+        and record what was learnt. False when there is nowhere else to ask (the registry is
+        the camera's truth). Raises CameraGone when it left the owner."""
         ...
 
     def upstream_hls(self, camera: Camera) -> str | None:

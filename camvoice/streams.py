@@ -38,12 +38,26 @@ def no_live_grants(session: Session, grant_id: str) -> bool:
     return False
 
 
+def reason_of(blockers: list[Blocker]) -> str:
+    """Blockers as an audit row or a refusal message names them."""
+    return ",".join(b.value for b in blockers)
+
+
 class StreamRefused(Exception):
     """The readiness rules refuse the camera; adapters map the first blocker to their protocol."""
 
     def __init__(self, blockers: list[Blocker]) -> None:
-        super().__init__(",".join(b.value for b in blockers))
+        super().__init__(reason_of(blockers))
         self.blockers = blockers
+
+
+def record_refusal(
+    session: Session, camera: Camera, audience: Audience, reason: str, **detail: Any
+) -> None:
+    """Audit a stream asked for and refused before any URL was handed out."""
+    audit.record(session, "stream.denied", actor=audience.value, account_id=camera.owner_id,
+                 camera_id=camera.id, assistant=audience.value, reason=reason,
+                 **detail)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -109,34 +123,44 @@ class Streams:
         """Readiness on the last known state, one check with the backend, then a signed URL.
 
         Call it with no transaction open: a camera cloud may be asked (a known-blocked camera
-        costs no call). Raises StreamRefused with the blockers, or CameraGone. Both the
-        refusal and the URL handed out are audited; `detail` goes into that audit row.
+        costs no call, and a camera kept in the registry alone is not read again). Raises
+        StreamRefused with the blockers, or CameraGone. Both the refusal and the URL handed out
+        are audited; `detail` goes into that audit row.
         """
-        if not blockers_for(camera, audience, protocol):
-            self.registry.backend_for(camera).recheck(camera, protocol)
+        blockers = blockers_for(camera, audience, protocol)
+        if not blockers and self.registry.backend_for(camera).recheck(camera, protocol):
+            camera = self._reread(db, camera)  # what the backend learnt
+            blockers = blockers_for(camera, audience, protocol)
         with db.session() as session:
-            fresh = session.get(Camera, camera.id)
-            if fresh is None or fresh.owner_id != camera.owner_id:
-                raise CameraGone(camera.id)
-            blockers = blockers_for(fresh, audience, protocol)
-            action = "stream.denied" if blockers else "stream.requested"
-            extra = {"reason": ",".join(b.value for b in blockers)} if blockers else {}
-            audit.record(session, action, actor=audience.value, account_id=fresh.owner_id,
-                         camera_id=fresh.id, assistant=audience.value, protocol=protocol.value,
-                         **extra, **detail)  # fmt: skip
+            if blockers:
+                record_refusal(session, camera, audience, reason_of(blockers),
+                               protocol=protocol.value, **detail)  # fmt: skip
+            else:
+                audit.record(session, "stream.requested", actor=audience.value,
+                             account_id=camera.owner_id, camera_id=camera.id,
+                             assistant=audience.value, protocol=protocol.value,
+                             **detail)  # fmt: skip
         if blockers:
             raise StreamRefused(blockers)
         ttl = self.settings.stream_ticket_ttl
         return OpenStream(
-            camera=fresh,
-            url=self.mint(fresh, protocol, audience, grant_id),
+            camera=camera,
+            url=self.mint(camera, protocol, audience, grant_id),
             image_url=(
-                self.mint(fresh, Protocol.JPEG, audience, grant_id)
-                if Protocol.JPEG in protocols(fresh)
+                self.mint(camera, Protocol.JPEG, audience, grant_id)
+                if Protocol.JPEG in protocols(camera)
                 else None
             ),
             expires_at=datetime.fromtimestamp(int(datetime.now(UTC).timestamp() + ttl), UTC),
         )
+
+    @staticmethod
+    def _reread(db: Database, camera: Camera) -> Camera:
+        with db.reading() as session:
+            fresh = session.get(Camera, camera.id)
+        if fresh is None or fresh.owner_id != camera.owner_id:
+            raise CameraGone(camera.id)
+        return fresh
 
     def mint(
         self, camera: Camera, protocol: Protocol, audience: Audience, grant_id: str | None = None
@@ -178,7 +202,7 @@ class Streams:
             raise TicketError("no_such_camera")
         blockers = blockers_for(camera, ticket.audience, ticket.protocol)
         if blockers:
-            raise TicketError("blocked:" + ",".join(b.value for b in blockers))
+            raise TicketError("blocked:" + reason_of(blockers))
         if ticket.grant_id and not self.grant_is_live(session, ticket.grant_id):
             raise TicketError("link_revoked")
         if view is None:

@@ -18,7 +18,7 @@ from camvoice.cameras import CameraGone
 from camvoice.models import Camera
 from camvoice.readiness import BLOCKERS, Blocker
 from camvoice.services import Services
-from camvoice.streams import StreamRefused, blockers_for
+from camvoice.streams import StreamRefused, blockers_for, reason_of, record_refusal
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Principal, revoke_grant
 
@@ -153,10 +153,9 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
     if chosen is None:
         # Nothing to play it with: no camera-cloud call. A blocked camera still says why.
         known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
-        reason = ",".join(b.value for b in known) or "no_common_protocol"
         with ctx.services.db.session() as session:
-            audit.record(session, "stream.denied", actor="google", account_id=camera.owner_id,
-                         camera_id=camera.id, assistant="google", reason=reason)  # fmt: skip
+            record_refusal(session, camera, Audience.GOOGLE,
+                           reason_of(known) or "no_common_protocol")  # fmt: skip
         if known:
             return blocked(camera_id, known[0])
         return error(camera_id, "functionNotSupported")

@@ -17,7 +17,7 @@ from camvoice import audit
 from camvoice.cameras import CameraGone
 from camvoice.models import Camera
 from camvoice.services import Services
-from camvoice.streams import StreamRefused, blockers_for
+from camvoice.streams import StreamRefused, blockers_for, reason_of, record_refusal
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Failure, Principal, authenticate_bearer
 from skills import errors, messages
@@ -92,12 +92,12 @@ def initialize_camera_streams(req: Request) -> Message:
         principal, camera = req.endpoint_owner(session)
         known = blockers_for(camera, Audience.ALEXA, Protocol.RTSPS)
         if known:  # the owner hears why first, whatever else is missing
-            deny(session, camera, ",".join(b.value for b in known))
+            record_refusal(session, camera, Audience.ALEXA, reason_of(known))
     if known:
         raise errors.for_blocker(known[0])
     if not services.rtsps_available():
         with services.db.session() as session:
-            deny(session, camera, "no_rtsps_relay")
+            record_refusal(session, camera, Audience.ALEXA, "no_rtsps_relay")
         raise errors.NotSupportedInCurrentMode("no RTSPS relay is configured", "NOT_PROVISIONED")
     requested = req.payload.get("cameraStreams")
     if not isinstance(requested, list) or not all(isinstance(s, dict) for s in requested):
@@ -148,11 +148,6 @@ def accept(req: Request) -> Message:
         audit.record(session, "alexa.events_granted", actor="alexa",
                      account_id=principal.account_id, assistant="alexa")  # fmt: skip
     return messages.response("Alexa.Authorization", "AcceptGrant.Response", req.directive, {})
-
-
-def deny(session: Session, camera: Camera, reason: str) -> None:
-    audit.record(session, "stream.denied", actor="alexa", account_id=camera.owner_id,
-                 camera_id=camera.id, assistant="alexa", reason=reason)  # fmt: skip
 
 
 HANDLERS: dict[tuple[str, str], Callable[[Request], Message]] = {

@@ -161,3 +161,19 @@ def token_request(live: LiveServer, client: Client, **data: str) -> requests.Res
     if client.secret:
         body["client_secret"] = client.secret
     return requests.post(live.url + "/oauth/token", data=body, timeout=10)
+
+
+def streams_requested(db: Database) -> list[tuple[str | None, str | None]]:
+    """(assistant, protocol) of every stream handed out, oldest first: `Streams.open`, the one
+    way any adapter gets a stream URL, audits each one."""
+    from sqlalchemy import select
+
+    from camvoice.models import AuditEvent
+
+    with db.session() as session:
+        rows = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "stream.requested")
+            .order_by(AuditEvent.id)
+        ).all()
+        return [(row.assistant, row.detail.get("protocol")) for row in rows]

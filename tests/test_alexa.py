@@ -34,7 +34,7 @@ from skills.events import AlexaLink
 from tests.conftest import LiveServer, free_port, require_gstreamer, running_relay, wiring
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
 from tests.media_support import probe_video
-from tests.oauth_support import ALEXA_URIS, link, make_owner, register
+from tests.oauth_support import ALEXA_URIS, link, make_owner, register, streams_requested
 from tests.transactions import open_transactions
 
 SECRET = "forwarder-secret-for-tests-0123456789"
@@ -212,10 +212,11 @@ def test_no_stream_capability_without_a_relay(
 
 
 def test_front_door_stream_and_image_really_play(
-    alexa_settings: Settings, server: LiveServer, token: str, demo: dict[str, str]
+    alexa_settings: Settings, server: LiveServer, db: Database, token: str, demo: dict[str, str]
 ) -> None:
     message = streams_directive(token, demo["Front Door"])
     answer = send(message)
+    assert streams_requested(db) == [("alexa", "rtsps")]
     event = answer["event"]
     assert (event["header"]["namespace"], event["header"]["name"]) == (
         "Alexa.CameraStreamController",

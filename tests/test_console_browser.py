@@ -23,6 +23,7 @@ from media.rtsps import self_signed
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from tests.conftest import LiveServer, free_port
+from tests.oauth_support import streams_requested
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -88,7 +89,7 @@ def video_advances(page: Any, selector: str) -> bool:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_console_in_a_real_browser(server: LiveServer, browser: Any) -> None:
+def test_console_in_a_real_browser(server: LiveServer, db: Database, browser: Any) -> None:
     page = browser.new_page(locale="en-US")
     sign_in(page, server)
     assert row(page, "Garage").locator("td.alexa li[data-code=ENCRYPTION_ON]").count() == 1
@@ -107,6 +108,7 @@ def test_console_in_a_real_browser(server: LiveServer, browser: Any) -> None:
     # Live view of Front Door: the video really advances.
     row(page, "Front Door").locator("a").click()
     assert video_advances(page, "#live")
+    assert streams_requested(db) == [("web", "hls")]
 
     # Activity shows the fix.
     page.goto(server.url + "/console/activity")
@@ -114,7 +116,7 @@ def test_console_in_a_real_browser(server: LiveServer, browser: Any) -> None:
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_simulator_in_a_real_browser(server: LiveServer, browser: Any) -> None:
+def test_simulator_in_a_real_browser(server: LiveServer, db: Database, browser: Any) -> None:
     page = browser.new_page(locale="en-US")
     sign_in(page, server)
 
@@ -147,6 +149,10 @@ def test_simulator_in_a_real_browser(server: LiveServer, browser: Any) -> None:
     simulate("alexa_custom", "Alexa, ask camera voice to show the front door")
     assert "Here is the Front Door" in page.inner_text("#speech")
     assert video_advances(page, "#stream")
+    # Each path got its URL through the core's Streams.open, which audits every one.
+    assert streams_requested(db) == [
+        ("google", "hls"), ("alexa", "rtsps"), ("web", "hls"), ("alexa", "hls"),
+    ]  # fmt: skip
 
     spanish = browser.new_page(locale="es-ES", extra_http_headers={"Accept-Language": "es-ES"})
     sign_in(spanish, server)

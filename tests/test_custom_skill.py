@@ -22,7 +22,7 @@ from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from tests.conftest import LiveServer
 from tests.media_support import probe_video
-from tests.oauth_support import ALEXA_URIS, link, make_owner, register
+from tests.oauth_support import ALEXA_URIS, link, make_owner, register, streams_requested
 
 SKILL_ID = "amzn1.ask.skill.00000000-1111-2222-3333-444444444444"
 
@@ -109,10 +109,11 @@ def test_launch_linked_and_unlinked(server: LiveServer, token: str) -> None:
     assert bad["card"]["type"] == "LinkAccount"
 
 
-def test_show_front_door_plays_on_a_screen(server: LiveServer, token: str) -> None:
+def test_show_front_door_plays_on_a_screen(server: LiveServer, db: Database, token: str) -> None:
     response = ask(server, envelope(intent("ShowCameraIntent", "the front door camera"), token))
     url = video_url(response)
     assert url is not None
+    assert streams_requested(db) == [("alexa", "hls")]
     directive = response["directives"][0]
     assert directive["videoItem"]["metadata"]["title"] == "Front Door"
     assert ticket_body(url)["a"] == "alexa" and ticket_body(url)["p"] == "hls"

@@ -74,7 +74,7 @@ class EzvizBackend:
                 if exc.kind is not Kind.ALREADY:
                     raise CameraError(f"EZVIZ did not make the change ({exc})") from None
 
-    def recheck(self, camera: Camera, protocol: Protocol) -> None:
+    def recheck(self, camera: Camera, protocol: Protocol) -> bool:
         """One bounded call before a stream is handed out; the answer updates the synced copy.
 
         For the platform's HLS it is the live-address call itself (kept for the playlist); for
@@ -93,8 +93,9 @@ class EzvizBackend:
         except EzvizError as exc:
             if not self.learn(camera, exc):
                 log.warning("EZVIZ check of %s failed (%s); using the last sync", camera.id, exc)
-            return
+            return True
         self.remember(camera, changes)
+        return True
 
     def remember(self, camera: Camera, changes: dict[str, Any]) -> None:
         """Record what the platform said about a camera (if it is still there)."""
