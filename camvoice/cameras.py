@@ -30,6 +30,10 @@ class CameraError(ValueError):
     """A caller's mistake: unknown camera, bad source URL, empty name."""
 
 
+class NoSuchCamera(CameraError):
+    """No such camera (or not this owner's: the two look the same)."""
+
+
 class CameraGone(LookupError):
     """The backend says the camera is not (or no longer) the owner's; it has been removed."""
 
@@ -207,12 +211,13 @@ class Registry:
     ) -> Camera:
         """An owner's or operator's change: pushed to the camera's backend first (no transaction
         open while it may call a camera cloud), then recorded. `owner_id` limits it to one owner's
-        cameras (CameraError 'no camera' otherwise)."""
+        cameras (NoSuchCamera otherwise)."""
         with db.reading() as session:
             camera = self._find(session, camera_id, owner_id)
             changed = self._validated(camera, changes)
-        if changed:
-            self.backend_for(camera).push(camera, changed, code)
+        if not changed:
+            return camera
+        self.backend_for(camera).push(camera, changed, code)
         with db.session() as session:
             camera = self._find(session, camera_id, owner_id)
             self.record(session, camera, changed, actor=actor)
@@ -231,7 +236,7 @@ class Registry:
     def _find(session: Session, camera_id: str, owner_id: str | None) -> Camera:
         camera = session.get(Camera, camera_id)
         if camera is None or (owner_id is not None and camera.owner_id != owner_id):
-            raise CameraError(f"no camera {camera_id}")
+            raise NoSuchCamera(f"no camera {camera_id}")
         return camera
 
     @staticmethod

@@ -21,7 +21,7 @@ from flask import (
 from sqlalchemy import select
 
 from camvoice import audit
-from camvoice.cameras import CameraError, CameraGone
+from camvoice.cameras import CameraError, CameraGone, NoSuchCamera
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
@@ -124,13 +124,12 @@ def fix(camera_id: str) -> Response:
         abort(400, description="unknown fix")
     if action == "encryption" and request.form.get("confirm") != "yes":
         abort(400, description="turning off Image Encryption needs your explicit confirmation")
-    with services().db.reading() as db_session:
-        if services().registry.owned_camera(db_session, account.id, camera_id) is None:
-            abort(404)
     try:
         services().registry.change(services().db, camera_id, dict(FIXES[action]),
                                    actor=f"owner:{account.id}", owner_id=account.id,
                                    code=request.form.get("code"))  # fmt: skip
+    except NoSuchCamera:
+        abort(404)
     except CameraError as exc:
         return Response(cameras(problem=str(exc)), status=400)
     return redirect(url_for("console.cameras"), code=303)  # type: ignore[return-value]

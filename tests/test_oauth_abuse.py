@@ -361,6 +361,30 @@ def test_one_owners_token_never_reaches_another_owners_camera(
         assert registry.owned_cameras(s, principal.account_id) == []
 
 
+def test_one_owners_console_never_reaches_another_owners_camera(
+    live: LiveServer, db: Database, alexa: Client
+) -> None:
+    """Another owner's camera looks like none at all: 404 to view or fix it, nothing changed."""
+    make_owner(db, "intruder@example.com")
+    with db.session() as s:
+        victim = s.query(Camera).one()
+        victim_id, audio = victim.id, victim.audio
+    browser = Browser(live)
+    login = browser.open(live.url + "/oauth/login?next=/console")
+    console = browser.sign_in(login, "intruder@example.com")
+    assert console.status_code == 200 and "Front Door" not in console.text
+    assert browser.open(f"{live.url}/console/cameras/{victim_id}/live").status_code == 404
+    fixed = browser.http.post(
+        f"{live.url}/console/cameras/{victim_id}/fix",
+        data={"csrf_token": csrf_of(console.text), "fix": "audio"},
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert fixed.status_code == 404
+    with db.session() as s:
+        assert s.get(Camera, victim_id).audio == audio  # type: ignore[union-attr]
+
+
 def test_introspection_hides_other_clients_tokens(
     live: LiveServer, db: Database, alexa: Client
 ) -> None:
