@@ -98,11 +98,11 @@ def accounts_create(ctx: Context, email: str, password_stdin: bool) -> None:
 @pass_ctx
 def accounts_list(ctx: Context, as_json: bool) -> None:
     """List accounts."""
+    from sqlalchemy import select
+
     from camvoice.models import Account
 
     require_migrated(ctx)
-    from sqlalchemy import select
-
     with ctx.db.reading() as session:
         rows = [
             {"id": a.id, "email": a.email, "cameras": len(a.cameras), "created_at": a.created_at}
