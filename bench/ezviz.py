@@ -2,10 +2,16 @@
 
 Runs against the fake Open Platform of the tests (two HTTP hosts on 127.0.0.1, a real ffmpeg-made
 HLS stream), so the figures are camvoice's own overhead plus loopback round trips; the real
-platform adds its network latency to every call (about 4 calls per device per sync, 1 per
-stream request).
+platform adds its network latency to every call. A sync makes 3 calls per online device (info,
+microphone, lens cover; 1, info, for an offline one) plus 1 list call per 50 devices; linking
+adds 1 token call; a stream request makes 1. The "calls" column counts them on the fake.
 
-    .venv/bin/python bench/ezviz.py [--runs 7]
+Before a figure is printed, the import is checked to have made every device a camera, and each
+stream start to have answered a playlist and an MPEG-TS segment; otherwise the run stops with a
+non-zero exit.
+
+    .venv/bin/python bench/ezviz.py [--runs 7] [--sizes 10 100 300]
+    .venv/bin/python bench/ezviz.py --runs 1 --sizes 10   # smoke
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -36,6 +43,11 @@ from service.wiring import build_services
 from tests.fake_ezviz import FakeEzviz, make_hls
 
 KEY, SECRET = "bench-key", "bench-secret"
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the run: a figure for an answer that was not the success shape would be a lie."""
+    sys.exit(f"bench/ezviz.py FAILED: {message}")
 
 
 class Quiet(WSGIRequestHandler):
@@ -62,6 +74,14 @@ def link_and_import(services: Services, owner: Account) -> None:
     sync_now(services, owner.id)
 
 
+def expect_cameras(services: Services, owner: Account, size: int) -> None:
+    """An import that made fewer cameras than devices is a failure, not a faster import."""
+    with services.db.session() as session:
+        made = session.query(Camera).filter_by(owner_id=owner.id, backend="ezviz").count()
+    if made != size:
+        fail(f"import of {size} devices made {made} cameras")
+
+
 def bench_sync(sizes: list[int]) -> None:
     print("sync (link + first import, then a sync with nothing changed)")
     print(f"{'devices':>8} {'import s':>9} {'calls':>6} {'resync s':>9} {'ms/device':>10}")
@@ -75,6 +95,7 @@ def bench_sync(sizes: list[int]) -> None:
             link_and_import(services, owner)
             imported = time.perf_counter() - started
             calls = len(fake.calls)
+            expect_cameras(services, owner, size)
             started = time.perf_counter()
             sync_now(services, owner.id)
             resync = time.perf_counter() - started
@@ -112,11 +133,13 @@ def bench_stream(runs: int) -> None:
             minted = time.perf_counter()
             local = url.replace(settings.public_url, base)
             playlist = requests.get(local, timeout=20)
-            assert playlist.status_code == 200, playlist.text
+            if playlist.status_code != 200 or not playlist.text.startswith("#EXTM3U"):
+                fail(f"{name}: playlist answered HTTP {playlist.status_code}")
             listed = time.perf_counter()
             first = next(x for x in playlist.text.splitlines() if x and not x.startswith("#"))
             segment = requests.get(local.rsplit("/", 1)[0] + "/" + first, timeout=10)
-            assert segment.status_code == 200 and segment.content[:1] == b"\x47"
+            if segment.status_code != 200 or segment.content[:1] != b"\x47":
+                fail(f"{name}: first segment is not MPEG-TS (HTTP {segment.status_code})")
             return minted - began, listed - minted, time.perf_counter() - listed
 
         start("Front Door")  # warm imports and connections
@@ -126,8 +149,10 @@ def bench_stream(runs: int) -> None:
             for name in results:  # side by side, interleaved
                 calls = len(fake.calls)
                 results[name].append(start(name))
-                if name == "Front Door":
-                    assert len(fake.calls) == calls + 1  # one bounded call per stream request
+                if name == "Front Door" and len(fake.calls) != calls + 1:
+                    fail(
+                        f"a cloud stream request made {len(fake.calls) - calls} platform calls, not 1"
+                    )
         print(f"\nstream start through camvoice, {runs} runs, medians in ms")
         print(f"  {'camera':<28} {'check+mint':>10} {'playlist':>9} {'segment':>8} {'total':>7}")
         for name, label in (
@@ -146,9 +171,13 @@ def bench_stream(runs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 300])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=7, help="stream starts per camera (1: smoke)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[10, 100, 300], help="devices per sync"
+    )
     args = parser.parse_args()
     bench_sync(args.sizes)
     bench_stream(args.runs)

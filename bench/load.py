@@ -1,12 +1,19 @@
 """What camvoice costs: throughput and latency of its endpoints against the floor of the same app.
 
 For SQLite and PostgreSQL in turn: starts `camvoice serve` (gunicorn, 2 gthread workers x 4
-threads, the same for every case), links an owner, and drives each case with wrk (Debian
-package) at 32 connections. Prints requests/s, p50, p99 and the ratio to the floor (a trivial
-JSON endpoint, /healthz) measured in the same run. Then counts SQL queries per directive for
-owners with 5 and 300 cameras, and the Lambda forwarder's added latency.
+threads, the same for every case), links two owners (5 and 300 cameras) with an Alexa and a
+Google client, and drives each case with wrk (Debian package) at 32 connections. Prints
+requests/s, p50, p99 and the ratio to the floor (a trivial JSON endpoint, /healthz) measured in
+the same run. Then counts SQL statements per directive for owners with 5 and 300 cameras, and
+times the Lambda forwarder against a direct POST.
+
+A figure is printed only for an answer that is the case's success shape: before timing, each
+case is sent once and checked (a stream URL, the expected number of endpoints or devices, an
+access token). A case that answers anything else, or any request under load that fails
+(non-2xx, socket error, timeout), stops the run with a non-zero exit and says which.
 
     .venv/bin/python bench/load.py [--seconds 5] [--connections 32] [--skip-postgres]
+    .venv/bin/python bench/load.py --smoke   # SQLite, 1 s per case, built-in loop, no wrk
 """
 
 from __future__ import annotations
@@ -14,20 +21,28 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psycopg
 import requests
+from flask.testing import FlaskClient
 from sqlalchemy import event
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,42 +54,298 @@ from camvoice.db import Database  # noqa: E402
 from camvoice.outbox import Outbox  # noqa: E402
 from camvoice.settings import load_settings  # noqa: E402
 from media.rtsps import self_signed  # noqa: E402
+from oauth.models import Grant  # noqa: E402
+from oauth.tokens import new_secret, store_tokens  # noqa: E402
 from service.app import create_app  # noqa: E402
-from tests.oauth_support import ALEXA_URIS, link, register  # noqa: E402
+from tests.oauth_support import ALEXA_URIS, GOOGLE_URIS, Client, link, register  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SECRET = "bench-forwarder-secret-0123456789"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+PASSWORD = "bench-password-1"
+SIZES = {"five@example.com": 5, "many@example.com": 300}
+
+Answer = dict[str, Any]
+Check = Callable[[Answer], str | None]  # None when the answer is the success shape, else why not
+
+
+class BenchFailure(Exception):
+    """A case did not answer its success shape, or failed under load: its figure would lie."""
+
+
+# --- success shapes -------------------------------------------------------------------------
+
+
+def dig(answer: Any, *path: str | int) -> Any:
+    """The value at path in a JSON answer, or None: a wrong shape is reported, not a KeyError."""
+    for step in path:
+        try:
+            answer = answer[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return answer
+
+
+def alexa_error(answer: Answer) -> str:
+    """What an Alexa answer was instead: its event name and, for an error, its type."""
+    name = dig(answer, "event", "header", "name")
+    kind = dig(answer, "event", "payload", "type")
+    return f"event {name}" + (f" {kind}" if kind else "")
+
+
+def any_json(answer: Answer) -> str | None:
+    """The floor needs no shape: a 200 JSON answer is all it is."""
+    return None
+
+
+def alexa_stream(answer: Answer) -> str | None:
+    """InitializeCameraStreams succeeded only if Alexa would get a stream URI to play."""
+    streams = dig(answer, "event", "payload", "cameraStreams")
+    named = dig(answer, "event", "header", "name") == "Response"
+    if named and streams and all(isinstance(s, dict) and s.get("uri") for s in streams):
+        return None
+    return f"expected event Response with cameraStreams[].uri, got {alexa_error(answer)}"
+
+
+def google_stream(answer: Answer) -> str | None:
+    """EXECUTE GetCameraStream succeeded only if Google would get a stream URL to cast."""
+    command = dig(answer, "payload", "commands", 0) or {}
+    if command.get("status") == "SUCCESS" and dig(command, "states", "cameraStreamAccessUrl"):
+        return None
+    return (
+        "expected commands[0] SUCCESS with states.cameraStreamAccessUrl, got "
+        f"{command.get('status')} {command.get('errorCode') or ''}".rstrip()
+    )
+
+
+def alexa_endpoints(count: int) -> Check:
+    """Discover must list every camera: a bad token also answers 200, with no endpoints."""
+
+    def check(answer: Answer) -> str | None:
+        endpoints = dig(answer, "event", "payload", "endpoints")
+        if dig(answer, "event", "header", "name") == "Discover.Response":
+            if isinstance(endpoints, list) and len(endpoints) == count:
+                return None
+            return f"expected {count} endpoints, got {len(endpoints or [])}"
+        return f"expected event Discover.Response, got {alexa_error(answer)}"
+
+    return check
+
+
+def google_devices(count: int) -> Check:
+    """SYNC must list every camera, or the figure is for a smaller answer."""
+
+    def check(answer: Answer) -> str | None:
+        devices = dig(answer, "payload", "devices")
+        if isinstance(devices, list) and len(devices) == count:
+            return None
+        return f"expected {count} devices, got {dig(answer, 'payload') or answer}"
+
+    return check
+
+
+def alexa_state(answer: Answer) -> str | None:
+    """ReportState of an owned camera answers StateReport; an error would count other queries."""
+    if dig(answer, "event", "header", "name") == "StateReport":
+        return None
+    return f"expected event StateReport, got {alexa_error(answer)}"
+
+
+def google_query(camera: str) -> Check:
+    """QUERY of an owned, online camera answers SUCCESS for it."""
+
+    def check(answer: Answer) -> str | None:
+        state = dig(answer, "payload", "devices", camera) or {}
+        if state.get("status") == "SUCCESS":
+            return None
+        return f"expected devices[{camera}] SUCCESS, got {state or dig(answer, 'payload')}"
+
+    return check
+
+
+def issued_token(answer: Answer) -> str | None:
+    """A refresh succeeded only if it issued a new access token."""
+    if answer.get("access_token"):
+        return None
+    return f"expected an access_token, got error {answer.get('error')}"
+
+
+def judged(name: str, status: int, text: str, check: Check) -> None:
+    """Raise BenchFailure unless the answer is a 200 with the success shape."""
+    if status != 200:
+        raise BenchFailure(f"{name}: HTTP {status}, not 200 ({text[:200]!r})")
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        raise BenchFailure(f"{name}: answer is not JSON ({text[:200]!r})") from None
+    problem = (
+        check(answer) if isinstance(answer, dict) else f"answer is not an object: {text[:200]}"
+    )
+    if problem:
+        raise BenchFailure(f"{name}: {problem}")
+
+
+# --- cases and load generators ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request, sent again and again, and the shape its answer must have."""
+
+    name: str
+    path: str
+    check: Check
+    method: str = "GET"
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def verify(self, base: str) -> None:
+        """Send it once: a case that answers an error must not be timed."""
+        answer = requests.request(self.method, base + self.path, data=self.body.encode(),
+                                  headers=self.headers, timeout=30)  # fmt: skip
+        judged(self.name, answer.status_code, answer.text, self.check)
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a load generator saw: throughput, latency, and requests that did not succeed."""
+
+    rps: float
+    p50: float  # ms
+    p99: float  # ms
+    failed: int  # non-2xx answers plus socket errors and timeouts
+
+
+Loader = Callable[[str, Case, int, int], Load]
+
+
+def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
+    """Run wrk (two threads); parse its latency distribution and every kind of failure."""
+    script = ["wrk.method = " + json.dumps(case.method)]
+    if case.body:
+        script.append("wrk.body = [==[" + case.body + "]==]")
+    for key, value in case.headers.items():
+        script.append(f"wrk.headers[{json.dumps(key)}] = {json.dumps(value)}")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write("\n".join(script) + "\n")
+    try:
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
+             "-s", lua.name, base + case.path],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(lua.name)
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> Load:
+    """wrk's summary as a Load; a missing line is an error, not a zero."""
+
+    def ms(label: str) -> float:
+        found = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not found:
+            raise BenchFailure(f"wrk printed no {label} latency:\n{out}")
+        return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not rps:
+        raise BenchFailure(f"wrk printed no Requests/sec:\n{out}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    failed = int(bad.group(1)) if bad else 0
+    failed += sum(int(n) for n in sockets.groups()) if sockets else 0
+    return Load(float(rps.group(1)), ms("50%"), ms("99%"), failed)
+
+
+def python_load(base: str, case: Case, seconds: int, connections: int) -> Load:
+    """A small closed-loop load from threads: the smoke mode's stand-in for wrk.
+
+    Slower than wrk and not comparable with its figures; it exists so the smoke test runs every
+    case, its success check and the failure count without a Debian package.
+    """
+    latencies: list[float] = []
+    failed = [0]
+    deadline = time.perf_counter() + seconds
+
+    def client() -> None:
+        with requests.Session() as session:
+            while time.perf_counter() < deadline:
+                began = time.perf_counter()
+                try:
+                    answer = session.request(case.method, base + case.path, headers=case.headers,
+                                             data=case.body.encode(), timeout=10)  # fmt: skip
+                    ok = 200 <= answer.status_code < 300
+                except requests.RequestException:
+                    ok = False
+                latencies.append((time.perf_counter() - began) * 1000)
+                failed[0] += 0 if ok else 1
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    cuts = (
+        statistics.quantiles(latencies, n=100, method="inclusive")
+        if len(latencies) > 1
+        else latencies * 99
+    )
+    return Load(len(latencies) / seconds, cuts[49], cuts[98], failed[0])
+
+
+# --- the server and its owners ------------------------------------------------------------------
 
 
 class Server:
-    def __init__(self, env: dict[str, str], port: int) -> None:
+    """`camvoice serve` as a subprocess: the same gunicorn set-up an operator runs.
+
+    Its output goes to a log file, named in the failure when it does not start: a bench that
+    says only "did not start" sends the reader hunting.
+    """
+
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen([str(BIN / "camvoice"), "serve", "--port", str(port)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen([str(BIN / "camvoice"), "serve", "--port", str(port)],
+                                            env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 if requests.get(self.url + "/readyz", timeout=5).ok:
                     return
             except requests.RequestException:
                 time.sleep(0.2)
-        raise SystemExit("server did not start")
+        self.stop()
+        tail = log.read_text(errors="replace")[-1500:]
+        raise BenchFailure(f"camvoice serve did not become ready within 60 s; {log}:\n{tail}")
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(15)
 
 
-def free_port() -> int:
-    import socket
+@contextmanager
+def serving(env: dict[str, str], port: int, log: Path) -> Iterator[Server]:
+    """A server that is stopped however the bench ends."""
+    server = Server(env, port, log)
+    try:
+        yield server
+    finally:
+        server.stop()
 
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
 def signed(body: bytes) -> dict[str, str]:
+    """The headers the Lambda forwarder adds: camvoice refuses an unsigned directive."""
     ts = str(int(time.time()))
     sig = hmac.new(SECRET.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
     return {
@@ -84,41 +355,25 @@ def signed(body: bytes) -> dict[str, str]:
     }
 
 
-def wrk(url: str, seconds: int, connections: int, method: str = "GET", body: str = "",
-        headers: dict[str, str] | None = None) -> dict[str, float]:  # fmt: skip
-    """Run wrk; returns requests/s, p50 and p99 in milliseconds, and non-2xx count."""
-    script = ["wrk.method = " + json.dumps(method)]
-    if body:
-        script.append("wrk.body = [==[" + body + "]==]")
-    for key, value in (headers or {}).items():
-        script.append(f"wrk.headers[{json.dumps(key)}] = {json.dumps(value)}")
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-        lua.write("\n".join(script) + "\n")
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    os.unlink(lua.name)
-
-    def ms(label: str) -> float:
-        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": ms("50%"),
-        "p99": ms("99%"),
-        "errors": float(bad.group(1)) if bad else 0.0,
-    }
-
-
-def owner_with(db: Database, email: str, count: int) -> None:
+def owner_with(db: Database, email: str, count: int) -> list[str]:
+    """An owner with `count` ready cameras; returns their ids, so a case uses this owner's."""
     with db.session() as session:
-        account = create_account(session, email, "bench-password-1")
-        for i in range(count):
-            Registry(Outbox()).add(session, account, f"Camera {i:03d}", actor="bench", model="C6N",
-                       nicknames=[f"cam {i}"], room="Hall")  # fmt: skip
+        account = create_account(session, email, PASSWORD)
+        registry = Registry(Outbox())
+        return [
+            registry.add(session, account, f"Camera {i:03d}", actor="bench", model="C6N", firmware="1.0.0",
+                         nicknames=[f"cam {i}"], room="Hall").id
+            for i in range(count)
+        ]  # fmt: skip
+
+
+@dataclass
+class Owner:
+    """An owner's cameras and the tokens each assistant got when linking (audience-bound)."""
+
+    cameras: list[str]
+    alexa: dict[str, str]
+    google: dict[str, str]
 
 
 class Live:
@@ -128,219 +383,329 @@ class Live:
         self.url = url
 
 
-def run_suite(
-    label: str, db_url: str, seconds: int, connections: int, scratch: Path
-) -> dict[str, dict[str, float]]:
+def linked_owners(db: Database, url: str, alexa: Client, google: Client) -> dict[str, Owner]:
+    """Each owner linked through the real OAuth flow, once for Alexa and once for Google."""
+    cameras = {email: owner_with(db, email, count) for email, count in SIZES.items()}
+    owners = {}
+    for email, ids in cameras.items():
+        _, alexa_token = link(Live(url), alexa, email, password=PASSWORD)  # type: ignore[arg-type]
+        _, google_token = link(Live(url), google, email, "client_secret_post", PASSWORD)  # type: ignore[arg-type]
+        owners[email] = Owner(ids, alexa_token, google_token)
+    return owners
+
+
+# --- the load cases ---------------------------------------------------------------------------
+
+
+def directive(namespace: str, name: str, token: str, endpoint: str | None = None,
+              payload: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """An Alexa directive body, with the owner's token where Alexa puts it."""
+    header = {"namespace": namespace, "name": name, "payloadVersion": "3",
+              "messageId": str(uuid.uuid4()), "correlationToken": "c"}  # fmt: skip
+    scope = {"type": "BearerToken", "token": token}
+    body: dict[str, Any] = {"header": header, "payload": payload or {}}
+    if endpoint:
+        body["endpoint"] = {"scope": scope, "endpointId": endpoint}
+    else:
+        body["payload"] = {**(payload or {}), "scope": scope}
+    return json.dumps({"directive": body})
+
+
+def alexa_case(name: str, body: str, check: Check) -> Case:
+    return Case(name, "/alexa/smart-home", check, "POST", body, signed(body.encode()))
+
+
+def google_case(name: str, token: str, intent: dict[str, Any], check: Check) -> Case:
+    body = json.dumps({"requestId": "b", "inputs": [intent]})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return Case(name, "/google/fulfillment", check, "POST", body, headers)
+
+
+def stream_cases(five: Owner) -> list[Case]:
+    """The stream directives, each with the token of the owner of the camera it asks for."""
+    camera = five.cameras[0]
+    execute = {"intent": "action.devices.EXECUTE", "payload": {"commands": [{
+        "devices": [{"id": camera}], "execution": [{
+            "command": "action.devices.commands.GetCameraStream",
+            "params": {"StreamToChromecast": True, "SupportedStreamProtocols": ["hls"]}}]}]}}  # fmt: skip
+    streams = {"cameraStreams": [{"protocol": "RTSP", "resolution": {"width": 1920, "height": 1080},
+               "authorizationType": "NONE", "videoCodec": "H264", "audioCodec": "AAC"}]}  # fmt: skip
+    init = directive("Alexa.CameraStreamController", "InitializeCameraStreams",
+                     five.alexa["access_token"], camera, streams)  # fmt: skip
+    return [
+        google_case("google EXECUTE GetCameraStream", five.google["access_token"], execute,
+                    google_stream),
+        alexa_case("alexa InitializeCameraStreams", init, alexa_stream),
+    ]  # fmt: skip
+
+
+def discovery_cases(owners: dict[str, Owner]) -> list[Case]:
+    """SYNC and Discover for each owner, checked to list all of that owner's cameras."""
+    cases = []
+    for owner in owners.values():
+        count = len(owner.cameras)
+        sync = {"intent": "action.devices.SYNC"}
+        cases.append(google_case(f"google SYNC, {count} cameras", owner.google["access_token"],
+                                 sync, google_devices(count)))  # fmt: skip
+        discover = directive("Alexa.Discovery", "Discover", owner.alexa["access_token"])
+        cases.append(alexa_case(f"alexa Discover, {count} cameras", discover,
+                                alexa_endpoints(count)))  # fmt: skip
+    return cases
+
+
+def refresh_case(owner: Owner, client: Client) -> Case:
+    """The same refresh token again and again: within the retry grace each use is a refresh."""
+    body = (f"grant_type=refresh_token&refresh_token={owner.alexa['refresh_token']}"
+            f"&client_id={client.client_id}&client_secret={client.secret}")  # fmt: skip
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    return Case("token refresh /oauth/token", "/oauth/token", issued_token, "POST", body, headers)
+
+
+# --- the suites -------------------------------------------------------------------------------
+
+
+def server_env(label: str, db_url: str, port: int, scratch: Path) -> dict[str, str]:
+    """The environment of `camvoice serve`: the RTSPS relay on, so Alexa gets stream URLs."""
     cert, key = scratch / "cert.pem", scratch / "key.pem"
     self_signed(cert, key, "127.0.0.1")
+    return {**os.environ, "CAMVOICE_DATA_DIR": str(scratch / label), "CAMVOICE_DATABASE_URL": db_url,
+            "CAMVOICE_SECRET_KEY": "bench-secret-key-" + "x" * 40, "CAMVOICE_LOG_LEVEL": "WARNING",
+            "CAMVOICE_PUBLIC_URL": f"http://127.0.0.1:{port}", "CAMVOICE_ALEXA_FORWARDER_SECRET": SECRET,
+            "CAMVOICE_RELAY_ENABLED": "true", "CAMVOICE_RTSPS_CERT": str(cert), "CAMVOICE_RTSPS_KEY": str(key),
+            "CAMVOICE_LOGIN_MAX_FAILURES_IP": "100000"}  # fmt: skip
+
+
+def measure(base: str, case: Case, loader: Loader, seconds: int, connections: int) -> Load:
+    """Check the answer once, then time it; a request that failed under load fails the run."""
+    case.verify(base)
+    load = loader(base, case, seconds, connections)
+    return load
+
+
+def print_rows(
+    base: str, cases: list[Case], loader: Loader, seconds: int, connections: int
+) -> None:
+    """One row per case as it is measured; a request that failed under load stops the run."""
+    print(f"  {'case':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs floor':>9} {'failed':>7}")
+    floor = 0.0
+    for case in cases:
+        load = measure(base, case, loader, seconds, connections)
+        floor = floor or load.rps
+        print(f"  {case.name:36} {load.rps:8.0f} {load.p50:8.1f} {load.p99:8.1f} "
+              f"{load.rps / floor:8.2f}x {load.failed:7d}", flush=True)  # fmt: skip
+        if load.failed:
+            raise BenchFailure(f"{case.name}: {load.failed} requests failed under load "
+                               "(non-2xx, socket error or timeout)")  # fmt: skip
+
+
+def run_suite(label: str, db_url: str, loader: Loader, seconds: int, connections: int,
+              scratch: Path, forwarder_runs: int = 0) -> None:  # fmt: skip
+    """Every case against one database, then (if asked) the forwarder against the same server."""
     port = free_port()
-    env = {**os.environ, "CAMVOICE_DATA_DIR": str(scratch / label), "CAMVOICE_DATABASE_URL": db_url,
-           "CAMVOICE_SECRET_KEY": "bench-secret-key-" + "x" * 40, "CAMVOICE_LOG_LEVEL": "WARNING",
-           "CAMVOICE_PUBLIC_URL": f"http://127.0.0.1:{port}", "CAMVOICE_ALEXA_FORWARDER_SECRET": SECRET,
-           "CAMVOICE_RELAY_ENABLED": "true", "CAMVOICE_RTSPS_CERT": str(cert), "CAMVOICE_RTSPS_KEY": str(key),
-           "CAMVOICE_LOGIN_MAX_FAILURES_IP": "100000"}  # fmt: skip
     db = Database(db_url)
     db.upgrade()
-    owner_with(db, "five@example.com", 5)
-    owner_with(db, "many@example.com", 300)
-    client = register(db, "Bench Alexa", ALEXA_URIS, "alexa")
-    google = register(
-        db, "Bench Google", ["https://oauth-redirect.googleusercontent.com/r/bench"], "google"
-    )
-    server = Server(env, port)
+    alexa = register(db, "Bench Alexa", ALEXA_URIS, "alexa")
+    google = register(db, "Bench Google", GOOGLE_URIS, "google")
+    env = server_env(label, db_url, port, scratch)
     try:
-        live = Live(server.url)
-        tokens = {}
-        for email in ("five@example.com", "many@example.com"):
-            _, tokens[email] = link(live, client, email, password="bench-password-1")  # type: ignore[arg-type]
-        _, gtoken = link(live, google, "five@example.com", "client_secret_post", "bench-password-1")  # type: ignore[arg-type]
-        _, gmany = link(live, google, "many@example.com", "client_secret_post", "bench-password-1")  # type: ignore[arg-type]
-        with db.session() as session:
-            from camvoice.models import Camera
-
-            ready = session.query(Camera).filter(Camera.name == "Camera 000").first().id  # type: ignore[union-attr]
-        results: dict[str, dict[str, float]] = {}
-        results["floor /healthz"] = wrk(server.url + "/healthz", seconds, connections)
-
-        def google_case(token: str, intent: dict[str, Any]) -> dict[str, float]:
-            body = json.dumps({"requestId": "b", "inputs": [intent]})
-            return wrk(server.url + "/google/fulfillment", seconds, connections, "POST", body,
-                       {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})  # fmt: skip
-
-        def alexa_case(directive: dict[str, Any]) -> dict[str, float]:
-            body = json.dumps({"directive": directive})
-            return wrk(server.url + "/alexa/smart-home", seconds, connections, "POST", body,
-                       signed(body.encode()))  # fmt: skip
-
-        with db.session() as session:
-            from camvoice.models import Camera
-
-            five_ready = session.query(Camera).join(Camera.owner).filter(
-                Camera.name == "Camera 000").all()  # fmt: skip
-        five_camera = (
-            next(c.id for c in five_ready if c.id != ready) if len(five_ready) > 1 else ready
-        )
-        execute = {"intent": "action.devices.EXECUTE", "payload": {"commands": [{
-            "devices": [{"id": five_camera}], "execution": [{
-                "command": "action.devices.commands.GetCameraStream",
-                "params": {"StreamToChromecast": True, "SupportedStreamProtocols": ["hls"]}}]}]}}  # fmt: skip
-        results["google EXECUTE GetCameraStream"] = google_case(gtoken["access_token"], execute)
-        head = {"payloadVersion": "3", "messageId": str(uuid.uuid4()), "correlationToken": "c"}
-        init = {"header": {**head, "namespace": "Alexa.CameraStreamController", "name": "InitializeCameraStreams"},
-                "endpoint": {"scope": {"type": "BearerToken", "token": tokens["five@example.com"]["access_token"]},
-                             "endpointId": five_camera},
-                "payload": {"cameraStreams": [{"protocol": "RTSP", "resolution": {"width": 1920, "height": 1080},
-                            "authorizationType": "NONE", "videoCodec": "H264", "audioCodec": "AAC"}]}}  # fmt: skip
-        results["alexa InitializeCameraStreams"] = alexa_case(init)
-        for email, count, gtok in (
-            ("five@example.com", 5, gtoken),
-            ("many@example.com", 300, gmany),
-        ):
-            results[f"google SYNC, {count} cameras"] = google_case(
-                gtok["access_token"], {"intent": "action.devices.SYNC"}
-            )
-            discover = {"header": {**head, "namespace": "Alexa.Discovery", "name": "Discover"},
-                        "payload": {"scope": {"type": "BearerToken", "token": tokens[email]["access_token"]}}}  # fmt: skip
-            results[f"alexa Discover, {count} cameras"] = alexa_case(discover)
-        refresh = (f"grant_type=refresh_token&refresh_token={tokens['five@example.com']['refresh_token']}"
-                   f"&client_id={client.client_id}&client_secret={client.secret}")  # fmt: skip
-        results["token refresh /oauth/token"] = wrk(server.url + "/oauth/token", seconds, connections, "POST",
-                                                    refresh, {"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
-        return results
+        with serving(env, port, scratch / f"{label}.log") as server:
+            owners = linked_owners(db, server.url, alexa, google)
+            five = owners["five@example.com"]
+            cases = [Case("floor /healthz", "/healthz", any_json), *stream_cases(five),
+                     *discovery_cases(owners), refresh_case(five, alexa)]  # fmt: skip
+            print(f"\n[{label}]")
+            print_rows(server.url, cases, loader, seconds, connections)
+            if forwarder_runs:
+                direct, forwarded = forwarder_latency(server.url, five, forwarder_runs)
+                print(f"\nLambda forwarder ({label}): direct {direct:.1f} ms, through lambda_handler "
+                      f"{forwarded:.1f} ms (median of {forwarder_runs}; added "
+                      f"{forwarded - direct:.1f} ms)", flush=True)  # fmt: skip
     finally:
-        server.stop()
         db.dispose()
 
 
+# --- SQL statements per directive -------------------------------------------------------------
+
+
+def issue_token(db: Database, account_id: str, client: Client) -> str:
+    """An access token of a new grant to `client`: the audience a directive's token must have."""
+    with db.session() as session:
+        grant = Grant(account_id=account_id, client_id=client.client_id, scope="cameras")
+        session.add(grant)
+        session.flush()
+        token = new_secret()
+        store_tokens(session, grant, token, None, 3600)
+    return token
+
+
+def counted_cases(
+    alexa: str, google: str, camera: str, count: int
+) -> dict[str, tuple[str, dict[str, Any], Check]]:
+    """(path, body, check) per directive: Alexa's with an Alexa token, Google's with Google's."""
+    return {
+        "Alexa Discover": ("/alexa/smart-home", json.loads(directive("Alexa.Discovery", "Discover", alexa)),
+                           alexa_endpoints(count)),
+        "Alexa ReportState": ("/alexa/smart-home", json.loads(directive("Alexa", "ReportState", alexa, camera)),
+                              alexa_state),
+        "Google SYNC": ("/google/fulfillment", {"requestId": "q", "inputs": [{"intent": "action.devices.SYNC"}]},
+                        google_devices(count)),
+        "Google QUERY": ("/google/fulfillment", {"requestId": "q", "inputs": [
+            {"intent": "action.devices.QUERY", "payload": {"devices": [{"id": camera}]}}]}, google_query(camera)),
+    }  # fmt: skip
+
+
+def count_statements(http: FlaskClient, statements: list[str], name: str, path: str,
+                     body: dict[str, Any], check: Check, google: str) -> int:  # fmt: skip
+    """Statements one directive runs, counted only once its answer is the success shape."""
+    raw = json.dumps(body).encode()
+    headers = signed(raw) if path.startswith("/alexa") else {
+        "Authorization": f"Bearer {google}", "Content-Type": "application/json"}  # fmt: skip
+    http.post(path, data=raw, headers=headers)  # warm: a first use of a grant writes last_used_at
+    statements.clear()
+    reply = http.post(path, data=raw, headers=headers)
+    judged(name, reply.status_code, reply.get_data(as_text=True), check)
+    return len(statements)
+
+
 def query_counts(scratch: Path) -> dict[str, tuple[int, int]]:
-    """SQL statements per request for owners with 5 and with 300 cameras (in-process)."""
+    """SQL statements per request for owners with 5 and with 300 cameras (in-process).
+
+    The same count for both owners means no statement per camera (no N+1).
+    """
     settings = load_settings(data_dir=scratch / "queries", secret_key="q" * 40,
                              alexa_forwarder_secret=SECRET)  # fmt: skip
     db = Database(settings.sqlalchemy_url)
     db.upgrade()
-    owner_with(db, "five@example.com", 5)
-    owner_with(db, "many@example.com", 300)
+    cameras = {email: owner_with(db, email, count) for email, count in SIZES.items()}
     app = create_app(settings, db)
-    client = register(db, "Q", ALEXA_URIS, "alexa")
+    alexa = register(db, "Q Alexa", ALEXA_URIS, "alexa")
+    google = register(db, "Q Google", GOOGLE_URIS, "google")
     statements: list[str] = []
     event.listen(db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
-    from camvoice.models import Camera
-    from oauth.models import Grant
-    from oauth.tokens import new_secret, store_tokens
+    from camvoice.accounts import find_account
 
     counts: dict[str, list[int]] = {}
-    for email in ("five@example.com", "many@example.com"):
+    http = app.test_client()
+    for email, ids in cameras.items():
         with db.session() as session:
-            from camvoice.accounts import find_account
-
-            account = find_account(session, email)
-            grant = Grant(account_id=account.id, client_id=client.client_id, scope="cameras")  # type: ignore[union-attr]
-            session.add(grant)
-            session.flush()
-            token = new_secret()
-            store_tokens(session, grant, token, None, 3600)
-            camera = session.query(Camera).filter(Camera.owner_id == account.id).first().id  # type: ignore[union-attr]
-        test = app.test_client()
-        cases = {
-            "Alexa Discover": {"directive": {"header": {"namespace": "Alexa.Discovery", "name": "Discover", "payloadVersion": "3", "messageId": "m"},
-                                             "payload": {"scope": {"type": "BearerToken", "token": token}}}},
-            "Alexa ReportState": {"directive": {"header": {"namespace": "Alexa", "name": "ReportState", "payloadVersion": "3", "messageId": "m", "correlationToken": "c"},
-                                                "endpoint": {"scope": {"type": "BearerToken", "token": token}, "endpointId": camera}, "payload": {}}},
-        }  # fmt: skip
-        for name, body in cases.items():
-            raw = json.dumps(body).encode()
-            statements.clear()
-            assert test.post("/alexa/smart-home", data=raw, headers=signed(raw)).status_code == 200
-            counts.setdefault(name, []).append(len(statements))
-        for name, intent in (("Google SYNC", {"intent": "action.devices.SYNC"}),
-                             ("Google QUERY", {"intent": "action.devices.QUERY", "payload": {"devices": [{"id": camera}]}})):  # fmt: skip
-            statements.clear()
-            reply = test.post("/google/fulfillment", json={"requestId": "q", "inputs": [intent]},
-                              headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-            assert reply.status_code == 200
-            counts.setdefault(name, []).append(len(statements))
+            account_id = find_account(session, email).id  # type: ignore[union-attr]
+        atoken, gtoken = issue_token(db, account_id, alexa), issue_token(db, account_id, google)
+        for name, (path, body, check) in counted_cases(atoken, gtoken, ids[0], len(ids)).items():
+            n = count_statements(http, statements, name, path, body, check, gtoken)
+            counts.setdefault(name, []).append(n)
     app.extensions["camvoice.relays"].shutdown()
+    db.dispose()
     return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
-def forwarder_latency(runs: int = 30) -> tuple[float, float]:
-    """Median ms of a direct signed POST vs the same directive through lambda_handler."""
-    import importlib.util
+# --- the Lambda forwarder -----------------------------------------------------------------------
 
-    scratch = Path(tempfile.mkdtemp(prefix="camvoice-fwd-"))
-    port = free_port()
-    env = {**os.environ, "CAMVOICE_DATA_DIR": str(scratch), "CAMVOICE_ALEXA_FORWARDER_SECRET": SECRET,
-           "CAMVOICE_LOG_LEVEL": "WARNING"}  # fmt: skip
-    env.pop("CAMVOICE_DATABASE_URL", None)
-    Database(f"sqlite:///{scratch / 'camvoice.db'}").upgrade()
-    server = Server(env, port)
+
+def forwarder_module() -> ModuleType:
+    """deploy/lambda/lambda_function.py, loaded as Lambda would load it."""
     spec = importlib.util.spec_from_file_location(
         "lambda_function", ROOT / "deploy/lambda/lambda_function.py"
     )
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    os.environ["CAMVOICE_ENDPOINT"] = server.url + "/alexa/smart-home"
+    return module
+
+
+def forwarder_latency(base: str, owner: Owner, runs: int) -> tuple[float, float]:
+    """Median ms of a direct signed POST vs the same ReportState through lambda_handler.
+
+    Both are checked once to answer a StateReport for the owner's camera before timing: an
+    error answer would time a shorter path.
+    """
+    message = json.loads(directive("Alexa", "ReportState", owner.alexa["access_token"],
+                                   owner.cameras[0]))  # fmt: skip
+    module = forwarder_module()
+    os.environ["CAMVOICE_ENDPOINT"] = base + "/alexa/smart-home"
     os.environ["CAMVOICE_FORWARDER_SECRET"] = SECRET
-    message = {"directive": {"header": {"namespace": "Alexa", "name": "ReportState", "payloadVersion": "3",
-                                        "messageId": "m", "correlationToken": "c"},
-                             "endpoint": {"scope": {"type": "BearerToken", "token": "x"}, "endpointId": "cam_x"},
-                             "payload": {}}}  # fmt: skip
-    direct, forwarded = [], []
+
+    def direct() -> None:
+        raw = json.dumps(message).encode()
+        answer = requests.post(base + "/alexa/smart-home", data=raw, headers=signed(raw),
+                               timeout=10)  # fmt: skip
+        judged("direct ReportState", answer.status_code, answer.text, alexa_state)
+
+    def forwarded() -> None:
+        answer = module.lambda_handler(message, None)
+        judged("forwarded ReportState", 200, json.dumps(answer), alexa_state)
+
+    return timed_medians(direct, forwarded, runs)
+
+
+def timed_medians(
+    first: Callable[[], None], second: Callable[[], None], runs: int
+) -> tuple[float, float]:
+    """Median ms of each, interleaved so both see the same machine load; checked once before."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for call, into in ((first, times[0]), (second, times[1])):
+            began = time.perf_counter()
+            call()
+            into.append((time.perf_counter() - began) * 1000)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A scratch PostgreSQL database, dropped afterwards whatever happens."""
+    name = f"camvoice_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        for _ in range(runs):
-            raw = json.dumps(message).encode()
-            began = time.perf_counter()
-            requests.post(
-                server.url + "/alexa/smart-home", data=raw, headers=signed(raw), timeout=10
-            )
-            direct.append((time.perf_counter() - began) * 1000)
-            began = time.perf_counter()
-            module.lambda_handler(message, None)
-            forwarded.append((time.perf_counter() - began) * 1000)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
-        server.stop()
-    return statistics.median(direct), statistics.median(forwarded)
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=5, help="seconds per case")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="SQLite only, 1 s per case, 4 clients from a Python loop (no wrk), "
+                             "3 forwarder runs: every case and check, no comparable figures")  # fmt: skip
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.connections, args.skip_postgres = 1, 4, True
+    return args
+
+
+def run(args: argparse.Namespace) -> None:
+    """Every part of the bench, in the order bench/README.md quotes them."""
+    scratch = Path(tempfile.mkdtemp(prefix="camvoice-bench-"))
+    loader: Loader = python_load if args.smoke else wrk
+    tool = "Python loop (smoke)" if args.smoke else "wrk -t2"
+    print(f"camvoice load benchmark: {tool} -c{args.connections} -d{args.seconds}s, "
+          "gunicorn 2 workers x 4 threads")  # fmt: skip
+    sqlite = f"sqlite:///{scratch / 'bench.db'}"
+    forwarder_runs = 3 if args.smoke else 30
+    run_suite("sqlite", sqlite, loader, args.seconds, args.connections, scratch, forwarder_runs)
+    if not args.skip_postgres:
+        with postgres_database() as url:
+            run_suite("postgresql", url, loader, args.seconds, args.connections, scratch)
+    print("\nSQL statements per request, each BEGIN included, after one warm-up request")
+    print("(owner with 5 cameras -> with 300), SQLite, in-process:")
+    for case, (five, many) in query_counts(scratch).items():
+        print(f"  {case:20} {five:3d} -> {many:3d}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--skip-postgres", action="store_true")
-    args = parser.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="camvoice-bench-"))
-    suites = {"sqlite": f"sqlite:///{scratch / 'bench.db'}"}
-    pg_name = None
-    if not args.skip_postgres:
-        pg_name = f"camvoice_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{pg_name}"')
-        suites["postgresql"] = f"postgresql+psycopg://postgres@127.0.0.1:5432/{pg_name}"
     try:
-        print(f"camvoice load benchmark: wrk -t2 -c{args.connections} -d{args.seconds}s, "
-              "gunicorn 2 workers x 4 threads")  # fmt: skip
-        for label, url in suites.items():
-            results = run_suite(label, url, args.seconds, args.connections, scratch)
-            floor = results["floor /healthz"]["rps"]
-            print(f"\n[{label}]")
-            print(
-                f"  {'case':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs floor':>9} {'non-2xx':>8}"
-            )
-            for case, r in results.items():
-                print(f"  {case:36} {r['rps']:8.0f} {r['p50']:8.1f} {r['p99']:8.1f} "
-                      f"{r['rps'] / floor:8.2f}x {int(r['errors']):8d}")  # fmt: skip
-        print(
-            "\nSQL statements per request (owner with 5 cameras -> with 300), SQLite, in-process:"
-        )
-        for case, (five, many) in query_counts(scratch).items():
-            print(f"  {case:20} {five:3d} -> {many:3d}")
-        direct, forwarded = forwarder_latency()
-        print(f"\nLambda forwarder: direct {direct:.1f} ms, through lambda_handler {forwarded:.1f} ms "
-              f"(median of 30; added {forwarded - direct:.1f} ms)")  # fmt: skip
-    finally:
-        if pg_name:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+        run(arguments())
+    except BenchFailure as failure:
+        sys.exit(f"bench/load.py FAILED: {failure}")
 
 
 if __name__ == "__main__":

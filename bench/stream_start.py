@@ -3,9 +3,12 @@
 Starts `camvoice serve` (gunicorn) on a scratch SQLite database with one demo camera, then for
 each run: mint a fresh URL, fetch the playlist and its first segment (HLS), or decode the first
 video frame over TLS (RTSPS, when the GStreamer relay is installed). Between runs the relay is
-left to go idle, so every run is a cold start of ffmpeg / the GStreamer pipeline.
+left to go idle, so every run is a cold start of ffmpeg / the GStreamer pipeline. A run counts
+only if it got what a player needs (a playlist listing an MPEG-TS segment that starts with the
+TS sync byte; a decoded RTSPS video frame); otherwise the run stops with a non-zero exit.
 
     .venv/bin/python bench/stream_start.py [--runs 7]
+    .venv/bin/python bench/stream_start.py --runs 1   # smoke
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import requests
 
@@ -42,39 +46,54 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(url: str, timeout: float = 30) -> None:
+def wait_for(url: str, timeout: float = 60) -> None:
+    """Until the server answers: a booting worker may accept and then answer late."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(url, timeout=1).ok:
+            if requests.get(url, timeout=5).ok:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.2)
-    raise SystemExit(f"{url} did not come up")
+    fail(f"{url} did not come up within {timeout:.0f} s")
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the run: the time to an error is not a stream start."""
+    sys.exit(f"bench/stream_start.py FAILED: {message}")
 
 
 def hls_start(url: str) -> float:
+    """Seconds to a playlist and its first segment, checked to be MPEG-TS."""
     began = time.perf_counter()
     playlist = requests.get(url, timeout=30)
-    playlist.raise_for_status()
-    first = next(line for line in playlist.text.splitlines() if line.endswith(".ts"))
-    requests.get(url.rsplit("/", 1)[0] + "/" + first, timeout=30).raise_for_status()
+    segments = [line for line in playlist.text.splitlines() if line.endswith(".ts")]
+    if playlist.status_code != 200 or not segments:
+        fail(f"HLS playlist answered HTTP {playlist.status_code} with no segment")
+    segment = requests.get(url.rsplit("/", 1)[0] + "/" + segments[0], timeout=30)
+    if segment.status_code != 200 or segment.content[:1] != b"\x47":
+        fail(f"HLS first segment is not MPEG-TS (HTTP {segment.status_code})")
     return time.perf_counter() - began
 
 
 def rtsps_start(url: str, cert: Path) -> float:
+    """Seconds from the TLS handshake to one decoded video frame, as ffprobe-like players see it."""
     began = time.perf_counter()
-    subprocess.run(
+    decoded = subprocess.run(
         [find_ffmpeg() or "ffmpeg", "-v", "error", "-rtsp_transport", "tcp", "-ca_file", str(cert),
          "-i", url, "-frames:v", "1", "-f", "null", "-"],
-        check=True, timeout=30,
+        check=False, timeout=30, capture_output=True, text=True,
     )  # fmt: skip
+    if decoded.returncode != 0:
+        fail(f"RTSPS: ffmpeg decoded no frame: {decoded.stderr.strip()[-300:]}")
     return time.perf_counter() - began
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=7)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=7, help="cold starts of each (1: smoke)")
     parser.add_argument("--idle", type=float, default=2.0, help="relay idle timeout (s)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="camvoice-bench-"))
@@ -107,12 +126,13 @@ def main() -> None:
     try:
         wait_for(f"http://127.0.0.1:{port}/readyz")
         results: dict[str, list[float]] = {"hls": [], "rtsps": []}
-        for _ in range(args.runs):
+        for run in range(args.runs):
+            if run:
+                time.sleep(args.idle + 2.5)  # let the HLS relay stop: this run is a cold start
             results["hls"].append(hls_start(streams.mint(camera, Protocol.HLS, Audience.GOOGLE)))
             if relay:
                 url = streams.mint(camera, Protocol.RTSPS, Audience.ALEXA)
                 results["rtsps"].append(rtsps_start(url, cert))
-            time.sleep(args.idle + 2.5)  # let the HLS relay stop: the next run is a cold start
         print(f"stream start, cold, {args.runs} runs (seconds from mint to first media)")
         for name, times in results.items():
             if times:

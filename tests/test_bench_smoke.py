@@ -1,11 +1,20 @@
-"""Each bench script added with the architecture change runs in its smoke mode and prints its
-figures, so a figure in bench/README.md cannot outlive the code that made it."""
+"""Each bench script runs in its smoke mode and prints its figures, so a figure in
+bench/README.md cannot outlive the code that made it; and a bench whose case answers an error
+fails instead of timing it."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import require_gstreamer
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -30,3 +39,117 @@ def test_directive_cost_smoke() -> None:
     for case in ("Alexa InitializeCameraStreams", "Google EXECUTE"):
         line = next(line for line in out.splitlines() if case in line)
         assert "statements" in line and "transactions" in line and "median" in line
+
+
+# --- bench/load.py ------------------------------------------------------------------------------
+
+LOAD_CASES = (
+    "floor /healthz",
+    "google EXECUTE GetCameraStream",
+    "alexa InitializeCameraStreams",
+    "google SYNC, 5 cameras",
+    "alexa Discover, 5 cameras",
+    "google SYNC, 300 cameras",
+    "alexa Discover, 300 cameras",
+    "token refresh /oauth/token",
+)
+ROW = r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s*$"
+WRK_OUT = """Running 1s test @ http://127.0.0.1:18765/nothing
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.04ms    2.80ms  26.74ms   90.94%
+    Req/Sec     1.28k   274.87     1.89k    70.00%
+  Latency Distribution
+     50%    0.98ms
+     75%    2.36ms
+     90%    4.66ms
+     99%   15.74ms
+  1279 requests in 1.00s, 649.67KB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 1279
+Requests/sec:   1273.97
+Transfer/sec:    647.12KB
+"""
+
+
+@functools.cache
+def load_module() -> ModuleType:
+    """bench/load.py as a module: its checks are tested without a server. (Registered in
+    sys.modules first: its dataclasses look their module up while being built.)"""
+    spec = importlib.util.spec_from_file_location("bench_load", BENCH / "load.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["bench_load"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_load_smoke() -> None:
+    """Every case answered its success shape before it was timed, and no request failed under
+    load (the script exits non-zero otherwise); the counts hold for 5 and 300 cameras alike."""
+    require_gstreamer()  # Alexa gets a stream URL only from a configured RTSPS relay
+    out = smoke("load.py", "--smoke")
+    for case in LOAD_CASES:
+        row = re.search(rf"^\s+{re.escape(case)}{ROW}", out, re.M)
+        assert row, f"no row for {case}:\n{out}"
+        assert int(row.group(1)) > 0 and row.group(5) == "0", row.group(0)
+    for case in ("Alexa Discover", "Alexa ReportState", "Google SYNC", "Google QUERY"):
+        counts = re.search(rf"^\s+{case}\s+(\d+) ->\s+(\d+)$", out, re.M)
+        assert counts, f"no statement count for {case}:\n{out}"
+        assert counts.group(1) == counts.group(2), f"{case} grows with cameras: {counts.group(0)}"
+    assert re.search(r"Lambda forwarder \(sqlite\): direct [\d.]+ ms, through lambda_handler", out)
+
+
+def test_load_checks_refuse_error_answers() -> None:
+    """The answers that hid the wrong-owner bug (HTTP 200 errors) are not success shapes."""
+    load = load_module()
+    alexa_error = {"event": {"header": {"name": "ErrorResponse"},
+                             "payload": {"type": "NO_SUCH_ENDPOINT"}}}  # fmt: skip
+    google_error = {"payload": {"commands": [{"status": "ERROR", "errorCode": "deviceNotFound"}]}}
+    assert "NO_SUCH_ENDPOINT" in load.alexa_stream(alexa_error)
+    assert "deviceNotFound" in load.google_stream(google_error)
+    discovered = {"event": {"header": {"name": "Discover.Response"}, "payload": {"endpoints": []}}}
+    assert "expected 5 endpoints, got 0" in load.alexa_endpoints(5)(discovered)
+    assert "expected 5 devices" in load.google_devices(5)({"payload": {"devices": []}})
+    assert "invalid_grant" in load.issued_token({"error": "invalid_grant"})
+    stream = {"event": {"header": {"name": "Response"},
+                        "payload": {"cameraStreams": [{"uri": "rtsps://x/y"}]}}}  # fmt: skip
+    assert load.alexa_stream(stream) is None
+    success = {"status": "SUCCESS", "states": {"cameraStreamAccessUrl": "https://x/y.m3u8"}}
+    assert load.google_stream({"payload": {"commands": [success]}}) is None
+    with pytest.raises(load.BenchFailure, match="HTTP 401"):
+        load.judged("google SYNC", 401, "{}", load.any_json)
+
+
+def test_load_fails_on_requests_failed_under_load() -> None:
+    """wrk's non-2xx and socket errors are counted, and any of them stops the run."""
+    load = load_module()
+    seen = load.parse_wrk(WRK_OUT)
+    assert (seen.rps, seen.p50, seen.p99, seen.failed) == (1273.97, 0.98, 15.74, 1282)
+
+    class Unchecked(load.Case):  # type: ignore[name-defined,misc]
+        def verify(self, base: str) -> None:
+            pass
+
+    case = Unchecked("floor /healthz", "/healthz", load.any_json)
+    with pytest.raises(load.BenchFailure, match="1282 requests failed under load"):
+        load.print_rows("http://unused", [case], lambda *_: seen, 1, 1)
+
+
+# --- bench/stream_start.py and bench/ezviz.py ---------------------------------------------------
+
+
+def test_stream_start_smoke() -> None:
+    """One cold start of each path, each checked to reach playable media."""
+    out = smoke("stream_start.py", "--runs", "1")
+    assert re.search(r"^\s+hls\s+median [\d.]+\s+min [\d.]+\s+max [\d.]+$", out, re.M), out
+    rtsps = r"^\s+rtsps\s+(median [\d.]+\s+min|not measured \(GStreamer relay not installed\))"
+    assert re.search(rtsps, out, re.M), out
+
+
+def test_ezviz_smoke() -> None:
+    """A sync of 10 devices (30 device calls, a list and a token call) and both stream paths."""
+    out = smoke("ezviz.py", "--runs", "1", "--sizes", "10")
+    sync = re.search(r"^\s+10\s+([\d.]+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert sync and sync.group(2) == "32", out
+    for label in ("EZVIZ cloud (proxied)", "local relay (warm)"):
+        assert re.search(rf"^\s+{re.escape(label)}(\s+[\d.]+){{4}}$", out, re.M), out
