@@ -23,7 +23,9 @@ from camvoice.outbox import Outbox
 from camvoice.readiness import Assistant, explain, readiness
 
 SETTINGS = ("online", "image_encryption", "audio", "sleep_mode", "status_light")
-DESCRIPTIVE = ("name", "room", "nicknames", "model", "firmware", "serial", "source")
+DESCRIPTIVE = (
+    "name", "room", "nicknames", "model", "firmware", "serial", "source", "width", "height"
+)  # fmt: skip
 
 
 class CameraError(ValueError):
@@ -288,6 +290,7 @@ def describe(camera: Camera, language: str = "en") -> dict[str, Any]:
         "model": camera.model,
         "firmware": camera.firmware,
         "serial": camera.serial,
+        "picture": f"{camera.width}x{camera.height}" if camera.width else None,
         "backend": camera.backend,
         "source": redact(camera.source),
         **{key: getattr(camera, key) for key in SETTINGS},

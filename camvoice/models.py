@@ -67,8 +67,10 @@ class Camera(Base):
     name: Mapped[str] = mapped_column(String(128))
     nicknames: Mapped[list[str]] = mapped_column(JSON, default=list)
     room: Mapped[str | None] = mapped_column(String(128))
-    model: Mapped[str] = mapped_column(String(128), default="camvoice virtual camera")
-    firmware: Mapped[str] = mapped_column(String(64), default="1.0.0")
+    model: Mapped[str | None] = mapped_column(String(128))  # None: not known, never made up
+    firmware: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)  # what the stream really sends, probed
+    height: Mapped[int | None] = mapped_column(Integer)
     serial: Mapped[str | None] = mapped_column(String(64))
     online: Mapped[bool] = mapped_column(Boolean, default=True)
     image_encryption: Mapped[bool] = mapped_column(Boolean, default=False)

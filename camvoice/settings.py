@@ -12,6 +12,7 @@ import hmac
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +56,8 @@ class Settings(BaseSettings):
     hls_url_template: str | None = None
     rtsps_url_template: str | None = None
     rtsps_port: int = Field(8554, ge=1, le=65535)
+    # The port stream URLs name, when a port mapping in front of the relay differs (443 -> 8554).
+    rtsps_public_port: int | None = Field(None, ge=1, le=65535)
     rtsps_cert: Path | None = None
     rtsps_key: Path | None = None
     relay_enabled: bool = False
@@ -117,6 +120,13 @@ class Settings(BaseSettings):
         from camvoice.tickets import TicketSigner, parse_keys
 
         return TicketSigner(parse_keys(self.stream_keys.get_secret_value(), self.key()))
+
+    def rtsps_url_port(self) -> int:
+        """The port RTSPS stream URLs name: Echo devices connect to 443 only."""
+        if self.rtsps_url_template:
+            sample = self.rtsps_url_template.format(base=self.public_url, camera_id="c", ticket="t")
+            return urlsplit(sample).port or 322  # RTSPS's registered port (RFC 7826)
+        return self.rtsps_public_port or self.rtsps_port
 
     def relay_secret(self) -> str:
         """Shared by the app and its RTSPS relay subprocess, derived so nobody configures it."""

@@ -180,7 +180,7 @@ class Streams:
             host = urlsplit(base).hostname
             template = (
                 settings.rtsps_url_template
-                or f"rtsps://{host}:{settings.rtsps_port}/cam/{{camera_id}}/{{ticket}}"
+                or f"rtsps://{host}:{settings.rtsps_url_port()}/cam/{{camera_id}}/{{ticket}}"
             )
         else:
             template = "{base}/snapshots/{camera_id}/{ticket}.jpg"

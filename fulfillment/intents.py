@@ -78,21 +78,23 @@ def sync_device(ctx: Context, camera: Camera) -> dict[str, Any]:
         "traits": [CAMERA_STREAM],
         "name": {
             "name": camera.name[:60],
-            "defaultNames": [f"{manufacturer} {camera.model}"],
+            "defaultNames": [f"{manufacturer} {camera.model or 'camera'}"],
             "nicknames": list(camera.nicknames or []),
         },
         **({"roomHint": camera.room} if camera.room else {}),
         "willReportState": ctx.homegraph,
-        "deviceInfo": {
-            "manufacturer": manufacturer,
-            "model": camera.model,
-            "swVersion": camera.firmware,
-        },
+        "deviceInfo": device_info(manufacturer, camera),
         "attributes": {
             "cameraStreamSupportedProtocols": list(OUR_PROTOCOLS),
             "cameraStreamNeedAuthToken": False,  # the signed URL is the credential
         },
     }
+
+
+def device_info(manufacturer: str, camera: Camera) -> dict[str, str]:
+    """What is known about the camera; an unknown model or firmware is left out, not made up."""
+    known = {"model": camera.model, "swVersion": camera.firmware}
+    return {"manufacturer": manufacturer, **{key: value for key, value in known.items() if value}}
 
 
 def query(ctx: Context, payload: Any) -> dict[str, Any]:
@@ -174,7 +176,7 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
         "cameraStreamProtocol": chosen,
     }
     receiver = ctx.services.settings.google_receiver_app_id
-    if receiver:
+    if receiver and params.get("StreamToChromecast") is True:  # a Cast receiver plays it
         states["cameraStreamReceiverAppId"] = receiver
     return {"ids": [camera_id], "status": "SUCCESS", "states": states}
 

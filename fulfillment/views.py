@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from camvoice.services import Services
@@ -13,8 +11,12 @@ from oauth.tokens import Principal, authenticate_bearer
 bp = Blueprint("fulfillment", __name__)
 
 
-def bad_request(message: str) -> Response:
-    response = jsonify(error="invalid_request", message=message)
+def bad_request(message: str, request_id: object = None) -> Response:
+    """HTTP 400 with Google's whole-request error: payload.errorCode protocolError."""
+    response = jsonify(
+        requestId=request_id if isinstance(request_id, str) else "",
+        payload={"errorCode": "protocolError", "debugString": message},
+    )
     response.status_code = 400
     return response
 
@@ -32,37 +34,28 @@ def bearer_token() -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def merge(into: dict[str, Any], part: dict[str, Any]) -> None:
-    """Several inputs in one request: one payload answering all of them."""
-    for key, value in part.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            into[key].update(value)
-        elif isinstance(value, list) and isinstance(into.get(key), list):
-            into[key].extend(value)
-        else:
-            into[key] = value
-
-
 @bp.post("/google/fulfillment")
 def fulfillment() -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         return bad_request("body must be a JSON object")
     request_id, inputs = body.get("requestId"), body.get("inputs")
-    if not isinstance(request_id, str) or not isinstance(inputs, list) or not inputs:
-        return bad_request("requestId (string) and inputs (non-empty list) are required")
-    if not all(isinstance(i, dict) and i.get("intent") in INTENTS for i in inputs):
-        return bad_request(f"every input needs an intent among {', '.join(INTENTS)}")
+    if not isinstance(request_id, str) or not isinstance(inputs, list) or len(inputs) != 1:
+        # Google sends one input per request; several would need several payloads, which a
+        # response cannot carry (and merged SYNC inputs would list each device twice).
+        return bad_request("requestId (string) and inputs (a list of one input) are required",
+                           request_id)  # fmt: skip
+    item = inputs[0]
+    intent = item.get("intent") if isinstance(item, dict) else None
+    if not isinstance(intent, str) or intent not in INTENTS:
+        return bad_request(f"the input needs an intent among {', '.join(INTENTS)}", request_id)
     services = Services.of(current_app)
     with services.db.session() as session:
         principal = authenticate_bearer(session, bearer_token(), "google")
     if not isinstance(principal, Principal):
         return unauthorized(principal.value)
-    ctx = Context(services, principal)
-    payload: dict[str, Any] = {}
     try:
-        for item in inputs:
-            merge(payload, INTENTS[item["intent"]](ctx, item.get("payload")))
-    except BadRequest as exc:  # raised before that intent's own work is committed
-        return bad_request(str(exc))
+        payload = INTENTS[intent](Context(services, principal), item.get("payload"))
+    except BadRequest as exc:  # raised before the intent's own work is committed
+        return bad_request(str(exc), request_id)
     return jsonify(requestId=request_id, payload=payload)

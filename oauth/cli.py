@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the models are imported by the command that needs them: `--
     from oauth.models import OAuthClient
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+AUDIENCES = ("alexa", "google", "other")
 
 
 def check_redirect_uri(uri: str) -> str:
@@ -26,14 +27,15 @@ def check_redirect_uri(uri: str) -> str:
     return uri
 
 
-def guess_assistant(uris: list[str]) -> str | None:
-    """Which assistant a client is, from where Amazon and Google send owners back."""
+def guess_assistant(uris: list[str]) -> str:
+    """Which assistant a client is, from where Amazon and Google send owners back; `other`
+    (refused by both adapters) when the redirect hosts are neither's."""
     hosts = {urlsplit(u).hostname or "" for u in uris}
     if any(h.endswith(("amazon.com", "amazon.co.jp", "amazonalexa.com")) for h in hosts):
         return "alexa"
     if any(h.endswith("googleusercontent.com") for h in hosts):
         return "google"
-    return None
+    return "other"
 
 
 def shown(client: OAuthClient, links: int = 0) -> dict[str, Any]:
@@ -65,7 +67,12 @@ def clients() -> None:
 @click.option("--name", required=True)
 @click.option("--redirect-uri", "redirect_uris", multiple=True, required=True)
 @click.option("--public", is_flag=True, help="No secret; PKCE (S256) required.")
-@click.option("--assistant", type=click.Choice(["alexa", "google"]), help="Guessed from URIs.")
+@click.option(
+    "--assistant",
+    type=click.Choice(AUDIENCES),
+    help="Whose tokens these are; by default inferred from the redirect URIs' hosts. Tokens of "
+    "an `other` client are refused by the Alexa and Google endpoints.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def clients_add(
@@ -82,11 +89,18 @@ def clients_add(
     require_migrated(ctx)
     uris = list(dict.fromkeys(check_redirect_uri(u) for u in redirect_uris))
     secret = None if public else secrets.token_urlsafe(32)
+    audience = assistant or guess_assistant(uris)
+    if audience == "other" and not assistant:
+        click.echo(
+            "note: the redirect URIs are neither Amazon's nor Google's, so this client's tokens "
+            "are refused by the Alexa and Google endpoints (set --assistant to choose)",
+            err=True,
+        )
     client = OAuthClient(
         # Hex, not URL-safe base64: an id starting with "-" reads as an option in shells.
         client_id=secrets.token_hex(16),
         name=name,
-        assistant=assistant or guess_assistant(uris),
+        assistant=audience,
         secret_hash=digest(secret) if secret else None,
         redirect_uris=uris,
         public=public,
@@ -116,14 +130,17 @@ def clients_list(ctx: Context, as_json: bool) -> None:
         )
         rows = [
             shown(c, links.get(c.client_id, 0))
-            for c in session.scalars(select(OAuthClient).order_by(OAuthClient.created_at))
+            for c in session.scalars(
+                select(OAuthClient)
+                .where(OAuthClient.simulator.is_(False))  # the console's own, not an operator's
+                .order_by(OAuthClient.created_at)
+            )
         ]
     emit(
         rows,
         as_json,
         lambda d: "\n".join(
-            f"{r['client_id']}\t{r['name']}\t{r['assistant'] or '-'}\t{r['active_links']} links"
-            for r in d
+            f"{r['client_id']}\t{r['name']}\t{r['assistant']}\t{r['active_links']} links" for r in d
         ),
     )
 

@@ -33,7 +33,8 @@ class OAuthClient(Base):
 
     client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
-    assistant: Mapped[str | None] = mapped_column(String(16))
+    assistant: Mapped[str] = mapped_column(String(16))  # the audience: alexa, google or other
+    simulator: Mapped[bool] = mapped_column(Boolean, default=False)  # the console's own, unlisted
     secret_hash: Mapped[str | None] = mapped_column(String(64))
     redirect_uris: Mapped[list[str]] = mapped_column(JSON)
     public: Mapped[bool] = mapped_column(Boolean, default=False)

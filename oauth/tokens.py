@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from camvoice import audit
@@ -128,6 +128,7 @@ def live_links(session: Session, account_id: str) -> list[tuple[Grant, str]]:
         select(Grant, OAuthClient.name)
         .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
         .where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
+        .where(OAuthClient.simulator.is_(False))  # the console's own credentials: no link
         .order_by(Grant.created_at)
     ).all()
     return [(grant, name) for grant, name in rows]
@@ -144,7 +145,7 @@ def linked_since(session: Session, account_id: str, assistant: str) -> datetime 
         select(Grant.created_at)
         .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
         .where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
-        .where(OAuthClient.assistant == assistant)
+        .where(OAuthClient.assistant == assistant, OAuthClient.simulator.is_(False))
         .order_by(Grant.created_at.desc())
         .limit(1)
     )
@@ -152,17 +153,26 @@ def linked_since(session: Session, account_id: str, assistant: str) -> datetime 
 
 
 SIMULATOR_CLIENTS = {"alexa": "camvoice simulator (Alexa)", "google": "camvoice simulator (Google)"}
+SIMULATOR_TOKEN_TTL = 120  # one simulated utterance, not a link: its stream tickets last longer
 
 
 def simulator_token(session: Session, account_id: str, assistant: str) -> tuple[str, str]:
-    """An access token of the built-in simulator client for this owner: (token, grant id)."""
-    name = SIMULATOR_CLIENTS[assistant]
-    client = session.scalars(select(OAuthClient).where(OAuthClient.name == name)).first()
+    """A short-lived access token of the console's own simulator client: (token, grant id).
+
+    The simulator's client and grant are marked apart: never listed as a link, never a reason
+    to tell HomeGraph anything, and each call deletes the owner's expired simulator tokens, so
+    they do not pile up."""
+    client = session.scalars(
+        select(OAuthClient).where(
+            OAuthClient.simulator.is_(True), OAuthClient.assistant == assistant
+        )
+    ).first()
     if client is None:
         client = OAuthClient(
             client_id=secrets.token_urlsafe(18),
-            name=name,
+            name=SIMULATOR_CLIENTS[assistant],
             assistant=assistant,
+            simulator=True,
             secret_hash=None,
             redirect_uris=["http://127.0.0.1/simulator"],
             public=True,
@@ -180,8 +190,11 @@ def simulator_token(session: Session, account_id: str, assistant: str) -> tuple[
         grant = Grant(account_id=account_id, client_id=client.client_id, scope="cameras")
         session.add(grant)
         session.flush()
+    session.execute(
+        delete(Token).where(Token.grant_id == grant.id, Token.expires_at < utcnow())
+    )
     token = new_secret()
-    store_tokens(session, grant, token, None, 600)
+    store_tokens(session, grant, token, None, SIMULATOR_TOKEN_TTL)
     return token, grant.id
 
 
@@ -200,7 +213,7 @@ class Principal:
 
     account_id: str
     client_id: str
-    assistant: str | None
+    assistant: str
     grant_id: str
     scopes: frozenset[str]
 
@@ -210,8 +223,9 @@ def authenticate_bearer(
 ) -> Principal | Failure:
     """Turn an access token into (account, client, scopes), or a typed failure.
 
-    With `assistant`, a token issued to the other assistant's client is INVALID here (RFC 9700
-    2.3: a token is for its audience): an Alexa token cannot disconnect Google, nor the reverse.
+    With `assistant`, a token issued to any other audience's client is INVALID here (RFC 9700
+    2.3: a token is for its audience): an Alexa token cannot disconnect Google, nor the reverse,
+    and an `other` client's token is refused by both.
     """
     if not token:
         return Failure.MISSING
@@ -225,7 +239,7 @@ def authenticate_bearer(
     if row is None:
         return Failure.INVALID
     access, grant, client_assistant = row
-    if assistant and client_assistant and client_assistant != assistant:
+    if assistant and client_assistant != assistant:
         return Failure.INVALID
     if access.revoked_at is not None or grant.revoked_at is not None:
         return Failure.REVOKED

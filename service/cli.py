@@ -163,6 +163,22 @@ def collect(opts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def with_picture_size(ctx: Context, fields: dict[str, Any]) -> dict[str, Any]:
+    """A new rtsp source is probed once for its picture size, which Alexa's Discovery states;
+    until it is known (the camera unreachable now) Alexa is offered no stream for it."""
+    source = fields.get("source")
+    if not isinstance(source, str) or not source.startswith(("rtsp://", "rtsps://")):
+        return fields
+    from media.probe import picture_size
+
+    size = picture_size(source, ctx.settings.ffmpeg)
+    if size is None:
+        note = "note: could not read the stream's picture size; Alexa gets no stream for this "
+        click.echo(note + "camera until `camvoice cameras probe CAMERA_ID` reads it", err=True)
+    width, height = size or (None, None)
+    return {**fields, "width": width, "height": height}
+
+
 def camera_or_fail(session: Any, camera_id: str) -> Camera:
     from camvoice.models import Camera
 
@@ -200,6 +216,7 @@ def cameras_add(ctx: Context, owner: str, as_json: bool, **opts: Any) -> None:
     name = opts["name"]
     fields.pop("name", None)
     fields.setdefault("source", "demo")
+    fields = with_picture_size(ctx, fields)
     try:
         with ctx.db.session() as session:
             account = owner_or_fail(session, owner)
@@ -229,7 +246,33 @@ def cameras_set(ctx: Context, camera_id: str, as_json: bool, code_stdin: bool, *
     require_migrated(ctx)
     code = sys.stdin.readline().strip() if code_stdin else None
     try:
-        ctx.services.registry.change(ctx.db, camera_id, collect(opts), actor="cli", code=code)
+        changes = with_picture_size(ctx, collect(opts))
+        ctx.services.registry.change(ctx.db, camera_id, changes, actor="cli", code=code)
+    except registry.CameraError as exc:
+        fail(str(exc))
+    with ctx.db.reading() as session:
+        shown = registry.describe(camera_or_fail(session, camera_id))
+    emit(shown, as_json, camera_line)
+
+
+@cameras.command("probe")
+@click.argument("camera_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def cameras_probe(ctx: Context, camera_id: str, as_json: bool) -> None:
+    """Read a camera's picture size from its stream again (Alexa's Discovery states it)."""
+    from camvoice import cameras as registry
+
+    require_migrated(ctx)
+    with ctx.db.reading() as session:
+        source = camera_or_fail(session, camera_id).source
+    size = with_picture_size(ctx, {"source": source})
+    if size.get("width") is None:
+        fail(f"could not read a picture from camera {camera_id}'s source")
+    try:
+        ctx.services.registry.change(
+            ctx.db, camera_id, {"width": size["width"], "height": size["height"]}, actor="cli"
+        )
     except registry.CameraError as exc:
         fail(str(exc))
     with ctx.db.reading() as session:
@@ -484,11 +527,12 @@ def doctor(ctx: Context) -> None:
         ("ffmpeg (HLS relay)", None if ffmpeg else "not found: pip install imageio-ffmpeg")
     )
     checks.append(("RTSPS relay (Alexa)", relay_problem(settings)))
-    port_443 = settings.rtsps_url_template or settings.rtsps_port == 443
+    port = settings.rtsps_url_port()
     checks.append((
         "RTSPS port (Alexa)",
-        None if port_443 else f"stream URLs name port {settings.rtsps_port}; Alexa plays RTSPS on "
-        "443 only: set CAMVOICE_RTSPS_PORT=443, or forward 443 and set CAMVOICE_RTSPS_URL_TEMPLATE",
+        None if port == 443 else f"stream URLs name port {port}; Alexa plays RTSPS on 443 only, "
+        "so Discovery leaves the camera stream out: set CAMVOICE_RTSPS_PORT=443, or forward 443 "
+        "to the relay and set CAMVOICE_RTSPS_PUBLIC_PORT=443",
     ))  # fmt: skip
     https = settings.public_url.startswith("https://")
     checks.append(("public URL", None if https else f"{settings.public_url} is not https"))

@@ -38,6 +38,7 @@ def seed(session: Session, registry: Registry) -> Account:
                 actor="demo",
                 source="demo",
                 model="C6N demo",
+                firmware="1.0.0",
                 serial=f"DEMO{index:05d}",
                 **fields,
             )

@@ -28,7 +28,9 @@ DEAD_CODES = {
     "SKILL_NOT_FOUND_EXCEPTION",
     "ACCOUNT_NOT_FOUND_EXCEPTION",
 }
-SYNC_FIELDS = {"name", "room", "nicknames", "model", "firmware", "serial", "source"}
+# What Discovery's endpoint shows: a change of one is an AddOrUpdateReport.
+SYNC_FIELDS = {"name", "room", "nicknames", "model", "firmware", "serial", "source", "width",
+               "height"}  # fmt: skip
 
 
 class LwaError(Exception):
@@ -92,6 +94,15 @@ def accept_grant(services: Services, account_id: str, code: str) -> None:
     data = lwa_request(services.settings, {"grant_type": "authorization_code", "code": code})
     with services.db.session() as session:
         store_tokens(session, services.settings, account_id, data)
+
+
+def events_flow(session: Session, settings: Settings, account_id: str) -> bool:
+    """Whether camvoice will send this owner's ChangeReports: the skill's Alexa client is set
+    and the owner's AcceptGrant link is alive. Discovery says `proactivelyReported` only then."""
+    if not settings.alexa_client_id or not settings.alexa_client_secret:
+        return False
+    link = session.get(AlexaLink, account_id)
+    return link is not None and link.dead_at is None
 
 
 class Gateway:
@@ -179,7 +190,14 @@ def make_handler(services: Services) -> Any:
                 return  # the owner never sent AcceptGrant: no events for them
             camera = session.get(Camera, camera_id)
             endpoint = (
-                messages.endpoint(camera, settings, services.rtsps_available()) if camera else None
+                messages.endpoint(
+                    camera,
+                    settings,
+                    messages.advertises_streams(services),
+                    events_flow(session, settings, account_id),
+                )
+                if camera
+                else None
             )
             health = messages.EndpointHealth.connectivity(camera) if camera else None
         changed = set(event.get("changed", []))

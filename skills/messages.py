@@ -9,6 +9,7 @@ from typing import Any
 
 from camvoice.cameras import protocols
 from camvoice.models import Camera
+from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.tickets import Protocol
 from skills.errors import AlexaError
@@ -43,6 +44,16 @@ def clean_text(text: str, fallback: str) -> str:
     return cleaned or fallback
 
 
+def friendly_name(name: str) -> str:
+    """Amazon's rule for friendlyName: letters, digits and single spaces, at most 128.
+
+    An apostrophe joins ("Mary's" reads "Marys"), other marks part words ("front-door" reads
+    "front door"), so the name still says what the owner typed."""
+    joined = re.sub(r"['\u2019`]", "", name)
+    words = re.sub(r"[\W_]+", " ", joined, flags=re.UNICODE).split()
+    return " ".join(words)[:NAME_LIMIT].strip() or "Camera"
+
+
 class AlexaInterface:
     """The `Alexa` interface every endpoint lists."""
 
@@ -53,16 +64,20 @@ class AlexaInterface:
 
 
 class EndpointHealth(AlexaInterface):
-    """Alexa.EndpointHealth: connectivity, the one property Alexa holds for a camera."""
+    """Alexa.EndpointHealth: connectivity, the one property Alexa holds for a camera.
+    `proactive` is True only when ChangeReports will really be sent for the owner."""
 
     interface = "Alexa.EndpointHealth"
+
+    def __init__(self, proactive: bool) -> None:
+        self.proactive = proactive
 
     def capability(self) -> dict[str, Any]:
         return {
             **super().capability(),
             "properties": {
                 "supported": [{"name": "connectivity"}],
-                "proactivelyReported": True,
+                "proactivelyReported": self.proactive,
                 "retrievable": True,
             },
         }
@@ -86,11 +101,20 @@ class CameraStreamController(AlexaInterface):
     def __init__(self, camera: Camera) -> None:
         self.camera = camera
 
-    def resolution(self) -> dict[str, int]:
-        """What the relay really sends: the demo pattern is 640x360; real cameras pass 1080p."""
-        if self.camera.source == "demo":
+    @staticmethod
+    def resolution_of(camera: Camera) -> dict[str, int] | None:
+        """What the relay really sends: the demo pattern is 640x360; a real camera passes its
+        own picture through, as probed when its source was set. None until it is known."""
+        if camera.source == "demo":
             return {"width": 640, "height": 360}
-        return {"width": 1920, "height": 1080}
+        if camera.width and camera.height:
+            return {"width": camera.width, "height": camera.height}
+        return None
+
+    def resolution(self) -> dict[str, int]:
+        known = self.resolution_of(self.camera)
+        assert known is not None, "capabilities() lists this interface only with a resolution"
+        return known
 
     def audio_codec(self) -> str:
         """The relay adds AAC to the demo pattern; a real camera's audio is not passed (H.264
@@ -123,30 +147,45 @@ class CameraStreamController(AlexaInterface):
         }
 
 
-def capabilities(camera: Camera, streams: bool) -> list[AlexaInterface]:
-    """The interfaces a camera's endpoint lists; `streams` False when no RTSPS can be served."""
+def advertises_streams(services: Services) -> bool:
+    """CameraStreamController goes into Discovery only when a relay serves RTSPS on port 443,
+    the one port Echo devices connect to."""
+    return services.settings.rtsps_url_port() == 443 and services.rtsps_available()
+
+
+def capabilities(camera: Camera, streams: bool, proactive: bool) -> list[AlexaInterface]:
+    """The interfaces a camera's endpoint lists; `streams` False when no RTSPS can be served
+    (no relay, or none on port 443), `proactive` False when no ChangeReport will be sent."""
     found: list[AlexaInterface] = [AlexaInterface()]
-    if streams and Protocol.RTSPS in protocols(camera):
+    if (
+        streams
+        and Protocol.RTSPS in protocols(camera)
+        and CameraStreamController.resolution_of(camera) is not None
+    ):
         found.append(CameraStreamController(camera))
-    found.append(EndpointHealth())
+    found.append(EndpointHealth(proactive))
     return found
 
 
-def endpoint(camera: Camera, settings: Settings, streams: bool) -> dict[str, Any]:
-    """One camera as a discovery endpoint. `streams` is False when no RTSPS relay can serve it."""
+def endpoint(camera: Camera, settings: Settings, streams: bool, proactive: bool) -> dict[str, Any]:
+    """One camera as a discovery endpoint (see `capabilities` for `streams` and `proactive`)."""
     manufacturer = clean_text(settings.manufacturer, "camvoice")
-    attributes = {"manufacturer": manufacturer, "model": camera.model[:256],
-                  "firmwareVersion": camera.firmware[:256]}  # fmt: skip
-    if camera.serial:
-        attributes["serialNumber"] = camera.serial[:256]
+    attributes = {"manufacturer": manufacturer}
+    known = {"model": camera.model, "firmwareVersion": camera.firmware,
+             "serialNumber": camera.serial}  # fmt: skip
+    attributes.update({key: value[:256] for key, value in known.items() if value})
     return {
         "endpointId": camera.id,
         "manufacturerName": manufacturer,
-        "description": clean_text(f"{camera.model} camera by {settings.manufacturer}", "Camera"),
-        "friendlyName": clean_text(camera.name, "Camera"),
+        "description": clean_text(
+            f"{camera.model or 'Camera'} by {settings.manufacturer}", "Camera"
+        ),
+        "friendlyName": friendly_name(camera.name),
         "displayCategories": ["CAMERA"],
         "additionalAttributes": attributes,
-        "capabilities": [interface.capability() for interface in capabilities(camera, streams)],
+        "capabilities": [
+            interface.capability() for interface in capabilities(camera, streams, proactive)
+        ],
     }
 
 

@@ -21,7 +21,7 @@ from camvoice.streams import StreamRefused, blockers_for, reason_of, record_refu
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Failure, Principal, authenticate_bearer
 from skills import errors, messages
-from skills.events import LwaError, accept_grant
+from skills.events import LwaError, accept_grant, events_flow
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT_SECONDS = 30
@@ -66,7 +66,7 @@ class Request:
 
 def discover(req: Request) -> Message:
     scope = req.payload.get("scope")
-    streams = req.services.rtsps_available()
+    streams = messages.advertises_streams(req.services)
     with req.services.db.session() as session:
         try:
             principal = req.principal(
@@ -77,8 +77,11 @@ def discover(req: Request) -> Message:
             return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                                      {"endpoints": []})  # fmt: skip
         cameras = req.services.registry.owned_cameras(session, principal.account_id)
-        endpoints = [messages.endpoint(c, req.services.settings, streams) for c in cameras][
-            : messages.MAX_ENDPOINTS
+        settings = req.services.settings
+        proactive = events_flow(session, settings, principal.account_id)
+        endpoints = [
+            messages.endpoint(c, settings, streams, proactive)
+            for c in cameras[: messages.MAX_ENDPOINTS]
         ]
         audit.record(session, "alexa.discover", actor="alexa", account_id=principal.account_id,
                      assistant="alexa", endpoints=len(endpoints))  # fmt: skip

@@ -37,7 +37,7 @@ class Client:
 
 
 def register(
-    db: Database, name: str, uris: list[str], assistant: str | None, public: bool = False
+    db: Database, name: str, uris: list[str], assistant: str, public: bool = False
 ) -> Client:
     secret = None if public else secrets.token_urlsafe(32)
     client_id = secrets.token_urlsafe(18)

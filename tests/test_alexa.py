@@ -33,8 +33,15 @@ from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from skills.events import AlexaLink
 from tests.conftest import LiveServer, free_port, require_gstreamer, running_relay, wiring
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
-from tests.media_support import probe_video
-from tests.oauth_support import ALEXA_URIS, link, make_owner, register, streams_requested
+from tests.oauth_support import (
+    ALEXA_URIS,
+    GOOGLE_URIS,
+    link,
+    make_owner,
+    register,
+    streams_requested,
+)
+from tests.test_rtsps import play_rtsps
 from tests.transactions import open_transactions
 
 SECRET = "forwarder-secret-for-tests-0123456789"
@@ -69,6 +76,8 @@ def alexa_settings(settings: Settings, tmp_path: Path, amazon: FakeAmazon) -> Se
         "alexa_client_secret": CLIENT_SECRET, "alexa_lwa_token_url": amazon.url + "/auth/o2/token",
         "alexa_event_gateway_url": amazon.url + "/v3/events", "media_dir": tmp_path / "media",
         "relay_enabled": True, "rtsps_port": free_port(), "rtsps_cert": cert, "rtsps_key": key,
+        # As behind a port mapping 443 -> relay: URLs name 443, the one port Echo devices use.
+        "rtsps_public_port": 443,
     })  # fmt: skip
 
 
@@ -141,8 +150,13 @@ def error_of(answer: dict[str, Any]) -> tuple[str, str]:
 # --- Discovery -------------------------------------------------------------------------------
 
 
+def discover(token: str) -> dict[str, Any]:
+    scope = {"type": "BearerToken", "token": token}
+    return send(directive("Alexa.Discovery", "Discover", payload={"scope": scope}))
+
+
 def test_discover_lists_the_owners_cameras_only(
-    server: LiveServer, db: Database, token: str, demo: dict[str, str]
+    server: LiveServer, db: Database, token: str, demo: dict[str, str], amazon: FakeAmazon
 ) -> None:
     make_owner(db, "other@example.com", {"Shed": {}})
     answer = send(
@@ -169,8 +183,9 @@ def test_discover_lists_the_owners_cameras_only(
     assert interfaces["Alexa.CameraStreamController"]["cameraStreamConfigurations"] == [{
         "protocols": ["RTSP"], "resolutions": [{"width": 640, "height": 360}],
         "authorizationTypes": ["NONE"], "videoCodecs": ["H264"], "audioCodecs": ["AAC"]}]  # fmt: skip
+    # No AcceptGrant yet: no ChangeReport will come, so none is promised.
     assert interfaces["Alexa.EndpointHealth"]["properties"] == {
-        "supported": [{"name": "connectivity"}], "proactivelyReported": True, "retrievable": True}  # fmt: skip
+        "supported": [{"name": "connectivity"}], "proactivelyReported": False, "retrievable": True}  # fmt: skip
     for e in endpoints.values():
         assert re.fullmatch(r"[A-Za-z0-9_\-=#;:?@&]{1,256}", e["endpointId"])
         assert 1 <= len(e["friendlyName"]) <= 128 and 1 <= len(e["description"]) <= 128
@@ -179,6 +194,11 @@ def test_discover_lists_the_owners_cameras_only(
                              payload={"scope": {"type": "BearerToken", "token": "garbage"}}))  # fmt: skip
     assert refused["event"]["header"]["name"] == "Discover.Response"
     assert refused["event"]["payload"] == {"endpoints": []}
+    # After AcceptGrant (and with the skill's Alexa client set) events flow: promised.
+    accept_grant(token, amazon.new_code())
+    after = discover(token)["event"]["payload"]["endpoints"][0]["capabilities"]
+    health = next(c for c in after if c["interface"] == "Alexa.EndpointHealth")
+    assert health["properties"]["proactivelyReported"] is True
 
 
 def test_no_stream_capability_without_a_relay(
@@ -234,9 +254,7 @@ def test_front_door_stream_and_image_really_play(
         30,
     )
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d\dZ", stream["expirationTime"])
-    assert stream["uri"].startswith(
-        f"rtsps://127.0.0.1:{alexa_settings.rtsps_port}/cam/{demo['Front Door']}/"
-    )
+    assert stream["uri"].startswith(f"rtsps://127.0.0.1:443/cam/{demo['Front Door']}/")
     assert answer["context"]["properties"][0]["value"] == {"value": "OK"}
     image = requests.get(
         event["payload"]["imageUri"].replace("http://127.0.0.1:8080", server.url), timeout=30
@@ -244,8 +262,8 @@ def test_front_door_stream_and_image_really_play(
     assert image.status_code == 200 and image.content.startswith(b"\xff\xd8")
     require_gstreamer()
     with running_relay(alexa_settings, server.url):
-        tls = ["-rtsp_transport", "tcp", "-ca_file", str(alexa_settings.rtsps_cert)]
-        assert probe_video(stream["uri"], tls) == "h264"
+        mapped = stream["uri"].replace(":443/", f":{alexa_settings.rtsps_port}/", 1)  # the mapping
+        assert play_rtsps(mapped, alexa_settings) == "h264"  # certificate verified
 
 
 @pytest.mark.parametrize(
@@ -305,6 +323,18 @@ def test_token_failures(server: LiveServer, db: Database, token: str, demo: dict
         "Alexa",
         "EXPIRED_AUTHORIZATION_CREDENTIAL",
     )
+
+
+def test_tokens_of_other_audiences_are_refused(
+    server: LiveServer, db: Database, demo: dict[str, str]
+) -> None:
+    """A token is for its audience: Google's client and a client of neither are refused here."""
+    for name, uris, audience in (("Google Home", GOOGLE_URIS, "google"),
+                                 ("Home dashboard", ["http://127.0.0.1:9/cb"], "other")):  # fmt: skip
+        client = register(db, name, uris, audience)
+        _, issued = link(server, client, DEMO_EMAIL, password=DEMO_PASSWORD)
+        answer = send(streams_directive(issued["access_token"], demo["Front Door"]))
+        assert error_of(answer) == ("Alexa", "INVALID_AUTHORIZATION_CREDENTIAL")
 
 
 # --- ReportState -----------------------------------------------------------------------------
@@ -494,9 +524,13 @@ def test_proactive_events_reach_the_gateway(
         front = session.get(Camera, demo["Front Door"])
         registry(server).record(session, front, {"name": "Front Porch"}, actor="test")
         registry(server).record(session, front, {"online": False}, actor="test")
-        registry(server).record(
-            session, front, {"image_encryption": True}, actor="test"
-        )  # no property
+        # A readiness fix changes no property Alexa holds (connectivity follows `online`): no event.
+        garage = session.get(Camera, demo["Garage"])
+        registry(server).record(session, garage, {"image_encryption": False}, actor="test")
+        nursery = session.get(Camera, demo["Nursery"])
+        registry(server).record(session, nursery, {"audio": True}, actor="test")
+        living = session.get(Camera, demo["Living Room"])
+        registry(server).record(session, living, {"sleep_mode": False}, actor="test")
         owner = front.owner
         added = registry(server).add(session, owner, "Attic", actor="test")
     with db.session() as session:

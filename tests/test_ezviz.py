@@ -441,7 +441,7 @@ def test_alexa_needs_a_local_stream_for_an_ezviz_camera(
     cameras = linked(services, owner)
 
     def interfaces(camera: Camera) -> set[str]:
-        endpoint = messages.endpoint(camera, ez, streams=True)
+        endpoint = messages.endpoint(camera, ez, streams=True, proactive=False)
         return {c["interface"] for c in endpoint["capabilities"]}
 
     front_id = cameras["SN001"].id
@@ -450,6 +450,10 @@ def test_alexa_needs_a_local_stream_for_an_ezviz_camera(
         assert "Alexa.CameraStreamController" not in interfaces(front)  # type: ignore[arg-type]
     source = "rtsp://admin:ABCDEF@192.0.2.10:554/h264/ch1/main/av_stream"
     services.registry.change(db, front_id, {"source": source}, actor="owner")
+    with db.session() as session:  # not before its picture size is known (probed)
+        front = session.get(Camera, front_id)
+        assert "Alexa.CameraStreamController" not in interfaces(front)  # type: ignore[arg-type]
+    services.registry.change(db, front_id, {"width": 1920, "height": 1080}, actor="probe")
     with db.session() as session:
         front = session.get(Camera, front_id)
         assert "Alexa.CameraStreamController" in interfaces(front)  # type: ignore[arg-type]

@@ -178,7 +178,12 @@ def test_receiver_app_id_when_configured(
         states = fulfill(live, token, execute([demo["Front Door"]])).json()["payload"]["commands"][
             0
         ]["states"]
+        # A Nest display (StreamToChromecast false) plays the stream itself: no receiver app.
+        display = execute([demo["Front Door"]])
+        display["payload"]["commands"][0]["execution"][0]["params"]["StreamToChromecast"] = False
+        shown = fulfill(live, token, display).json()["payload"]["commands"][0]
     assert states["cameraStreamReceiverAppId"] == "ABCD1234"
+    assert shown["status"] == "SUCCESS" and "cameraStreamReceiverAppId" not in shown["states"]
 
 
 def test_bad_tokens_get_401(server: LiveServer, db: Database, google, demo) -> None:  # type: ignore[no-untyped-def]
@@ -196,6 +201,9 @@ def test_bad_tokens_get_401(server: LiveServer, db: Database, google, demo) -> N
     alexa_token = token_for(server, alexa, DEMO_EMAIL)
     assert fulfill(server, alexa_token, {"intent": "action.devices.DISCONNECT"}).status_code == 401
     assert fulfill(server, alexa_token, sync).status_code == 401
+    # Nor is one issued to a client of neither assistant (`clients add --assistant other`).
+    other = register(db, "Home dashboard", ["http://127.0.0.1:9/cb"], "other")
+    assert fulfill(server, token_for(server, other, DEMO_EMAIL), sync).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -210,6 +218,9 @@ def test_bad_tokens_get_401(server: LiveServer, db: Database, google, demo) -> N
         b'{"requestId": "1", "inputs": [{"intent": "action.devices.EXECUTE", "payload": {"commands": [{"devices": [{"id": "a"}], "execution": [{"command": 1}]}]}}]}',
         b'{"requestId": "1", "inputs": [{"intent": "action.devices.EXECUTE", "payload": {"commands": [{"devices": [{"id": "a"}], "execution": [{"command": "action.devices.commands.GetCameraStream", "params": {}}]}]}}]}',
         b'{"requestId": "1", "inputs": [{"intent": "action.devices.QUERY", "payload": {"devices": [{"id": 5}]}}]}',
+        b'{"requestId": "1", "inputs": [{"intent": []}]}',
+        # Two inputs would need two payloads (two SYNCs would list every device twice).
+        b'{"requestId": "1", "inputs": [{"intent": "action.devices.SYNC"}, {"intent": "action.devices.SYNC"}]}',
     ],
 )
 def test_garbage_bodies_get_400(server: LiveServer, google, demo, body: bytes) -> None:  # type: ignore[no-untyped-def]
@@ -221,7 +232,7 @@ def test_garbage_bodies_get_400(server: LiveServer, google, demo, body: bytes) -
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     assert response.status_code == 400
-    assert response.json()["error"] == "invalid_request"
+    assert response.json()["payload"]["errorCode"] == "protocolError"
 
 
 def test_disconnect_revokes_only_that_link(server: LiveServer, db: Database, google, demo) -> None:  # type: ignore[no-untyped-def]
@@ -266,6 +277,11 @@ def test_homegraph_sync_and_report_state(
         front = session.get(Camera, demo["Front Door"])
         registry.record(session, front, {"name": "Front Porch"}, actor="test")
         registry.record(session, front, {"online": False}, actor="test")
+        # Readiness fixes change nothing Google holds (SYNC's fields, `online`): no call.
+        fixes = {"Garage": {"image_encryption": False}, "Nursery": {"audio": True},
+                 "Living Room": {"sleep_mode": False}}  # fmt: skip
+        for name, fix in fixes.items():
+            registry.record(session, session.get(Camera, demo[name]), fix, actor="test")
     while outbox.drain_once(db, events, max_attempts=3):
         pass
     account_id = front.owner_id

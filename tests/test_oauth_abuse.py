@@ -235,7 +235,7 @@ def test_plain_challenge_method_is_refused(live: LiveServer, alexa: Client) -> N
 
 
 def test_public_client_must_use_pkce(live: LiveServer, db: Database, alexa: Client) -> None:
-    public = register(db, "Test app", ["http://127.0.0.1:9/cb"], None, public=True)
+    public = register(db, "Test app", ["http://127.0.0.1:9/cb"], "other", public=True)
     page = requests.get(
         authorize_url(live, public.client_id, public.redirect_uri),
         timeout=10,

@@ -68,6 +68,14 @@ def test_google_guess_and_bad_uris_exit_2(cli_env: dict[str, str]) -> None:
         ).stdout
     )
     assert added["assistant"] == "google"
+    # Hosts of neither assistant: audience `other`, said on stderr; --assistant chooses.
+    other = run_cli("clients", "add", "--name", "Dash", "--redirect-uri",
+                    "https://dash.example.com/cb", "--json", env=cli_env)  # fmt: skip
+    assert json.loads(other.stdout)["assistant"] == "other"
+    assert "refused by the Alexa and Google endpoints" in other.stderr
+    chosen = run_cli("clients", "add", "--name", "Alexa EU", "--redirect-uri",
+                     "https://eu.example.com/cb", "--assistant", "alexa", "--json", env=cli_env)  # fmt: skip
+    assert json.loads(chosen.stdout)["assistant"] == "alexa"
     for uri in ("http://example.com/cb", "https://example.com/cb#frag", "not a url"):
         bad = run_cli(
             "clients", "add", "--name", "X", "--redirect-uri", uri, env=cli_env, check=False

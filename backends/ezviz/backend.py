@@ -35,7 +35,8 @@ class EzvizBackend:
     """
 
     name = "ezviz"
-    LOCAL = frozenset({"room", "nicknames", "source"})  # camvoice's own fields
+    # camvoice's own fields: where it plays the camera from and what that stream measures
+    LOCAL = frozenset({"room", "nicknames", "source", "width", "height"})
 
     def __init__(self, services: Services) -> None:
         self.services = services

@@ -270,8 +270,8 @@ def read_device(client: Client, item: dict[str, Any]) -> dict[str, Any]:
     serial = str(item["deviceSerial"])
     fields: dict[str, Any] = {
         "name": str(item.get("deviceName") or serial).strip()[:128] or serial,
-        "model": str(item.get("deviceType") or "EZVIZ camera")[:128],
-        "firmware": str(item.get("deviceVersion") or "unknown")[:64],
+        "model": str(item["deviceType"])[:128] if item.get("deviceType") else None,
+        "firmware": str(item["deviceVersion"])[:64] if item.get("deviceVersion") else None,
     }
     info = obj(client.call("/api/lapp/device/info", deviceSerial=serial).get("data"))
     fields["online"] = str(info.get("status", item.get("status"))) == "1"

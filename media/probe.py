@@ -1,0 +1,30 @@
+"""Measuring what a camera's stream really sends, once, so Discovery can say it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from media.relay import find_ffmpeg
+
+VIDEO_SIZE = re.compile(r"Stream #\d+:\d+.*?: Video: .*?\b(\d{2,5})x(\d{2,5})\b")
+PROBE_TIMEOUT = 15.0
+
+
+def picture_size(source: str, ffmpeg: str | None = None) -> tuple[int, int] | None:
+    """The width and height of the first video stream at `source`, or None when it cannot be
+    read (unreachable, no video, no ffmpeg). RTSP is pulled over TCP, as the relays pull it."""
+    binary = find_ffmpeg(ffmpeg)
+    if binary is None:
+        return None
+    transport = ["-rtsp_transport", "tcp"] if source.startswith("rtsp") else []
+    command = [binary, "-hide_banner", "-nostdin", *transport, "-i", source,
+               "-map", "0:v:0", "-frames:v", "1", "-f", "null", "-"]  # fmt: skip
+    try:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = VIDEO_SIZE.search(result.stderr)
+    return (int(match.group(1)), int(match.group(2))) if match else None

@@ -1,0 +1,62 @@
+"""The voice simulator's credentials stay apart from real links: short-lived, never listed as a
+link (console, `clients list`, HomeGraph's "is Google linked"), and cleaned up."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from camvoice.cameras import Registry
+from camvoice.db import Database
+from camvoice.outbox import Outbox
+from oauth.models import Grant, OAuthClient, Token
+from oauth.tokens import SIMULATOR_TOKEN_TTL, linked_since, live_links
+from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+from tests.conftest import LiveServer, run_cli
+from tests.oauth_support import Browser, csrf_of
+
+
+def say(browser: Browser, assistant: str, utterance: str) -> str:
+    page = browser.open(browser.live.url + "/simulator")
+    answer = browser.http.post(
+        browser.live.url + "/simulator",
+        data={"csrf_token": csrf_of(page.text), "assistant": assistant, "utterance": utterance},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text[:300]
+    return answer.text
+
+
+def test_simulator_tokens_are_short_lived_unlisted_and_cleaned_up(
+    live: LiveServer, db: Database, cli_env: dict[str, str]
+) -> None:
+    with db.session() as session:
+        account_id = seed(session, Registry(Outbox())).id
+    browser = Browser(live)
+    browser.sign_in(browser.open(live.url + "/oauth/login"), DEMO_EMAIL, DEMO_PASSWORD)
+    assert "cameraStreamAccessUrl" in say(browser, "google", "show the front door camera")
+
+    with db.session() as session:
+        [client] = session.scalars(select(OAuthClient)).all()
+        [token] = session.scalars(select(Token)).all()
+        assert client.simulator and client.assistant == "google"
+        lifetime = token.expires_at - token.issued_at
+        assert lifetime <= timedelta(seconds=SIMULATOR_TOKEN_TTL)
+        # Not a link: no "Linked assistants" row, and no reason to call HomeGraph for the owner.
+        assert live_links(session, account_id) == []
+        assert linked_since(session, account_id, "google") is None
+    links_page = browser.open(live.url + "/console/links")
+    assert "camvoice simulator" not in links_page.text
+    listed = json.loads(run_cli("clients", "list", "--json", env=cli_env).stdout)
+    assert listed == []
+
+    # An expired simulator token is deleted by the next utterance, not kept forever.
+    with db.session() as session:
+        session.execute(update(Token).values(expires_at=token.issued_at - timedelta(seconds=1)))
+    say(browser, "google", "show the front door camera")
+    with db.session() as session:
+        tokens = session.scalars(select(Token)).all()
+        assert len(tokens) == 1 and tokens[0].token_hash != token.token_hash
+        assert len(session.scalars(select(Grant)).all()) == 1  # one grant, reused
