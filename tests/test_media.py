@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +20,15 @@ from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
 from camvoice.settings import Settings
 from camvoice.tickets import Audience, Protocol
+from media.relay import find_ffmpeg
 from service.app import create_app
 from tests.conftest import LiveServer
 from tests.media_support import bare_registry, ffmpeg_pids, mint, probe_video, zombies
 from tests.oauth_support import make_owner
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+# The relay runs code under test in its own threads (reaper, spawner, ffmpeg log readers): an
+# exception in one of them fails the test instead of passing as a warning.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 @pytest.fixture
@@ -66,6 +73,34 @@ def segments(playlist: str) -> list[str]:
     return [line for line in playlist.splitlines() if line.endswith(".ts")]
 
 
+def probe_audio(url: str, timeout: float = 30) -> str:
+    """The codec of the first audio stream that a player reads packets from at `url`."""
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe:
+        result = subprocess.run(
+            [ffprobe, "-v", "error", "-select_streams", "a:0", "-count_packets",
+             "-read_intervals", "%+2", "-show_entries", "stream=codec_type,codec_name,nb_read_packets",
+             "-of", "json", url],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        streams = json.loads(result.stdout)["streams"]
+        assert streams, "no audio stream"
+        assert streams[0]["codec_type"] == "audio"
+        assert int(streams[0]["nb_read_packets"]) > 0, "no audio packets read"
+        return str(streams[0]["codec_name"])
+    ffmpeg = find_ffmpeg()
+    assert ffmpeg, "no ffmpeg"
+    result = subprocess.run(
+        [ffmpeg, "-hide_banner", "-i", url, "-map", "0:a:0", "-frames:a", "5", "-f", "null", "-"],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-500:]
+    match = re.search(r"Stream #0:\d+.*?: Audio: (\w+)", result.stderr)
+    assert match, result.stderr[-500:]
+    return match.group(1)
+
+
 def test_demo_hls_plays_h264_with_aac(
     media_settings: Settings, server: LiveServer, db: Database
 ) -> None:
@@ -80,6 +115,7 @@ def test_demo_hls_plays_h264_with_aac(
     assert seg.status_code == 200
     assert seg.headers["Content-Type"] == "video/mp2t"
     assert probe_video(url) == "h264"
+    assert probe_audio(url) == "aac"
 
 
 def test_bad_tickets_get_403_on_playlist_and_segment(
