@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     stream_keys: SecretStr = SecretStr("")
     stream_ticket_ttl: int = Field(300, ge=30, le=3600)
     stream_max_view: int = Field(4 * 3600, ge=60)
+    # How often a playing RTSPS session, and a running HLS relay, is admitted again; at most 5 s
+    # so that a change that blocks a camera or ends a link ends its sessions within 10 s.
+    stream_recheck_interval: float = Field(3.0, ge=0.5, le=5.0)
     media_dir: Path | None = None
     relay_idle_timeout: float = Field(30.0, gt=0)
     max_relays: int = Field(8, ge=1)

@@ -186,6 +186,16 @@ class Streams:
             template = "{base}/snapshots/{camera_id}/{ticket}.jpg"
         return template.format(base=base, camera_id=camera.id, ticket=token)
 
+    def may_relay(self, session: Session, camera_id: str) -> bool:
+        """Whether any audience may still be shown this camera over HLS.
+
+        A relay is shared by every viewer of a camera, so it may run while the least strict
+        audience's rules (Alexa's and the console's: no audio rule) pass; once the camera is
+        encrypted, asleep, offline or gone, no fetch can be admitted and the relay should stop.
+        """
+        camera = session.get(Camera, camera_id)
+        return camera is not None and not blockers_for(camera, Audience.WEB, Protocol.HLS)
+
     def admit(
         self, session: Session, token: str, camera_id: str, protocol: Protocol
     ) -> tuple[Camera, Ticket]:

@@ -4,7 +4,10 @@ Each camera gets a private folder under the media dir. Whichever process first h
 folder's lock (flock) runs ffmpeg for it; the others only serve the files. Every fetch touches a
 marker file, so the owner sees viewers of all processes, stops an idle relay, and releases the
 lock when ffmpeg dies so the next fetch (in any process) starts a new one. ffmpeg is started with
-PR_SET_PDEATHSIG, so it cannot outlive its owner: no orphans, no zombies.
+PR_SET_PDEATHSIG, so it cannot outlive its owner: no orphans, no zombies. Given a `watch`, the
+owner also asks every few seconds whether each camera may still be relayed at all, and stops the
+relay of one that may not (Image Encryption on, asleep, offline, removed) without waiting for its
+viewers' fetches (refused from then on) to run out.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +147,9 @@ class RelayManager:
         self.max_relays = max_relays
         self.running: dict[str, Running] = {}
         self.lock = threading.Lock()
+        self.may_relay: Callable[[str], bool] | None = None
+        self.recheck_interval = 3.0
+        self._last_recheck = time.monotonic()
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.base, 0o700)
         self._stop = threading.Event()
@@ -150,6 +157,27 @@ class RelayManager:
         threading.Thread(target=self._reap_forever, daemon=True, name="relay-reaper").start()
         threading.Thread(target=self._spawn_forever, daemon=True, name="relay-spawner").start()
         atexit.register(self.shutdown)
+
+    def watch(self, may_relay: Callable[[str], bool], interval: float) -> None:
+        """Re-check each running relay's camera every `interval` seconds with `may_relay`.
+
+        Fetches are refused as soon as a camera is blocked, but ffmpeg would keep pulling the
+        camera until the idle timeout: this stops it within one interval instead.
+        """
+        self.recheck_interval = interval
+        self.may_relay = may_relay
+
+    def recheck(self) -> list[str]:
+        """Stop the relays of cameras that may no longer be relayed; their ids."""
+        if self.may_relay is None:
+            return []
+        with self.lock:
+            cameras = list(self.running)
+        stopped = [camera_id for camera_id in cameras if not self.may_relay(camera_id)]
+        for camera_id in stopped:
+            log.info("relay for camera %s stopped: the camera may no longer be shown", camera_id)
+            self.stop(camera_id)
+        return stopped
 
     def folder(self, camera_id: str) -> Path:
         return self.base / camera_id
@@ -300,6 +328,9 @@ class RelayManager:
         while not self._stop.wait(1.0):
             try:
                 self.reap()
+                if time.monotonic() - self._last_recheck >= self.recheck_interval:
+                    self._last_recheck = time.monotonic()
+                    self.recheck()
             except Exception:
                 log.exception("relay reaper failed")
 

@@ -49,13 +49,15 @@ def relay_problem(settings: Settings) -> str | None:
 
 
 def start_relay(settings: Settings, app_url: str) -> subprocess.Popen[bytes]:
-    """Start the relay process; it asks app_url/media/auth about every client."""
+    """Start the relay process; it asks app_url/media/auth about every client, and again about
+    every playing session each CAMVOICE_STREAM_RECHECK_INTERVAL seconds."""
     command = [
         SYSTEM_PYTHON, str(SCRIPT),
         "--port", str(settings.rtsps_port),
         "--cert", str(settings.rtsps_cert),
         "--key", str(settings.rtsps_key),
         "--auth-url", app_url.rstrip("/") + "/media/auth",
+        "--recheck", str(settings.stream_recheck_interval),
     ]  # fmt: skip
     env = {**os.environ, "CAMVOICE_RELAY_SECRET": settings.relay_secret()}
     return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)

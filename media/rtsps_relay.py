@@ -5,18 +5,30 @@ nothing from camvoice: `camvoice relay` starts it as a subprocess. Each client a
 rtsps://host:port/cam/<camera_id>/<ticket>; before building a pipeline the relay asks camvoice
 (POST /media/auth, the same check as every other fetch) whether the ticket admits that camera,
 and learns the camera's source from the answer. Interleaved TCP only, as Alexa requires.
+
+Admission is not once: every --recheck seconds the relay asks camvoice again about the ticket of
+each playing session and closes the connection of every client whose ticket is refused (Image
+Encryption turned on, sleep, offline, link revoked, longest view reached), so a change ends its
+RTSPS sessions within seconds, as it ends HLS fetches. The questions are asked from a thread of
+their own; the connections are closed on the GLib main loop, where the server's sources run.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import gi
 
@@ -26,6 +38,11 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 SECRET_HEADER = "X-Camvoice-Relay-Secret"  # noqa: S105 - a header name
+ASK_TIMEOUT = 3.0  # seconds camvoice has to answer one question about a ticket
+# A session whose ticket camvoice could not be asked about (the app down, or too slow) this long
+# is closed too: the relay fails closed, as the grant check does.
+FAIL_CLOSED_AFTER = 10.0
+Verdict = Literal["admitted", "refused", "unknown"]
 
 
 def quote(text: str) -> str:
@@ -56,8 +73,14 @@ def camera_pipeline(source: str) -> str:
     )
 
 
-def admit(auth_url: str, secret: str, camera_id: str, ticket: str) -> dict[str, Any] | None:
-    """Ask camvoice whether this ticket admits this camera; None means refuse."""
+def ask(
+    auth_url: str, secret: str, camera_id: str, ticket: str
+) -> tuple[Verdict, dict[str, Any] | None]:
+    """Ask camvoice about a ticket: admitted (with the camera's source), refused, or unknown.
+
+    A refusal (4xx) and no answer are told apart so that a playing session is cut at once on a
+    refusal, but survives a moment's restart of the app.
+    """
     body = json.dumps(
         {"action": "read", "path": f"cam/{camera_id}", "protocol": "rtsp", "password": ticket}
     ).encode()
@@ -65,10 +88,138 @@ def admit(auth_url: str, secret: str, camera_id: str, ticket: str) -> dict[str, 
         auth_url, data=body, headers={"Content-Type": "application/json", SECRET_HEADER: secret}
     )
     try:
-        with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
-            return json.loads(response.read() or b"{}")  # type: ignore[no-any-return]
-    except (urllib.error.URLError, TimeoutError, ValueError):
-        return None
+        with urllib.request.urlopen(request, timeout=ASK_TIMEOUT) as response:  # noqa: S310
+            return "admitted", json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return ("refused" if 400 <= exc.code < 500 else "unknown"), None
+    except (urllib.error.URLError, OSError, ValueError):
+        return "unknown", None
+
+
+def admit(auth_url: str, secret: str, camera_id: str, ticket: str) -> dict[str, Any] | None:
+    """Ask camvoice whether this ticket admits this camera; None means refuse."""
+    verdict, answer = ask(auth_url, secret, camera_id, ticket)
+    return answer if verdict == "admitted" else None
+
+
+@dataclass
+class Admission:
+    """The ticket a pipeline was built for, and when camvoice last admitted it."""
+
+    camera_id: str
+    ticket: str
+    last_admitted: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class Admissions:
+    """Tickets by pipeline name: how a playing session, found through the server, is asked
+    about again. A session carries no URL of its own (the mount path drops the ticket), but its
+    media holds the pipeline this relay built and named."""
+
+    FORGET_AFTER = 60.0  # a pipeline in no session this long is gone (or never got a SETUP)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, Admission] = {}
+        self._names = itertools.count(1)
+
+    def add(self, camera_id: str, ticket: str) -> str:
+        """Remember an admitted ticket; the name to give its pipeline."""
+        name = f"camvoice-{next(self._names)}"
+        with self._lock:
+            self._by_name[name] = Admission(camera_id, ticket)
+        return name
+
+    def get(self, name: str) -> Admission | None:
+        with self._lock:
+            admission = self._by_name.get(name)
+            if admission is not None:
+                admission.last_seen = time.monotonic()
+            return admission
+
+    def prune(self) -> None:
+        """Forget pipelines no session has shown for a while, so tickets do not pile up."""
+        now = time.monotonic()
+        with self._lock:
+            for name, admission in list(self._by_name.items()):
+                if now - admission.last_seen > self.FORGET_AFTER:
+                    del self._by_name[name]
+
+
+Asker = Callable[[str, str], Verdict]  # (camera_id, ticket) -> verdict
+
+
+class Rechecker:
+    """Admits every playing session again every `interval` seconds; closes the refused ones.
+
+    Runs in its own thread so that camvoice's answers never hold up the GLib main loop; the
+    server's client, session and media lists are read through their own locks (the filter calls
+    are thread-safe), and the clients are closed on the main loop (GLib.idle_add).
+    """
+
+    def __init__(self, server: Any, admissions: Admissions, asker: Asker, interval: float) -> None:
+        self.server = server
+        self.admissions = admissions
+        self.asker = asker
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recheck")
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, daemon=True, name="rechecker").start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.check_once()
+            except Exception as exc:
+                print(f"relay: re-check failed: {type(exc).__name__}", file=sys.stderr, flush=True)
+
+    def playing(self) -> Iterator[tuple[Any, str]]:
+        """(client, pipeline name) for every media of every session of every client."""
+        for client in self.server.client_filter(None):
+            for session in client.session_filter(None):
+                for session_media in session.filter(None):
+                    media = session_media.get_media()
+                    element = media.get_element() if media is not None else None
+                    yield client, element.get_name() if element is not None else ""
+
+    def check_once(self) -> int:
+        """One round: ask about each playing ticket once; close the clients refused. Returns how
+        many clients were closed."""
+        sessions = list(self.playing())
+        names = {name for _client, name in sessions}
+        verdicts = dict(zip(names, self.pool.map(self._still_admitted, names), strict=True))
+        self.admissions.prune()
+        doomed = list({id(c): c for c, name in sessions if not verdicts[name]}.values())
+        if doomed:
+            GLib.idle_add(close_clients, doomed)
+        return len(doomed)
+
+    def _still_admitted(self, name: str) -> bool:
+        """Whether the session playing this pipeline may go on; unknown pipelines may not."""
+        admission = self.admissions.get(name)
+        if admission is None:
+            return False
+        verdict = self.asker(admission.camera_id, admission.ticket)
+        now = time.monotonic()
+        if verdict == "admitted":
+            admission.last_admitted = now
+            return True
+        if verdict == "unknown":
+            return now - admission.last_admitted <= FAIL_CLOSED_AFTER
+        return False
+
+
+def close_clients(clients: list[Any]) -> bool:
+    """On the main loop: close each refused client's connection. Its sessions' pipelines are
+    torn down with it, so the camera is no longer pulled for it."""
+    for client in clients:
+        client.close()
+    print(f"relay: closed {len(clients)} session(s) no longer admitted", file=sys.stderr,
+          flush=True)  # fmt: skip
+    return GLib.SOURCE_REMOVE  # type: ignore[no-any-return]
 
 
 class TicketMounts(GstRtspServer.RTSPMountPoints):
@@ -88,10 +239,11 @@ class TicketMounts(GstRtspServer.RTSPMountPoints):
 class TicketFactory(GstRtspServer.RTSPMediaFactory):
     """Builds one pipeline per admitted client from the URL's camera and ticket."""
 
-    def __init__(self, auth_url: str, secret: str) -> None:
+    def __init__(self, auth_url: str, secret: str, admissions: Admissions) -> None:
         super().__init__()
         self.auth_url = auth_url
         self.secret = secret
+        self.admissions = admissions
         self.set_shared(False)
         self.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
 
@@ -108,7 +260,9 @@ class TicketFactory(GstRtspServer.RTSPMediaFactory):
         description = (
             demo_pipeline(answer.get("name", "")) if source == "demo" else camera_pipeline(source)
         )
-        return Gst.parse_launch(description)
+        pipeline = Gst.parse_launch(description)
+        pipeline.set_name(self.admissions.add(camera_id, ticket))
+        return pipeline
 
 
 def main() -> None:
@@ -118,6 +272,7 @@ def main() -> None:
     parser.add_argument("--key", required=True)
     parser.add_argument("--auth-url", required=True)
     parser.add_argument("--bind", default="0.0.0.0")  # noqa: S104 - a public media server
+    parser.add_argument("--recheck", type=float, default=3.0, help="seconds between re-checks")
     args = parser.parse_args()
     secret = os.environ["CAMVOICE_RELAY_SECRET"]
 
@@ -133,7 +288,8 @@ def main() -> None:
     auth.set_default_token(token)
     server.set_auth(auth)
 
-    factory = TicketFactory(args.auth_url, secret)
+    admissions = Admissions()
+    factory = TicketFactory(args.auth_url, secret, admissions)
     factory.add_role_from_structure(
         Gst.Structure.new_from_string(
             "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
@@ -145,6 +301,12 @@ def main() -> None:
     if server.attach(None) == 0:
         sys.exit(f"relay: cannot listen on port {args.port}")
     print(f"relay: serving rtsps on port {args.port}", file=sys.stderr, flush=True)
+    Rechecker(
+        server,
+        admissions,
+        lambda camera_id, ticket: ask(args.auth_url, secret, camera_id, ticket)[0],
+        args.recheck,
+    ).start()
 
     loop = GLib.MainLoop()
     for sig in (signal.SIGTERM, signal.SIGINT):
