@@ -1,22 +1,38 @@
-"""Transactional outbox: events written with the change that causes them, delivered by workers.
+"""Transactional outbox: events written with the change that causes them, delivered at least once.
 
 A change publishes a topic ("camera.changed"); one row is written per subscriber of that topic,
 in the caller's transaction, so an event exists if and only if the change committed. `camvoice
-worker` claims due rows (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite serialises writers), calls
-the subscriber's handler, and retries failures with exponential backoff until a dead-letter state.
-Several workers may run at once: a claimed row carries a lease, so each event goes to one worker.
+worker` claims one due row at a time (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite serialises
+writers) under its own lease, calls the subscriber's handler, and records the outcome, retrying
+failures with exponential backoff until a dead-letter state.
+
+Delivery is at least once, not exactly once: a worker that dies, or whose delivery outlasts the
+lease, leaves the event to be delivered again. Three things keep that rare and harmless:
+
+- the lease (LEASE) is longer than the slowest single delivery, and is taken per event, so a
+  worker never holds an event it is not working on;
+- the write-back is fenced by the lease's owner and token, so a worker whose lease passed to
+  another cannot overwrite the newer holder's outcome (it logs and moves on);
+- each event has a stable key (`delivery_key()`, the same on every attempt), from which the
+  subscribers derive the message ids they send, so a re-delivery is the same message again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import secrets
+import socket
 import threading
-from collections.abc import Callable
-from datetime import timedelta
-from typing import Any
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
 from camvoice.db import Database
@@ -25,8 +41,28 @@ from camvoice.models import OutboxEvent, utcnow
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, Any]], None]  # (topic, payload)
-LEASE = timedelta(seconds=60)
 MAX_BACKOFF = 3600.0
+
+# The lease one worker holds on one event. It must outlast the slowest single delivery, or a
+# second worker re-delivers an event the first is still sending. requests' `timeout=t` bounds
+# the connect and the wait for the reply separately, so one call that is answered takes at most
+# 2t; on SQLite a writing transaction may also wait busy_timeout (15 s) for the write lock.
+# - Alexa (skills/events.py), one event: at most two messages (AddOrUpdateReport and
+#   ChangeReport), each tried twice (a 401 refreshes and resends), each try a possible LWA refresh
+#   (LWA_TIMEOUT 3 s: 6 s) and a gateway POST (GATEWAY_TIMEOUT 10 s: 20 s): 2 x 2 x 26 = 104 s,
+#   plus six writing transactions on SQLite (90 s): 194 s.
+# - HomeGraph (fulfillment/homegraph.py), one event: requestSync and reportState (TIMEOUT 10 s:
+#   20 s each, 40 s) and at most one service-account token refresh, which google-auth makes with
+#   its own 120 s default timeout, up to 3 tries on 5xx, 1 s and 2 s apart (+10 % jitter):
+#   3 x 240 + 3.3 = 723.3 s; plus two writing transactions on SQLite (30 s): 793.3 s.
+# 900 s covers the slowest (HomeGraph) with a margin for the database calls. The bound is
+# checked against those constants by tests/test_outbox.py; it drops to about 240 s if the
+# HomeGraph token refresh is given HomeGraph's own timeout.
+LEASE = timedelta(seconds=900)
+KEY_NAMESPACE = uuid.UUID("5f6d2c4e-8c1a-4a57-9b0e-2f1c3d7a9e10")  # for delivery keys only
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_delivering: ContextVar[str | None] = ContextVar("camvoice_outbox_delivery", default=None)
 
 
 class Outbox:
@@ -59,8 +95,45 @@ def backoff(attempts: int) -> float:
     return base * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
 
 
-def claim(db: Database, batch: int = 20) -> list[OutboxEvent]:
-    """Lease up to `batch` due events to this worker; no other worker gets them meanwhile."""
+def event_key(event: OutboxEvent) -> str:
+    """A UUID for the event that every attempt shares: the row's id never changes, and its
+    creation time (to the microsecond) keeps keys apart when a new database reuses ids."""
+    created = (event.created_at - EPOCH) // timedelta(microseconds=1)
+    return str(uuid.uuid5(KEY_NAMESPACE, f"{event.id}:{created}"))
+
+
+def delivery_key() -> str | None:
+    """The key of the event whose handler is running in this thread, None outside a delivery.
+
+    Handlers keep their (topic, payload) signature; those that send messages with an id the
+    receiver can use to recognise a repeat (Alexa's messageId, HomeGraph's requestId) derive it
+    from this key, so every delivery of one event sends the same ids.
+    """
+    return _delivering.get()
+
+
+@contextmanager
+def _delivering_event(event: OutboxEvent) -> Iterator[None]:
+    """Expose the event's key to its handler for the duration of the call."""
+    token = _delivering.set(event_key(event))
+    try:
+        yield
+    finally:
+        _delivering.reset(token)
+
+
+def worker_id() -> str:
+    """A name for one worker, shown as the lease owner: host and pid for the operator, and a
+    random part so that two workers in one process (tests, threads) are told apart."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def claim_one(db: Database, owner: str, lease: timedelta = LEASE) -> OutboxEvent | None:
+    """Lease the oldest due event to `owner` for `lease`, or return None if none is due.
+
+    One event at a time, so a lease covers only the delivery in hand; the new token makes any
+    earlier holder's write-back miss (see `record`).
+    """
     now = utcnow()
     due = (
         select(OutboxEvent.id)
@@ -70,56 +143,128 @@ def claim(db: Database, batch: int = 20) -> list[OutboxEvent]:
             or_(OutboxEvent.locked_until.is_(None), OutboxEvent.locked_until < now),
         )
         .order_by(OutboxEvent.id)
-        .limit(batch)
+        .limit(1)
     )
     if not db.is_sqlite:
         due = due.with_for_update(skip_locked=True)
     stmt = (
         update(OutboxEvent)
         .where(OutboxEvent.id.in_(due.scalar_subquery()))
-        .values(locked_until=now + LEASE, attempts=OutboxEvent.attempts + 1)
+        .values(
+            locked_until=now + lease,
+            lease_owner=owner,
+            lease_token=secrets.token_hex(16),
+            attempts=OutboxEvent.attempts + 1,
+        )
         .returning(OutboxEvent)
         .execution_options(synchronize_session=False)
     )
     with db.session() as session:
-        return sorted(session.scalars(stmt).all(), key=lambda e: e.id)
+        return session.scalars(stmt).one_or_none()
 
 
-def deliver(db: Database, outbox: Outbox, event: OutboxEvent, max_attempts: int) -> bool:
-    """Run the handler for one claimed event and record the outcome."""
+def run_handler(outbox: Outbox, event: OutboxEvent) -> str | None:
+    """Call the event's handler; the error to record, or None when it succeeded."""
     handler = outbox.handler_for(event.subscriber)
-    error: str | None = None
     if handler is None:
-        error = f"no handler for subscriber {event.subscriber!r} in this worker"
-    else:
-        try:
+        return f"no handler for subscriber {event.subscriber!r} in this worker"
+    try:
+        with _delivering_event(event):
             handler(event.topic, event.payload)
-        except Exception as exc:
-            # Handlers raise messages without secrets; keep the type too for the operator.
-            error = f"{type(exc).__name__}: {exc}"[:1000]
+    except Exception as exc:
+        # Handlers raise messages without secrets; keep the type too for the operator.
+        return f"{type(exc).__name__}: {exc}"[:1000]
+    return None
+
+
+def outcome(event: OutboxEvent, error: str | None, max_attempts: int) -> dict[str, Any]:
+    """The columns that record one attempt: delivered, dead, or due again after a backoff."""
     now = utcnow()
-    values: dict[str, Any] = {"locked_until": None, "last_error": error}
+    values: dict[str, Any] = {
+        "locked_until": None,
+        "lease_owner": None,
+        "lease_token": None,
+        "last_error": error,
+    }
     if error is None:
         values.update(status="delivered", delivered_at=now)
     elif event.attempts >= max_attempts:
         values["status"] = "dead"
+    else:
+        values["next_attempt_at"] = now + timedelta(seconds=backoff(event.attempts))
+    return values
+
+
+def record(db: Database, event: OutboxEvent, values: dict[str, Any]) -> bool:
+    """Write an attempt's outcome only if this worker still holds the event's lease.
+
+    The fence is the owner and the token taken at claim time: a worker whose lease ran out and
+    was taken by another matches no row, so it cannot mark delivered, dead or due an event that
+    the new holder is still working on. No expiry check is needed: only a new claim replaces
+    the token, and until then nobody else is delivering the event.
+    """
+    fenced = (
+        update(OutboxEvent)
+        .where(
+            OutboxEvent.id == event.id,
+            OutboxEvent.lease_owner == event.lease_owner,
+            OutboxEvent.lease_token == event.lease_token,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    with db.session() as session:
+        result = cast("CursorResult[Any]", session.execute(fenced))
+        return result.rowcount == 1
+
+
+def deliver(db: Database, outbox: Outbox, event: OutboxEvent, max_attempts: int) -> bool:
+    """Run the handler for one claimed event and record the outcome under the lease's fence.
+
+    Returns True when this worker delivered the event and recorded it.
+    """
+    error = run_handler(outbox, event)
+    values = outcome(event, error, max_attempts)
+    if not record(db, event, values):
+        log.warning(
+            "outbox event %s (%s): lease lost to another worker before the outcome was "
+            "recorded (%s); leaving it to the new holder",
+            event.id,
+            event.topic,
+            "delivered" if error is None else "failed",
+        )
+        return False
+    if values.get("status") == "dead":
         log.error(
             "outbox event %s (%s) dead after %s attempts", event.id, event.topic, event.attempts
         )
-    else:
-        values["next_attempt_at"] = now + timedelta(seconds=backoff(event.attempts))
+    elif error is not None:
         log.warning("outbox event %s (%s) failed, will retry: %s", event.id, event.topic, error)
-    with db.session() as session:
-        session.execute(update(OutboxEvent).where(OutboxEvent.id == event.id).values(**values))
     return error is None
 
 
-def drain_once(db: Database, outbox: Outbox, max_attempts: int, batch: int = 20) -> int:
-    """Claim and deliver one batch; returns how many events were attempted."""
-    events = claim(db, batch)
-    for event in events:
+def drain_once(
+    db: Database,
+    outbox: Outbox,
+    max_attempts: int,
+    batch: int = 20,
+    *,
+    lease: timedelta = LEASE,
+    owner: str | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Deliver up to `batch` due events, each claimed just before it is delivered; returns how
+    many were attempted. With `stop` set it claims nothing more: only the event in hand is
+    finished."""
+    owner = owner or worker_id()
+    done = 0
+    while done < batch and not (stop is not None and stop.is_set()):
+        event = claim_one(db, owner, lease)
+        if event is None:
+            break
         deliver(db, outbox, event, max_attempts)
-    return len(events)
+        done += 1
+    return done
 
 
 def run_worker(
@@ -129,18 +274,24 @@ def run_worker(
     poll_interval: float,
     stop: threading.Event,
     periodic: Callable[[], int] | None = None,
+    lease: timedelta = LEASE,
 ) -> None:
     """Drain until `stop` is set, sleeping `poll_interval` whenever nothing is due.
 
-    `periodic` (the camera-cloud sync) runs between batches and says how much it did.
+    SIGTERM sets `stop`: the worker finishes the event in hand, claims no other, and returns
+    without starting the periodic work. `periodic` (the camera-cloud sync) runs between batches
+    and says how much it did.
     """
-    log.info("worker started")
+    owner = worker_id()
+    log.info("worker %s started", owner)
     while not stop.is_set():
         try:
-            busy = drain_once(db, outbox, max_attempts)
+            busy = drain_once(db, outbox, max_attempts, lease=lease, owner=owner, stop=stop)
         except Exception:
             log.exception("outbox drain failed; retrying")
             busy = 0
+        if stop.is_set():
+            break
         if periodic is not None:
             try:
                 busy += periodic()
@@ -148,4 +299,4 @@ def run_worker(
                 log.exception("periodic work failed; retrying")
         if not busy:
             stop.wait(poll_interval)
-    log.info("worker stopped")
+    log.info("worker %s stopped", owner)

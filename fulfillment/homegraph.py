@@ -5,6 +5,11 @@ Credentials come from a service-account key file; its own `token_uri` decides wh
 fetched (tests run a fake Google on 127.0.0.1). We refresh the credentials ourselves and set the
 header on a plain requests session rather than using AuthorizedSession, whose newer releases
 look up iamcredentials.googleapis.com in the background on every call (see ../shared/traps.md).
+
+The outbox delivers at least once. reportState's `requestId` comes from the outbox event's
+stable key, so a re-delivery carries the same one (Google documents it as an id for debugging;
+the call itself sets state, so a repeat is harmless). requestSync has no such field, only
+`agentUserId`: a repeat asks Google for one more SYNC.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
+from camvoice.outbox import delivery_key
 from oauth.tokens import linked_since
 
 log = logging.getLogger(__name__)
@@ -83,11 +89,17 @@ class HomeGraph:
         self._post(
             "/v1/devices:reportStateAndNotification",
             {
-                "requestId": str(uuid.uuid4()),
+                "requestId": request_id("reportStateAndNotification"),
                 "agentUserId": agent_user_id,
                 "payload": {"devices": {"states": states}},
             },
         )
+
+
+def request_id(call: str) -> str:
+    """The same id on every delivery of one outbox event (random outside a delivery)."""
+    key = delivery_key()
+    return str(uuid.uuid5(uuid.UUID(key), call)) if key is not None else str(uuid.uuid4())
 
 
 def make_handler(db: Database, client: HomeGraph) -> Any:

@@ -3,11 +3,15 @@
 AcceptGrant gives us a code; we exchange it at LWA for the owner's event-gateway tokens and keep
 them encrypted. The outbox worker then sends AddOrUpdateReport, DeleteReport and ChangeReport
 when cameras change, refreshing the access token through LWA when it has expired.
+
+The outbox delivers at least once, so each event's messageId comes from the outbox event's
+stable key and the message's name (`message_header`): a re-delivery sends the same messageId.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +20,7 @@ from sqlalchemy import String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice.models import Base, Camera, utcnow
+from camvoice.outbox import delivery_key
 from camvoice.services import Services
 from camvoice.settings import Settings
 from skills import messages
@@ -226,16 +231,29 @@ def delete_report(camera_id: str, token: str) -> dict[str, Any]:
     return discovery_report("DeleteReport", [{"endpointId": camera_id}], token)
 
 
+def message_header(namespace: str, name: str) -> dict[str, Any]:
+    """An event header whose messageId is the same on every delivery of one outbox event.
+
+    One outbox event sends at most one message of each name, so (event key, name) names the
+    message; outside an outbox delivery the id is random, as messages.header makes it.
+    """
+    head = messages.header(namespace, name)
+    key = delivery_key()
+    if key is not None:
+        head["messageId"] = str(uuid.uuid5(uuid.UUID(key), f"{namespace}.{name}"))
+    return head
+
+
 def discovery_report(name: str, endpoints: list[dict[str, Any]], token: str) -> dict[str, Any]:
     """AddOrUpdateReport and DeleteReport carry their scope inside the payload."""
     payload = {"endpoints": endpoints, "scope": scope(token)}
-    return {"event": {"header": messages.header("Alexa.Discovery", name), "payload": payload}}
+    return {"event": {"header": message_header("Alexa.Discovery", name), "payload": payload}}
 
 
 def change_report(camera_id: str, health: dict[str, Any] | None, token: str) -> dict[str, Any]:
     return {
         "event": {
-            "header": messages.header("Alexa", "ChangeReport"),
+            "header": message_header("Alexa", "ChangeReport"),
             "endpoint": {"scope": scope(token), "endpointId": camera_id},
             "payload": {"change": {"cause": {"type": "APP_INTERACTION"}, "properties": [health]}},
         },
