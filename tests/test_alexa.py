@@ -577,13 +577,32 @@ def test_gateway_401_refreshes_once_and_retries(
 ) -> None:
     drain(server)  # the demo cameras' own "added" events, from before the grant
     accept_grant(token, amazon.new_code())
+    posts: list[str] = []
+    amazon.http.observers.append(posts.append)
     amazon.expire_all_access_tokens()  # the gateway stops accepting the token we hold
     with db.session() as session:
         registry(server).record(
             session, session.get(Camera, demo["Garage"]), {"online": False}, actor="t"
         )
     drain(server)
+    # 401, one refresh_token grant at LWA, the same event again with the new token: 202.
+    assert [c["grant_type"] for c in amazon.lwa_calls] == ["authorization_code", "refresh_token"]
+    assert posts == ["/v3/events", "/auth/o2/token", "/v3/events"]
     assert [e["event"]["header"]["name"] for e in amazon.events] == ["ChangeReport"]
+
+    # A gateway that refuses the refreshed token too gets no second refresh: the link is dead.
+    posts.clear()
+    amazon.gateway_reply = (401, "INVALID_ACCESS_TOKEN_EXCEPTION")
+    with db.session() as session:
+        registry(server).record(
+            session, session.get(Camera, demo["Garage"]), {"online": True}, actor="t"
+        )
+    drain(server)
+    refreshes = [c for c in amazon.lwa_calls if c["grant_type"] == "refresh_token"]
+    assert len(refreshes) == 2  # one for each refused event
+    assert posts == ["/v3/events", "/auth/o2/token", "/v3/events"]
+    with db.session() as session:
+        assert session.scalars(select(AlexaLink)).one().dead_at is not None
 
 
 def test_disabled_skill_stops_events(
