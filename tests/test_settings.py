@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from camvoice.settings import ConfigError, load_settings
+from camvoice.settings import ConfigError, Settings, load_settings
 from tests.conftest import run_cli
 
 
@@ -63,3 +64,22 @@ def test_cli_config_masks_and_bad_value_exits_2(tmp_path: Path) -> None:
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("error: CAMVOICE_LOG_LEVEL")
+
+
+def readme_variables() -> set[str]:
+    """The variables README's settings table names; `CAMVOICE_X_CERT` / `_KEY` is two."""
+    names: set[str] = set()
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for first_cell in re.findall(r"^\| (`CAMVOICE_[^|]+)\|", readme, re.MULTILINE):
+        for group in re.split(r",", first_cell):
+            full, *suffixes = re.findall(r"`([A-Z0-9_]+)`", group)
+            names.add(full)
+            names.update(full.rsplit("_", 1)[0] + suffix for suffix in suffixes)
+    return names
+
+
+def test_readme_table_names_every_setting_and_nothing_else() -> None:
+    """A variable README documents that no setting reads is a promise nobody keeps, and a
+    setting missing from the table is one nobody can find."""
+    settings = {f"CAMVOICE_{name.upper()}" for name in Settings.model_fields}
+    assert readme_variables() == settings
