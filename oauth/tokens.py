@@ -190,9 +190,7 @@ def simulator_token(session: Session, account_id: str, assistant: str) -> tuple[
         grant = Grant(account_id=account_id, client_id=client.client_id, scope="cameras")
         session.add(grant)
         session.flush()
-    session.execute(
-        delete(Token).where(Token.grant_id == grant.id, Token.expires_at < utcnow())
-    )
+    session.execute(delete(Token).where(Token.grant_id == grant.id, Token.expires_at < utcnow()))
     token = new_secret()
     store_tokens(session, grant, token, None, SIMULATOR_TOKEN_TTL)
     return token, grant.id
