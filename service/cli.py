@@ -241,12 +241,19 @@ def cameras_add(ctx: Context, owner: str, as_json: bool, **opts: Any) -> None:
 @pass_ctx
 def cameras_set(ctx: Context, camera_id: str, as_json: bool, code_stdin: bool, **opts: Any) -> None:
     """Change a camera's settings (an EZVIZ camera's go to the EZVIZ platform)."""
-    from camvoice import cameras as registry
 
     require_migrated(ctx)
     code = sys.stdin.readline().strip() if code_stdin else None
+    change_and_show(ctx, camera_id, with_picture_size(ctx, collect(opts)), as_json, code)
+
+
+def change_and_show(
+    ctx: Context, camera_id: str, changes: dict[str, Any], as_json: bool, code: str | None = None
+) -> None:
+    """Change a camera through the registry (its backend first) and print it as it is now."""
+    from camvoice import cameras as registry
+
     try:
-        changes = with_picture_size(ctx, collect(opts))
         ctx.services.registry.change(ctx.db, camera_id, changes, actor="cli", code=code)
     except registry.CameraError as exc:
         fail(str(exc))
@@ -261,23 +268,13 @@ def cameras_set(ctx: Context, camera_id: str, as_json: bool, code_stdin: bool, *
 @pass_ctx
 def cameras_probe(ctx: Context, camera_id: str, as_json: bool) -> None:
     """Read a camera's picture size from its stream again (Alexa's Discovery states it)."""
-    from camvoice import cameras as registry
-
     require_migrated(ctx)
     with ctx.db.reading() as session:
         source = camera_or_fail(session, camera_id).source
     size = with_picture_size(ctx, {"source": source})
     if size.get("width") is None:
         fail(f"could not read a picture from camera {camera_id}'s source")
-    try:
-        ctx.services.registry.change(
-            ctx.db, camera_id, {"width": size["width"], "height": size["height"]}, actor="cli"
-        )
-    except registry.CameraError as exc:
-        fail(str(exc))
-    with ctx.db.reading() as session:
-        shown = registry.describe(camera_or_fail(session, camera_id))
-    emit(shown, as_json, camera_line)
+    change_and_show(ctx, camera_id, {"width": size["width"], "height": size["height"]}, as_json)
 
 
 @cameras.command("remove")

@@ -200,6 +200,19 @@ def require_gstreamer() -> None:
         pytest.skip("GStreamer RTSP server not installed (deploy/install-gstreamer.sh)")
 
 
+def with_relay(settings: Settings, tmp_path: Path, **more: Any) -> Settings:
+    """Settings that run the RTSPS relay on a free port, with a self-signed certificate for
+    127.0.0.1 (and localhost) in `tmp_path`, and HLS media under `tmp_path`."""
+    from media.rtsps import self_signed
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    self_signed(cert, key, "127.0.0.1")
+    return settings.model_copy(update={
+        "relay_enabled": True, "rtsps_port": free_port(), "rtsps_cert": cert, "rtsps_key": key,
+        "media_dir": tmp_path / "media", **more,
+    })  # fmt: skip
+
+
 @contextmanager
 def running_relay(settings: Settings, app_url: str) -> Iterator[None]:
     """The RTSPS relay subprocess, up and listening, stopped afterwards."""

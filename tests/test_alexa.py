@@ -26,12 +26,18 @@ from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera, utcnow
 from camvoice.settings import Settings
-from media.rtsps import self_signed
 from oauth.models import Token
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from skills.events import AlexaLink
-from tests.conftest import LiveServer, free_port, require_gstreamer, running_relay, wiring
+from tests.conftest import (
+    LiveServer,
+    free_port,
+    require_gstreamer,
+    running_relay,
+    wiring,
+    with_relay,
+)
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
 from tests.oauth_support import (
     ALEXA_URIS,
@@ -69,16 +75,13 @@ def amazon() -> Iterator[FakeAmazon]:
 
 @pytest.fixture
 def alexa_settings(settings: Settings, tmp_path: Path, amazon: FakeAmazon) -> Settings:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    self_signed(cert, key, "127.0.0.1")
-    return settings.model_copy(update={
-        "alexa_forwarder_secret": SECRET, "alexa_client_id": CLIENT_ID,
-        "alexa_client_secret": CLIENT_SECRET, "alexa_lwa_token_url": amazon.url + "/auth/o2/token",
-        "alexa_event_gateway_url": amazon.url + "/v3/events", "media_dir": tmp_path / "media",
-        "relay_enabled": True, "rtsps_port": free_port(), "rtsps_cert": cert, "rtsps_key": key,
+    return with_relay(
+        settings, tmp_path, alexa_forwarder_secret=SECRET, alexa_client_id=CLIENT_ID,
+        alexa_client_secret=CLIENT_SECRET, alexa_lwa_token_url=amazon.url + "/auth/o2/token",
+        alexa_event_gateway_url=amazon.url + "/v3/events",
         # As behind a port mapping 443 -> relay: URLs name 443, the one port Echo devices use.
-        "rtsps_public_port": 443,
-    })  # fmt: skip
+        rtsps_public_port=443,
+    )  # fmt: skip
 
 
 @pytest.fixture

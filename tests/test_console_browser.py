@@ -19,10 +19,9 @@ from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.outbox import Outbox
 from camvoice.settings import Settings
-from media.rtsps import self_signed
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, with_relay
 from tests.oauth_support import streams_requested
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,11 +37,9 @@ def server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[LiveSer
         if os.environ.get("CAMVOICE_REQUIRE_BROWSER") == "1":
             pytest.fail("Chromium missing and CAMVOICE_REQUIRE_BROWSER=1")
         pytest.skip("Debian's chromium is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    self_signed(cert, key, "127.0.0.1")
-    configured = settings.model_copy(update={
-        "media_dir": tmp_path / "media", "alexa_forwarder_secret": SecretStr("sim-secret-0123456789"),
-        "relay_enabled": True, "rtsps_port": free_port(), "rtsps_cert": cert, "rtsps_key": key})  # fmt: skip
+    configured = with_relay(
+        settings, tmp_path, alexa_forwarder_secret=SecretStr("sim-secret-0123456789")
+    )
     with db.session() as session:
         seed(session, Registry(Outbox()))
     app = create_app(configured, db)

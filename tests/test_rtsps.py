@@ -22,7 +22,7 @@ from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
 from media.rtsps import self_signed
 from service.app import create_app
-from tests.conftest import LiveServer, free_port, require_gstreamer, running_relay
+from tests.conftest import LiveServer, require_gstreamer, running_relay, with_relay
 from tests.media_support import bare_registry, mint
 from tests.oauth_support import make_owner
 
@@ -30,12 +30,7 @@ from tests.oauth_support import make_owner
 @pytest.fixture
 def relay_settings(settings: Settings, tmp_path: Path) -> Settings:
     require_gstreamer()
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    self_signed(cert, key, "127.0.0.1")
-    return settings.model_copy(update={
-        "relay_enabled": True, "rtsps_port": free_port(), "rtsps_cert": cert, "rtsps_key": key,
-        "media_dir": tmp_path / "media",
-    })  # fmt: skip
+    return with_relay(settings, tmp_path)
 
 
 @pytest.fixture

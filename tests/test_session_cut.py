@@ -23,11 +23,10 @@ from camvoice.models import Camera
 from camvoice.settings import Settings
 from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
-from media.rtsps import self_signed
 from oauth.models import Grant
 from oauth.tokens import authenticate_bearer, revoke_grant
 from service.app import create_app
-from tests.conftest import LiveServer, free_port, require_gstreamer, running_relay
+from tests.conftest import LiveServer, require_gstreamer, running_relay, with_relay
 from tests.media_support import bare_registry, ffmpeg_pids, mint
 from tests.oauth_support import ALEXA_URIS, GOOGLE_URIS, link, make_owner, register
 
@@ -142,12 +141,7 @@ def revoke(db: Database, grant_id: str) -> None:
 @pytest.fixture
 def rtsps_settings(settings: Settings, tmp_path: Path) -> Settings:
     require_gstreamer()
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    self_signed(cert, key, "127.0.0.1")
-    return settings.model_copy(update={
-        "relay_enabled": True, "rtsps_port": free_port(), "rtsps_cert": cert, "rtsps_key": key,
-        "media_dir": tmp_path / "media",
-    })  # fmt: skip
+    return with_relay(settings, tmp_path)
 
 
 @pytest.fixture
