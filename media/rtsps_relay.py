@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ ASK_TIMEOUT = 3.0  # seconds camvoice has to answer one question about a ticket
 # A session whose ticket camvoice could not be asked about (the app down, or too slow) this long
 # is closed too: the relay fails closed, as the grant check does.
 FAIL_CLOSED_AFTER = 10.0
+MOUNT_LIFETIME = 2 * 3600.0  # seconds: longer than the longest ticket lifetime (1 h)
 Verdict = Literal["admitted", "refused", "unknown"]
 
 
@@ -223,17 +225,64 @@ def close_clients(clients: list[Any]) -> bool:
 
 
 class TicketMounts(GstRtspServer.RTSPMountPoints):
-    """Every /cam/<camera_id>/<ticket>[/control] URL maps to the one /cam factory.
+    """Each /cam/<camera_id>/<ticket> URL gets its own mount of the one factory, added when a
+    client first names it. With the whole URL as the mount path, GStreamer's SETUP finds the
+    stream's control after it, on the first connection or a new one. Mounts are dropped after
+    MOUNT_LIFETIME (a ticket must start playing well within it); playing sessions keep their
+    media without one."""
 
-    DESCRIBE must match a mount exactly, and cameras and tickets are not known in advance, so
-    the camera and ticket are cut from the path here and read back from the URL by the factory.
-    """
+    def __init__(self, factory: GstRtspServer.RTSPMediaFactory) -> None:
+        super().__init__()
+        self.factory = factory
+        self.added: dict[str, float] = {}
+        self.lock = threading.Lock()
 
     def do_make_path(self, url: Any) -> str:
-        parts = url.abspath.strip("/").split("/")
-        if len(parts) >= 3 and parts[0] == "cam":
-            return "/" + "/".join(["cam", *parts[3:]])
-        return str(url.abspath)
+        path = str(url.abspath)
+        parts = path.strip("/").split("/")
+        if len(parts) >= 3 and parts[0] == "cam" and all(parts[:3]):
+            self.ensure("/" + "/".join(parts[:3]))
+        return path
+
+    def ensure(self, mount: str) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for old in [m for m, at in self.added.items() if now - at > MOUNT_LIFETIME]:
+                self.remove_factory(old)
+                del self.added[old]
+            if mount not in self.added:
+                self.add_factory(mount, self.factory)
+                self.added[mount] = now
+
+
+class ContentBase:
+    """DESCRIBE's Content-Base is the URL the player asked for (RFC 2326 C.1.1), scheme,
+    camera and ticket included. GStreamer builds it from the mount path, which drops the camera
+    and ticket (and says rtsp for rtsps), so a player resolving SETUP against it on a new
+    connection lost its ticket. One per client: the URL is kept when the DESCRIBE arrives and
+    written into the answer as it is sent."""
+
+    def __init__(self, client: Any) -> None:
+        self.requested: str | None = None
+        client.connect("pre-describe-request", self.remember)
+        client.connect("send-message", self.rewrite)
+
+    def remember(self, _client: Any, ctx: Any) -> Any:
+        parsed, _method, uri, _version = ctx.request.parse_request()
+        self.requested = uri if parsed == GstRtsp.RTSPResult.OK else None
+        return GstRtsp.RTSPStatusCode.OK
+
+    def rewrite(self, _client: Any, _ctx: Any, message: Any) -> None:
+        # The context arrives as None through PyGObject (GLib warns of it once per message sent:
+        # main() silences exactly that warning); the message itself is intact.
+        if self.requested is None or message is None:
+            return
+        found, _value = message.get_header(GstRtsp.RTSPHeaderField.CONTENT_BASE, 0)
+        if found != GstRtsp.RTSPResult.OK:
+            return
+        message.remove_header(GstRtsp.RTSPHeaderField.CONTENT_BASE, -1)
+        message.add_header(GstRtsp.RTSPHeaderField.CONTENT_BASE, self.requested.rstrip("/") + "/")
+        self.requested = None
 
 
 class TicketFactory(GstRtspServer.RTSPMediaFactory):
@@ -275,6 +324,8 @@ def main() -> None:
     parser.add_argument("--recheck", type=float, default=3.0, help="seconds between re-checks")
     args = parser.parse_args()
     secret = os.environ["CAMVOICE_RELAY_SECRET"]
+    # send-message's context cannot be marshalled by PyGObject (see ContentBase.rewrite).
+    warnings.filterwarnings("ignore", r"g_value_get_object: assertion 'G_VALUE_HOLDS_OBJECT")
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
@@ -295,9 +346,11 @@ def main() -> None:
             "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
         )
     )
-    mounts = TicketMounts()
-    mounts.add_factory("/cam", factory)
-    server.set_mount_points(mounts)
+    server.set_mount_points(TicketMounts(factory))
+    server.connect(
+        "client-connected",
+        lambda _server, client: setattr(client, "content_base", ContentBase(client)),
+    )
     if server.attach(None) == 0:
         sys.exit(f"relay: cannot listen on port {args.port}")
     print(f"relay: serving rtsps on port {args.port}", file=sys.stderr, flush=True)

@@ -5,20 +5,34 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import ssl
 import subprocess
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
+from sqlalchemy import select
 
 from camvoice.db import Database
 from camvoice.models import Camera
 from camvoice.settings import Settings
+from camvoice.tickets import Audience, Protocol
 from fulfillment.intents import device_info
 from media.probe import picture_size
 from media.relay import find_ffmpeg
+from service.app import create_app
 from service.wiring import build_services
 from skills import messages
-from tests.conftest import free_port, run_cli
+from tests.conftest import (
+    LiveServer,
+    free_port,
+    require_gstreamer,
+    run_cli,
+    running_relay,
+    with_relay,
+)
+from tests.media_support import mint
 from tests.oauth_support import make_owner
 
 FRIENDLY = re.compile(r"[^\W_]+( [^\W_]+)*")  # letters and digits, single spaces between
@@ -129,3 +143,51 @@ def test_cameras_add_probes_an_rtsp_source_once(cli_env: dict[str, str], db: Dat
     assert "cameras probe" in added.stderr
     again = run_cli("cameras", "probe", shown["id"], env=cli_env, check=False)
     assert again.returncode == 2 and "could not read a picture" in again.stderr
+
+
+def rtsp_request(port: int, ca: Path, lines: list[str]) -> tuple[str, dict[str, str], str]:
+    """One RTSP request over verified TLS on a fresh connection: (status line, headers, body)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), 10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = tls.recv(4096)
+            assert chunk, f"connection closed after {data!r}"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status, *rest = head.decode().split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in rest)}
+        while len(body) < int(headers.get("content-length", "0")):
+            body += tls.recv(4096)
+    return status, headers, body.decode()
+
+
+def test_rtsps_content_base_is_the_full_request_url(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    """Content-Base keeps scheme, camera and ticket, so a SETUP resolved against it works on a
+    new connection too (before, it was rtsp://host:port/cam/ and the ticket was lost)."""
+    require_gstreamer()
+    relay = with_relay(settings, tmp_path)
+    make_owner(db, "relay@example.com", {"Porch": {"source": "demo"}})
+    with db.session() as session:
+        camera = session.scalars(select(Camera)).one()
+    with LiveServer(create_app(relay, db)) as live, running_relay(relay, live.url):
+        url = mint(relay, camera, Protocol.RTSPS, Audience.ALEXA)
+        assert relay.rtsps_cert is not None
+        status, headers, sdp = rtsp_request(relay.rtsps_port, relay.rtsps_cert, [
+            f"DESCRIBE {url} RTSP/1.0", "CSeq: 1", "Accept: application/sdp"])  # fmt: skip
+        assert status == "RTSP/1.0 200 OK", status
+        assert headers["content-base"] == url + "/"
+        control = re.search(r"a=control:(\S+)", sdp.split("m=video", 1)[1])
+        assert control, sdp
+        setup_url = urljoin(headers["content-base"], control.group(1))
+        status, headers, _ = rtsp_request(relay.rtsps_port, relay.rtsps_cert, [
+            f"SETUP {setup_url} RTSP/1.0", "CSeq: 2",
+            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1"])  # fmt: skip
+        assert status == "RTSP/1.0 200 OK", status
+        assert "session" in headers
