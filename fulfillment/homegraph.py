@@ -14,6 +14,7 @@ the call itself sets state, so a repeat is harmless). requestSync has no such fi
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import uuid
@@ -65,7 +66,10 @@ class HomeGraph:
     def _authorization(self) -> str:
         with self._lock:
             if not self.credentials.valid:
-                self.credentials.refresh(google.auth.transport.requests.Request(self.http))
+                # HomeGraph's own timeout, not google-auth's 120 s default: the outbox lease
+                # (camvoice/outbox.py) must outlast the slowest delivery, this refresh included.
+                request = google.auth.transport.requests.Request(self.http)
+                self.credentials.refresh(functools.partial(request, timeout=TIMEOUT))
             return f"Bearer {self.credentials.token}"
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -329,3 +329,23 @@ def test_no_homegraph_without_key_or_google_link(
     while outbox.drain_once(db, keyed.outbox, max_attempts=3):
         pass
     assert fake_google.calls == []  # the owner never linked Google
+
+
+def test_homegraph_token_refresh_uses_homegraph_timeout(
+    fake_google: FakeGoogle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service-account token is fetched with HomeGraph's 10 s timeout, not google-auth's
+    120 s default: the outbox lease is computed from it (camvoice/outbox.py)."""
+    from fulfillment.homegraph import TIMEOUT, HomeGraph
+
+    client = HomeGraph(fake_google.key_file(tmp_path), fake_google.url)
+    seen: list[float | None] = []
+    real_session_request = client.http.request
+
+    def spy(method: str, url: str, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("timeout"))
+        return real_session_request(method, url, **kwargs)
+
+    monkeypatch.setattr(client.http, "request", spy)
+    assert client._authorization().startswith("Bearer ")
+    assert seen == [TIMEOUT]  # one token request, with HomeGraph's timeout
