@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ ASK_TIMEOUT = 3.0  # seconds camvoice has to answer one question about a ticket
 # is closed too: the relay fails closed, as the grant check does.
 FAIL_CLOSED_AFTER = 10.0
 MOUNT_LIFETIME = 2 * 3600.0  # seconds: longer than the longest ticket lifetime (1 h)
+MAX_MOUNTS = 4096  # admitted tickets kept mounted at once; the oldest goes first
 Verdict = Literal["admitted", "refused", "unknown"]
 
 
@@ -234,7 +236,7 @@ class TicketMounts(GstRtspServer.RTSPMountPoints):
     def __init__(self, factory: GstRtspServer.RTSPMediaFactory) -> None:
         super().__init__()
         self.factory = factory
-        self.added: dict[str, float] = {}
+        self.added: OrderedDict[str, float] = OrderedDict()  # oldest first
         self.lock = threading.Lock()
 
     def do_make_path(self, url: Any) -> str:
@@ -247,12 +249,20 @@ class TicketMounts(GstRtspServer.RTSPMountPoints):
     def ensure(self, mount: str) -> None:
         now = time.monotonic()
         with self.lock:
-            for old in [m for m, at in self.added.items() if now - at > MOUNT_LIFETIME]:
-                self.remove_factory(old)
-                del self.added[old]
+            while self.added and (
+                len(self.added) >= MAX_MOUNTS
+                or now - next(iter(self.added.values())) > MOUNT_LIFETIME
+            ):
+                self.remove_factory(self.added.popitem(last=False)[0])
             if mount not in self.added:
                 self.add_factory(mount, self.factory)
                 self.added[mount] = now
+
+    def forget(self, mount: str) -> None:
+        """A refused ticket keeps no mount: URLs made up by anyone cannot fill the table."""
+        with self.lock:
+            if self.added.pop(mount, None) is not None:
+                self.remove_factory(mount)
 
 
 class ContentBase:
@@ -293,6 +303,7 @@ class TicketFactory(GstRtspServer.RTSPMediaFactory):
         self.auth_url = auth_url
         self.secret = secret
         self.admissions = admissions
+        self.refused: Callable[[str], None] = lambda mount: None  # TicketMounts.forget
         self.set_shared(False)
         self.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
 
@@ -304,6 +315,7 @@ class TicketFactory(GstRtspServer.RTSPMediaFactory):
         answer = admit(self.auth_url, self.secret, camera_id, ticket)
         if answer is None or not answer.get("source"):
             print(f"relay: refused a client for camera {camera_id}", file=sys.stderr, flush=True)
+            self.refused(f"/cam/{camera_id}/{ticket}")
             return None
         source = answer["source"]
         description = (
@@ -346,7 +358,9 @@ def main() -> None:
             "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
         )
     )
-    server.set_mount_points(TicketMounts(factory))
+    mounts = TicketMounts(factory)
+    factory.refused = mounts.forget
+    server.set_mount_points(mounts)
     server.connect(
         "client-connected",
         lambda _server, client: setattr(client, "content_base", ContentBase(client)),

@@ -31,11 +31,16 @@ def guess_assistant(uris: list[str]) -> str:
     """Which assistant a client is, from where Amazon and Google send owners back; `other`
     (refused by both adapters) when the redirect hosts are neither's."""
     hosts = {urlsplit(u).hostname or "" for u in uris}
-    if any(h.endswith(("amazon.com", "amazon.co.jp", "amazonalexa.com")) for h in hosts):
+    if any(within(h, ("amazon.com", "amazon.co.jp", "amazonalexa.com")) for h in hosts):
         return "alexa"
-    if any(h.endswith("googleusercontent.com") for h in hosts):
+    if any(within(h, ("googleusercontent.com",)) for h in hosts):
         return "google"
     return "other"
+
+
+def within(host: str, domains: tuple[str, ...]) -> bool:
+    """`host` is one of `domains` or a subdomain of one (evilamazon.com is neither)."""
+    return any(host == d or host.endswith("." + d) for d in domains)
 
 
 def shown(client: OAuthClient, links: int = 0) -> dict[str, Any]:

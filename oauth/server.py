@@ -47,8 +47,11 @@ def database() -> Database:
 
 
 def query_client(client_id: str) -> OAuthClient | None:
+    """A registered client; the console's own simulator clients are none, so nobody can link
+    with them (their grants are never listed, so a link through them could not be seen)."""
     with database().reading() as session:
-        return session.get(OAuthClient, client_id)
+        client = session.get(OAuthClient, client_id)
+    return client if client is not None and not client.simulator else None
 
 
 def save_token(token: dict[str, Any], request: Any) -> None:

@@ -73,6 +73,9 @@ def test_google_guess_and_bad_uris_exit_2(cli_env: dict[str, str]) -> None:
                     "https://dash.example.com/cb", "--json", env=cli_env)  # fmt: skip
     assert json.loads(other.stdout)["assistant"] == "other"
     assert "refused by the Alexa and Google endpoints" in other.stderr
+    lookalike = run_cli("clients", "add", "--name", "Lookalike", "--redirect-uri",
+                        "https://evilamazon.com/cb", "--json", env=cli_env)  # fmt: skip
+    assert json.loads(lookalike.stdout)["assistant"] == "other"
     chosen = run_cli("clients", "add", "--name", "Alexa EU", "--redirect-uri",
                      "https://eu.example.com/cb", "--assistant", "alexa", "--json", env=cli_env)  # fmt: skip
     assert json.loads(chosen.stdout)["assistant"] == "alexa"

@@ -191,3 +191,38 @@ def test_rtsps_content_base_is_the_full_request_url(
             "Transport: RTP/AVP/TCP;unicast;interleaved=0-1"])  # fmt: skip
         assert status == "RTSP/1.0 200 OK", status
         assert "session" in headers
+        # A made-up ticket is refused, and leaves the relay serving the real one.
+        forged = url.rsplit("/", 1)[0] + "/forged.ticket"
+        status, _, _ = rtsp_request(relay.rtsps_port, relay.rtsps_cert, [
+            f"DESCRIBE {forged} RTSP/1.0", "CSeq: 3"])  # fmt: skip
+        assert status != "RTSP/1.0 200 OK"
+        status, _, _ = rtsp_request(relay.rtsps_port, relay.rtsps_cert, [
+            f"DESCRIBE {url} RTSP/1.0", "CSeq: 4"])  # fmt: skip
+        assert status == "RTSP/1.0 200 OK", status
+
+
+MOUNTS_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import rtsps_relay as relay
+
+relay.Gst.init(None)
+relay.MAX_MOUNTS = 3
+mounts = relay.TicketMounts(relay.GstRtspServer.RTSPMediaFactory())
+for i in range(10):
+    mounts.ensure(f"/cam/c/t{i}")
+assert list(mounts.added) == ["/cam/c/t7", "/cam/c/t8", "/cam/c/t9"], list(mounts.added)
+mounts.forget("/cam/c/t9")
+assert "/cam/c/t9" not in mounts.added
+print("bounded")
+"""
+
+
+def test_relay_mounts_stay_bounded_whatever_urls_clients_make_up() -> None:
+    """Each ticket URL gets a mount; refused ones are forgotten and the table has a cap, so
+    DESCRIBEs with made-up tickets cannot grow it without end."""
+    require_gstreamer()
+    folder = Path(__file__).parent.parent / "media"
+    result = subprocess.run(["/usr/bin/python3", "-c", MOUNTS_SCRIPT, str(folder)],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.stdout.strip() == "bounded", result.stderr[-800:]

@@ -51,6 +51,12 @@ def test_simulator_tokens_are_short_lived_unlisted_and_cleaned_up(
     assert "camvoice simulator" not in links_page.text
     listed = json.loads(run_cli("clients", "list", "--json", env=cli_env).stdout)
     assert listed == []
+    # Nobody can link through the simulator's client: to the OAuth server it does not exist.
+    page = browser.http.get(live.url + "/oauth/authorize", params={
+        "response_type": "code", "client_id": client.client_id, "scope": "cameras",
+        "redirect_uri": client.redirect_uris[0], "state": "s",
+    }, timeout=10, allow_redirects=False)  # fmt: skip
+    assert page.status_code == 400 and "invalid_client" in page.text
 
     # An expired simulator token is deleted by the next utterance, not kept forever.
     with db.session() as session:

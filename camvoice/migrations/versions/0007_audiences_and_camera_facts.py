@@ -22,9 +22,13 @@ def audience_of(uris: list[str]) -> str:
     from urllib.parse import urlsplit
 
     hosts = {urlsplit(u).hostname or "" for u in uris}
-    if any(h.endswith(AMAZON_HOSTS) for h in hosts):
+
+    def within(host: str, domains: tuple[str, ...]) -> bool:
+        return any(host == d or host.endswith("." + d) for d in domains)
+
+    if any(within(h, AMAZON_HOSTS) for h in hosts):
         return "alexa"
-    if any(h.endswith("googleusercontent.com") for h in hosts):
+    if any(within(h, ("googleusercontent.com",)) for h in hosts):
         return "google"
     return "other"
 
