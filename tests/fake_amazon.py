@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -30,7 +30,8 @@ class FakeAmazon:
         self.events: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self.gateway_reply: tuple[int, str] | None = None  # force an error status and code
-        self.gateway_delay = 0.0  # seconds the gateway takes to answer: a slow Amazon
+        # Called before the gateway answers: a test holds a delivery in flight with it.
+        self.gateway_hold: Callable[[], None] = lambda: None
         self.lwa_calls: list[dict[str, str]] = []
         self.http = JsonServer(self.route)
         self.url = self.http.url
@@ -69,7 +70,7 @@ class FakeAmazon:
         self.access_tokens.clear()
 
     def gateway(self, authorization: str, raw: bytes) -> tuple[int, dict[str, Any] | None]:
-        time.sleep(self.gateway_delay)  # server side: the caller waits, as on a slow gateway
+        self.gateway_hold()  # server side: the caller waits, as on a slow gateway
         token = authorization.removeprefix("Bearer ")
         if token not in self.access_tokens:
             return 401, {"header": {}, "payload": {"code": "INVALID_ACCESS_TOKEN_EXCEPTION",

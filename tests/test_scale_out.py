@@ -232,8 +232,9 @@ def test_camera_change_and_outbox_across_instances_and_workers(cluster: dict[str
         for round_ in range(10):
             for camera in cameras:
                 registry.record(session, camera, {"online": round_ % 2 == 0}, actor="test")
+    queued = pending(db)
     workers = [Instance(["worker"], env) for _ in range(2)]
-    time.sleep(1.5)
+    wait_until(lambda: pending(db) < queued, 120, "the workers to start delivering")
     workers[0].stop()  # graceful: finishes the event in hand, leaves the rest to the other
     deadline = time.monotonic() + 90
     while pending(db) and time.monotonic() < deadline:
