@@ -45,8 +45,10 @@ MAX_BACKOFF = 3600.0
 
 # The lease one worker holds on one event. It must outlast the slowest single delivery, or a
 # second worker re-delivers an event the first is still sending. requests' `timeout=t` bounds
-# the connect and the wait for the reply separately, so one call that is answered takes at most
-# 2t; on SQLite a writing transaction may also wait busy_timeout (15 s) for the write lock.
+# the connect and each wait for data, so a call whose server answers at a normal pace takes at
+# most 2t (one that trickles its reply byte by byte can take longer: then the fence and the
+# stable message ids below make the repeat harmless); on SQLite a writing transaction may also
+# wait busy_timeout (15 s) for the write lock.
 # - Alexa (skills/events.py), one event: at most two messages (AddOrUpdateReport and
 #   ChangeReport), each tried twice (a 401 refreshes and resends), each try a possible LWA refresh
 #   (LWA_TIMEOUT 3 s: 6 s) and a gateway POST (GATEWAY_TIMEOUT 10 s: 20 s): 2 x 2 x 26 = 104 s,
@@ -110,6 +112,14 @@ def delivery_key() -> str | None:
     from this key, so every delivery of one event sends the same ids.
     """
     return _delivering.get()
+
+
+def message_id(name: str) -> str:
+    """The id of the message called `name` that the event being delivered sends: the same on
+    every delivery of that event (each event sends at most one message of each name), random
+    outside a delivery."""
+    key = delivery_key()
+    return str(uuid.uuid5(uuid.UUID(key), name)) if key is not None else str(uuid.uuid4())
 
 
 @contextmanager

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
-from camvoice.outbox import delivery_key
+from camvoice.outbox import message_id
 from oauth.tokens import linked_since
 
 log = logging.getLogger(__name__)
@@ -93,17 +92,11 @@ class HomeGraph:
         self._post(
             "/v1/devices:reportStateAndNotification",
             {
-                "requestId": request_id("reportStateAndNotification"),
+                "requestId": message_id("reportStateAndNotification"),
                 "agentUserId": agent_user_id,
                 "payload": {"devices": {"states": states}},
             },
         )
-
-
-def request_id(call: str) -> str:
-    """The same id on every delivery of one outbox event (random outside a delivery)."""
-    key = delivery_key()
-    return str(uuid.uuid5(uuid.UUID(key), call)) if key is not None else str(uuid.uuid4())
 
 
 def make_handler(db: Database, client: HomeGraph) -> Any:

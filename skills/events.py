@@ -11,7 +11,6 @@ stable key and the message's name (`message_header`): a re-delivery sends the sa
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +19,7 @@ from sqlalchemy import String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice.models import Base, Camera, utcnow
-from camvoice.outbox import delivery_key
+from camvoice.outbox import message_id
 from camvoice.services import Services
 from camvoice.settings import Settings
 from skills import messages
@@ -232,16 +231,8 @@ def delete_report(camera_id: str, token: str) -> dict[str, Any]:
 
 
 def message_header(namespace: str, name: str) -> dict[str, Any]:
-    """An event header whose messageId is the same on every delivery of one outbox event.
-
-    One outbox event sends at most one message of each name, so (event key, name) names the
-    message; outside an outbox delivery the id is random, as messages.header makes it.
-    """
-    head = messages.header(namespace, name)
-    key = delivery_key()
-    if key is not None:
-        head["messageId"] = str(uuid.uuid5(uuid.UUID(key), f"{namespace}.{name}"))
-    return head
+    """An event header whose messageId is the same on every delivery of one outbox event."""
+    return {**messages.header(namespace, name), "messageId": message_id(f"{namespace}.{name}")}
 
 
 def discovery_report(name: str, endpoints: list[dict[str, Any]], token: str) -> dict[str, Any]:
