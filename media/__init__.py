@@ -17,10 +17,18 @@ def init_app(app: Flask, services: Services) -> None:
     from media.views import bp
 
     settings = services.settings
-    app.extensions["camvoice.relays"] = RelayManager(
+    relays = RelayManager(
         settings.media_path,
         find_ffmpeg(settings.ffmpeg),
         settings.relay_idle_timeout,
         settings.max_relays,
     )
+
+    def may_relay(camera_id: str) -> bool:
+        with services.db.reading() as session:
+            return services.streams.may_relay(session, camera_id)
+
+    # A camera that becomes blocked loses its relay within one re-check, not its idle timeout.
+    relays.watch(may_relay, settings.stream_recheck_interval)
+    app.extensions["camvoice.relays"] = relays
     app.register_blueprint(bp)

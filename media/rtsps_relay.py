@@ -118,8 +118,8 @@ class Admission:
 
 class Admissions:
     """Tickets by pipeline name: how a playing session, found through the server, is asked
-    about again. A session carries no URL of its own (the mount path drops the ticket), but its
-    media holds the pipeline this relay built and named."""
+    about again. Its media holds the pipeline this relay built and named for the ticket it was
+    admitted with."""
 
     FORGET_AFTER = 60.0  # a pipeline in no session this long is gone (or never got a SETUP)
 

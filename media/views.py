@@ -8,7 +8,6 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
-from flask.blueprints import BlueprintSetupState
 
 from camvoice.cameras import StreamUnavailable
 from camvoice.models import Camera
@@ -24,20 +23,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("media", __name__)
 RELAY_SECRET_HEADER = "X-Camvoice-Relay-Secret"  # noqa: S105 - a header name
 CAMERA_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-
-
-@bp.record_once
-def watch_relays(state: BlueprintSetupState) -> None:
-    """Have this app's relay manager stop the relay of a camera that becomes blocked, within
-    CAMVOICE_STREAM_RECHECK_INTERVAL, rather than after its idle timeout."""
-    wiring = Services.of(state.app)
-    manager: RelayManager = state.app.extensions["camvoice.relays"]
-
-    def may_relay(camera_id: str) -> bool:
-        with wiring.db.reading() as session:
-            return wiring.streams.may_relay(session, camera_id)
-
-    manager.watch(may_relay, wiring.settings.stream_recheck_interval)
 
 
 def services() -> Services:
