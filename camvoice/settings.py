@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     media_dir: Path | None = None
     relay_idle_timeout: float = Field(30.0, gt=0)
     max_relays: int = Field(8, ge=1)
+    # Relays one owner's cameras may run at once; unset: half of max_relays (at least 1).
+    max_relays_per_owner: int | None = Field(None, ge=1)
     ffmpeg: str | None = None
     hls_url_template: str | None = None
     rtsps_url_template: str | None = None

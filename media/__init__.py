@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 def init_app(app: Flask, services: Services) -> None:
     """Register the media endpoints and this process's relay manager."""
     from media.relay import RelayManager, find_ffmpeg
+    from media.snapshots import Snapshots
     from media.views import bp
 
     settings = services.settings
@@ -22,6 +23,7 @@ def init_app(app: Flask, services: Services) -> None:
         find_ffmpeg(settings.ffmpeg),
         settings.relay_idle_timeout,
         settings.max_relays,
+        settings.max_relays_per_owner,
     )
 
     def may_relay(camera_id: str) -> bool:
@@ -31,4 +33,5 @@ def init_app(app: Flask, services: Services) -> None:
     # A camera that becomes blocked loses its relay within one re-check, not its idle timeout.
     relays.watch(may_relay, settings.stream_recheck_interval)
     app.extensions["camvoice.relays"] = relays
+    app.extensions["camvoice.snapshots"] = Snapshots(relays)
     app.register_blueprint(bp)

@@ -8,6 +8,10 @@ PR_SET_PDEATHSIG, so it cannot outlive its owner: no orphans, no zombies. Given 
 owner also asks every few seconds whether each camera may still be relayed at all, and stops the
 relay of one that may not (Image Encryption on, asleep, offline, removed) without waiting for its
 viewers' fetches (refused from then on) to run out.
+
+A camera that hangs must not hold the web threads: a fetch never waits long for a relay to
+start (one fetch per process waits up to `start_wait` for the first segment, every other one is
+told at once to retry), and one owner's cameras take at most `max_per_owner` of the relays.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 PLAYLIST = "index.m3u8"
 LOCK = "relay.lock"
 LAST_FETCH = "last_fetch"
+OWNER = "owner"  # the camera owner's account id, so every process can count an owner's relays
+START_TIMEOUT = 15.0  # a relay with no segment by then is stopped as failed
 SEGMENT = re.compile(r"^seg_\d{5,}\.ts$")
 URL = re.compile(r"\b(rtsps?|https?)://\S+")
 FONT_CANDIDATES = (
@@ -49,7 +55,11 @@ class RelayBusy(Exception):
 
 
 class RelayFailed(Exception):
-    """ffmpeg did not produce a playable segment in time."""
+    """ffmpeg exited before producing a playable segment."""
+
+
+class RelayStarting(Exception):
+    """The relay runs but has no segment yet; the caller answers 503 with Retry-After."""
 
 
 def find_ffmpeg(configured: str | None = None) -> str | None:
@@ -133,18 +143,38 @@ class Running:
     lock: IO[bytes]
     process: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
+    ready: bool = False  # has listed a segment
+
+
+def has_segment(folder: Path) -> bool:
+    """True once the folder's playlist lists a segment (a player can start)."""
+    try:
+        return "#EXTINF" in (folder / PLAYLIST).read_text()
+    except FileNotFoundError:
+        return False
 
 
 class RelayManager:
     """Starts, shares, stops and restarts HLS relays for this process."""
 
     def __init__(
-        self, base: Path, ffmpeg: str | None, idle_timeout: float, max_relays: int
+        self,
+        base: Path,
+        ffmpeg: str | None,
+        idle_timeout: float,
+        max_relays: int,
+        max_per_owner: int | None = None,
+        start_wait: float = 2.0,
     ) -> None:
         self.base = base
         self.ffmpeg = ffmpeg
         self.idle_timeout = idle_timeout
         self.max_relays = max_relays
+        # Unset: half the relays, so one owner's hung cameras cannot take every slot.
+        self.max_per_owner = max_per_owner or max(1, max_relays // 2)
+        self.start_wait = start_wait
+        # Fetches waiting for a starting relay hold web threads: one per process at a time.
+        self._waiter = threading.BoundedSemaphore(1)
         self.running: dict[str, Running] = {}
         self.lock = threading.Lock()
         self.may_relay: Callable[[str], bool] | None = None
@@ -187,19 +217,54 @@ class RelayManager:
         marker = self.folder(camera_id) / LAST_FETCH
         marker.touch(exist_ok=True)
 
-    def ensure(self, camera_id: str, source: str, name: str, wait: float = 15.0) -> Path:
-        """Make sure a relay runs for the camera and has a segment; returns its folder."""
+    def ensure(self, camera_id: str, source: str, name: str, owner: str) -> Path:
+        """The camera's relay folder once it lists a segment; starts the relay if none runs.
+
+        Every fetch shares the one start attempt per camera. While the relay has no segment, one
+        fetch per process waits for it up to `start_wait` seconds (a camera that starts quickly
+        plays on the first fetch) and the others get RelayStarting at once: a camera that never
+        answers holds no web thread for longer than that.
+        """
         if not self.ffmpeg:
             raise RelayFailed("no ffmpeg available")
         folder = self.folder(camera_id)
         folder.mkdir(exist_ok=True, mode=0o700)
         self.touch(camera_id)
         with self.lock:
-            if camera_id not in self.running and not self._owned_elsewhere(folder):
-                if self.active_count() >= self.max_relays:
-                    raise RelayBusy
-                self._start(camera_id, source, name, folder)
-        return self._wait_for_segment(camera_id, folder, wait)
+            self._release_if_killed(camera_id)
+            run = self.running.get(camera_id)
+            if run is None and not self._owned_elsewhere(folder):
+                self._admit(owner)
+                run = self._start(camera_id, source, name, folder, owner)
+        if has_segment(folder):
+            return folder
+        if run is not None and run.process.poll() is not None:
+            # It never played: the reaper releases it within a second, so a camera that drops
+            # ffmpeg at once costs at most one restart a second, however many players ask.
+            raise RelayFailed(f"the relay of camera {camera_id} exited")
+        if not self._waiter.acquire(blocking=False):
+            raise RelayStarting(camera_id)
+        try:
+            return self._wait_for_segment(camera_id, folder, self.start_wait)
+        finally:
+            self._waiter.release()
+
+    def _release_if_killed(self, camera_id: str) -> None:
+        """Release a relay that was playing and whose ffmpeg has exited (killed, or the camera
+        hung up), so this fetch starts a new one now, not after the reaper's next round.
+        Holds self.lock."""
+        run = self.running.get(camera_id)
+        if run is None or run.process.poll() is None or not (run.ready or has_segment(run.folder)):
+            return
+        log.warning("relay for camera %s exited (%s)", camera_id, run.process.returncode)
+        del self.running[camera_id]
+        self._terminate(run)  # already dead: no wait, just its files and lock
+
+    def _admit(self, owner: str) -> None:
+        """Refuse a new relay beyond the cap, or beyond the owner's share of it. Holds self.lock."""
+        owners = self.active_owners()
+        if len(owners) >= self.max_relays or owners.count(owner) >= self.max_per_owner:
+            raise RelayBusy
 
     def _owned_elsewhere(self, folder: Path) -> bool:
         """True if another process holds this folder's lock (so its ffmpeg runs)."""
@@ -214,30 +279,39 @@ class RelayManager:
             fcntl.flock(handle, fcntl.LOCK_UN)
         return False
 
-    def active_count(self) -> int:
-        """Relays running in any process (held locks)."""
-        count = 0
+    def active_owners(self) -> list[str]:
+        """The owner of each relay running in any process (held locks)."""
+        owners = []
         for folder in self.base.iterdir():
             if folder.name in self.running or (folder.is_dir() and self._owned_elsewhere(folder)):
-                count += 1
-        return count
+                try:
+                    owners.append((folder / OWNER).read_text())
+                except FileNotFoundError:
+                    owners.append("")  # its owner file is about to be written
+        return owners
 
-    def _start(self, camera_id: str, source: str, name: str, folder: Path) -> None:
+    def _start(
+        self, camera_id: str, source: str, name: str, folder: Path, owner: str
+    ) -> Running | None:
+        """Lock the folder and start ffmpeg in it; None if another process won the lock."""
         lock = (folder / LOCK).open("wb")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            return  # another process won the race; it runs the relay
+            return None  # another process won the race; it runs the relay
         for stale in folder.iterdir():
             if stale.name not in (LOCK, LAST_FETCH):
                 stale.unlink(missing_ok=True)
+        (folder / OWNER).write_text(owner)
+        (folder / LAST_FETCH).touch()  # this fetch counts, even after a dead relay's cleanup
         process = self._spawn(hls_command(self.ffmpeg or "ffmpeg", source, name, folder))
         threading.Thread(
             target=self._log_stderr, args=(camera_id, process), daemon=True, name="relay-log"
         ).start()
-        self.running[camera_id] = Running(camera_id, folder, lock, process)
+        run = self.running[camera_id] = Running(camera_id, folder, lock, process)
         log.info("relay started for camera %s (pid %s)", camera_id, process.pid)
+        return run
 
     def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
         """Start a process from the long-lived spawner thread.
@@ -272,18 +346,14 @@ class RelayManager:
 
     def _wait_for_segment(self, camera_id: str, folder: Path, wait: float) -> Path:
         deadline = time.monotonic() + wait
-        playlist = folder / PLAYLIST
         while time.monotonic() < deadline:
-            try:
-                if "#EXTINF" in playlist.read_text():
-                    return folder
-            except FileNotFoundError:
-                pass
+            if has_segment(folder):
+                return folder
             run = self.running.get(camera_id)
             if run is not None and run.process.poll() is not None:
-                break
+                raise RelayFailed(f"the relay of camera {camera_id} exited")
             time.sleep(0.1)
-        raise RelayFailed(f"no segment from the relay of camera {camera_id}")
+        raise RelayStarting(camera_id)
 
     def stop(self, camera_id: str) -> None:
         with self.lock:
@@ -307,22 +377,29 @@ class RelayManager:
         log.info("relay stopped for camera %s", run.camera_id)
 
     def reap(self) -> None:
-        """Stop idle relays; release dead ones so the next fetch restarts them."""
+        """Stop idle relays and ones that never started; release dead ones so the next fetch
+        restarts them. ffmpeg is stopped outside the lock: fetches never wait on it."""
         now = time.time()
+        done = []
         with self.lock:
             for camera_id, run in list(self.running.items()):
                 try:
                     idle = now - (run.folder / LAST_FETCH).stat().st_mtime
                 except FileNotFoundError:
                     idle = self.idle_timeout + 1
+                run.ready = run.ready or has_segment(run.folder)
+                stuck = not run.ready and time.monotonic() - run.started > START_TIMEOUT
                 dead = run.process.poll() is not None
-                if dead or idle > self.idle_timeout:
+                if dead or stuck or idle > self.idle_timeout:
                     if dead:
                         log.warning(
                             "relay for camera %s exited (%s)", camera_id, run.process.returncode
                         )
-                    del self.running[camera_id]
-                    self._terminate(run)
+                    elif stuck:
+                        log.warning("relay for camera %s gave no segment: stopped", camera_id)
+                    done.append(self.running.pop(camera_id))
+        for run in done:
+            self._terminate(run)
 
     def _reap_forever(self) -> None:
         while not self._stop.wait(1.0):

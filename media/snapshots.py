@@ -1,14 +1,29 @@
-"""Snapshots: a current JPEG of a camera, from its running relay or a one-frame grab."""
+"""Snapshots: a current JPEG of a camera, from its running relay or a one-frame grab.
+
+A grab runs off the request thread, one at a time per camera however many fetches ask for it,
+in a small pool; a fetch waits for it at most `wait` seconds and then gets the camera's last
+good image (if recent enough) or nothing, so a camera that never answers holds no web thread.
+"""
 
 from __future__ import annotations
 
 import logging
 import subprocess
+import threading
+import time
+from collections import OrderedDict
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from media.relay import RelayManager, demo_input, redact
 
 log = logging.getLogger(__name__)
-TIMEOUT = 8.0
+TIMEOUT = 8.0  # one grab, in the pool (not in a request)
+WAIT = 2.0  # longest a fetch waits for a grab
+FRESH = 2.0  # an image this recent is served without a new grab
+KEEP = 120.0  # an older image than this is never served
+CACHED = 256  # cameras whose last image this process keeps
+GRABBERS = 4  # grabs at once in this process
 
 
 def grab(relays: RelayManager, camera_id: str, source: str | None, name: str) -> bytes | None:
@@ -37,3 +52,48 @@ def grab(relays: RelayManager, camera_id: str, source: str | None, name: str) ->
         )
         return None
     return result.stdout
+
+
+class Snapshots:
+    """This process's snapshot grabs: shared per camera, bounded in time, last image kept."""
+
+    def __init__(self, relays: RelayManager, wait: float = WAIT) -> None:
+        self.relays = relays
+        self.wait = wait
+        self.lock = threading.Lock()
+        self.pending: dict[str, Future[None]] = {}
+        self.last: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # camera -> (when, jpeg)
+        self.pool = ThreadPoolExecutor(GRABBERS, thread_name_prefix="snapshot")
+
+    def get(self, camera_id: str, source: str | None, name: str) -> tuple[float, bytes] | None:
+        """(time taken, JPEG) of the camera, at most KEEP seconds old; None if there is none yet.
+
+        Joins the camera's grab in progress or starts one, and waits for it at most `wait`.
+        """
+        with self.lock:
+            last = self.last.get(camera_id)
+            if last is not None and time.time() - last[0] < FRESH:
+                return last
+            pending = self.pending.get(camera_id)
+            if pending is None:
+                pending = self.pool.submit(self._grab, camera_id, source, name)
+                self.pending[camera_id] = pending
+        futures.wait([pending], timeout=self.wait)  # unfinished, it goes on for a later fetch
+        with self.lock:
+            last = self.last.get(camera_id)
+        return last if last is not None and time.time() - last[0] < KEEP else None
+
+    def _grab(self, camera_id: str, source: str | None, name: str) -> None:
+        image = None
+        try:
+            image = grab(self.relays, camera_id, source, name)
+        except OSError as exc:  # ffmpeg missing or not startable: no image, like a failed grab
+            log.warning("snapshot of camera %s could not run ffmpeg: %s", camera_id, exc)
+        finally:
+            with self.lock:
+                del self.pending[camera_id]
+                if image is not None:
+                    self.last[camera_id] = (time.time(), image)
+                    self.last.move_to_end(camera_id)
+                    while len(self.last) > CACHED:
+                        self.last.popitem(last=False)

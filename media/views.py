@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
+from werkzeug.http import http_date
 
 from camvoice.cameras import StreamUnavailable
 from camvoice.models import Camera
@@ -15,8 +16,9 @@ from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.streams import record_denial
 from camvoice.tickets import Protocol, TicketError
-from media import hls_proxy, snapshots
-from media.relay import PLAYLIST, SEGMENT, RelayBusy, RelayFailed, RelayManager
+from media import hls_proxy
+from media.relay import PLAYLIST, SEGMENT, RelayBusy, RelayFailed, RelayManager, RelayStarting
+from media.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,18 @@ def settings() -> Settings:
 
 def relays() -> RelayManager:
     return current_app.extensions["camvoice.relays"]  # type: ignore[no-any-return]
+
+
+def snapshot_grabs() -> Snapshots:
+    return current_app.extensions["camvoice.snapshots"]  # type: ignore[no-any-return]
+
+
+def retry_later(error: str, message: str, seconds: int) -> Response:
+    """503 with Retry-After: players and assistants try again rather than give up."""
+    response = jsonify(error=error, message=message)
+    response.status_code = 503
+    response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 @bp.after_request
@@ -77,12 +91,12 @@ def playlist(camera_id: str, token: str) -> Response:
         if proxied is not None:
             return proxied
     try:
-        folder = relays().ensure(camera.id, camera.source, camera.name)
+        folder = relays().ensure(camera.id, camera.source, camera.name, camera.owner_id)
     except RelayBusy:
-        response = jsonify(error="busy", message="Too many live streams right now; retry soon.")
-        response.status_code = 503
-        response.headers["Retry-After"] = "10"
-        return response
+        return retry_later("busy", "Too many live streams right now; retry soon.", 10)
+    except RelayStarting:
+        # At once, not after waiting for the camera: a hung camera must not hold web threads.
+        return retry_later("starting", "The camera's stream is starting; retry in a second.", 1)
     except RelayFailed:
         response = jsonify(error="stream_unavailable", message="The camera's stream did not start.")
         response.status_code = 502
@@ -167,12 +181,15 @@ def snapshot(camera_id: str, token: str) -> Response:
     camera, refusal = check(camera_id, token, Protocol.JPEG, audit=True)
     if refusal is not None:
         return refusal  # type: ignore[no-any-return]
-    image = snapshots.grab(relays(), camera.id, camera.source, camera.name)
-    if image is None:
-        response = jsonify(error="snapshot_unavailable", message="No image from the camera.")
-        response.status_code = 502
-        return response
-    return Response(image, mimetype="image/jpeg", headers={"Cache-Control": "no-store"})
+    taken = snapshot_grabs().get(camera.id, camera.source, camera.name)
+    if taken is None:
+        return retry_later("snapshot_unavailable", "No image from the camera yet; retry soon.", 2)
+    when, image = taken
+    return Response(
+        image,
+        mimetype="image/jpeg",
+        headers={"Cache-Control": "no-store", "Last-Modified": http_date(when)},
+    )
 
 
 @bp.post("/media/auth")
