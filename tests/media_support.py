@@ -7,7 +7,10 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
+
+import requests
 
 from camvoice.cameras import Registry
 from camvoice.models import Camera
@@ -18,9 +21,22 @@ from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
 
 
+def play(url: str, deadline: float = 30) -> requests.Response:
+    """GET a playlist or snapshot as a player does: again after each 503's Retry-After (a relay
+    still starting, a grab under way), until it answers something else."""
+    give_up = time.monotonic() + deadline
+    while True:
+        response = requests.get(url, timeout=30)
+        if response.status_code != 503 or time.monotonic() > give_up:
+            return response
+        time.sleep(float(response.headers.get("Retry-After", 1)))
+
+
 def probe_video(url: str, extra: list[str] | None = None, timeout: float = 30) -> str:
     """The codec of the first video stream that a player reads frames from at `url`."""
     extra = extra or []
+    if url.startswith("http") and url.endswith(".m3u8"):
+        assert play(url).status_code == 200  # ffprobe does not retry a relay still starting
     ffprobe = shutil.which("ffprobe")
     if ffprobe:
         result = subprocess.run(

@@ -27,7 +27,7 @@ from oauth.models import Grant
 from oauth.tokens import authenticate_bearer, revoke_grant
 from service.app import create_app
 from tests.conftest import LiveServer, require_gstreamer, running_relay, with_relay
-from tests.media_support import bare_registry, ffmpeg_pids, mint
+from tests.media_support import bare_registry, ffmpeg_pids, mint, play
 from tests.oauth_support import ALEXA_URIS, GOOGLE_URIS, link, make_owner, register
 
 CUT_WITHIN = 10.0  # seconds from the change to the end of every session (design.md, "Media")
@@ -254,7 +254,7 @@ def hls_url(settings: Settings, live: LiveServer, camera: Camera, **kw: object) 
 
 def first_segment(playlist_url: str) -> str:
     """A segment URL of the playlist, which must be admitted (200) now."""
-    playlist = requests.get(playlist_url, timeout=30)
+    playlist = play(playlist_url)
     assert playlist.status_code == 200, playlist.text
     name = next(line for line in playlist.text.splitlines() if line.endswith(".ts"))
     segment = playlist_url.rsplit("/", 1)[0] + "/" + name
