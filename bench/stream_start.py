@@ -67,6 +67,10 @@ def hls_start(url: str) -> float:
     """Seconds to a playlist and its first segment, checked to be MPEG-TS."""
     began = time.perf_counter()
     playlist = requests.get(url, timeout=30)
+    while playlist.status_code == 503 and time.perf_counter() - began < 30:
+        # A relay still starting: retry when Retry-After says, as a player does.
+        time.sleep(float(playlist.headers.get("Retry-After", 1)))
+        playlist = requests.get(url, timeout=30)
     segments = [line for line in playlist.text.splitlines() if line.endswith(".ts")]
     if playlist.status_code != 200 or not segments:
         fail(f"HLS playlist answered HTTP {playlist.status_code} with no segment")

@@ -96,6 +96,8 @@ def playlist(camera_id: str, token: str) -> Response:
         return retry_later("busy", "Too many live streams right now; retry soon.", 10)
     except RelayStarting:
         # At once, not after waiting for the camera: a hung camera must not hold web threads.
+        # A 503, not a playlist without segments: players retry a 5xx playlist (hls.js, Shaka
+        # in Cast receivers, ExoPlayer), while Shaka fails an empty one (HLS_EMPTY_MEDIA_PLAYLIST).
         return retry_later("starting", "The camera's stream is starting; retry in a second.", 1)
     except RelayFailed:
         response = jsonify(error="stream_unavailable", message="The camera's stream did not start.")

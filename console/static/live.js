@@ -3,7 +3,13 @@
 document.querySelectorAll("video[data-hls]").forEach(function (video) {
   var source = video.dataset.hls;
   if (window.Hls && Hls.isSupported()) {
-    var hls = new Hls({ lowLatencyMode: true });
+    // A relay still starting answers 503 with Retry-After: 1. hls.js reads no Retry-After and
+    // by default retries a failed playlist once: retry it every second for about 20 s instead.
+    var retry = { maxNumRetry: 20, retryDelayMs: 1000, maxRetryDelayMs: 1000 };
+    var policy = { default: { maxTimeToFirstByteMs: Infinity, maxLoadTimeMs: 20000,
+      timeoutRetry: { maxNumRetry: 2, retryDelayMs: 0, maxRetryDelayMs: 0 }, errorRetry: retry } };
+    var hls = new Hls({ lowLatencyMode: true, manifestLoadPolicy: policy,
+      playlistLoadPolicy: policy });
     hls.loadSource(source);
     hls.attachMedia(video);
   } else {
