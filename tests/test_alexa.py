@@ -39,6 +39,7 @@ from tests.conftest import (
     with_relay,
 )
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
+from tests.media_support import play
 from tests.oauth_support import (
     ALEXA_URIS,
     GOOGLE_URIS,
@@ -259,9 +260,7 @@ def test_front_door_stream_and_image_really_play(
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d\dZ", stream["expirationTime"])
     assert stream["uri"].startswith(f"rtsps://127.0.0.1:443/cam/{demo['Front Door']}/")
     assert answer["context"]["properties"][0]["value"] == {"value": "OK"}
-    image = requests.get(
-        event["payload"]["imageUri"].replace("http://127.0.0.1:8080", server.url), timeout=30
-    )
+    image = play(event["payload"]["imageUri"].replace("http://127.0.0.1:8080", server.url))
     assert image.status_code == 200 and image.content.startswith(b"\xff\xd8")
     require_gstreamer()
     with running_relay(alexa_settings, server.url):

@@ -18,3 +18,14 @@ document.querySelectorAll("video[data-hls]").forEach(function (video) {
   video.muted = true;
   video.play().catch(function () {});
 });
+
+// A snapshot still being grabbed answers 503 with Retry-After: 2: load it again, a few times.
+document.querySelectorAll("img.snapshot").forEach(function (img) {
+  var tries = 0;
+  var source = img.src;
+  img.addEventListener("error", function () {
+    if (tries++ < 10) {
+      setTimeout(function () { img.src = source + "?try=" + tries; }, 2000);
+    }
+  });
+});
