@@ -22,6 +22,7 @@ def init_app(app: Flask, services: Services) -> None:
         find_ffmpeg(settings.ffmpeg),
         settings.relay_idle_timeout,
         settings.max_relays,
+        settings.address_policy(),
     )
 
     def may_relay(camera_id: str) -> bool:

@@ -5,17 +5,26 @@ from __future__ import annotations
 import re
 import subprocess
 
+from camvoice.addresses import AddressPolicy
 from media.relay import find_ffmpeg
+from media.rtsp_check import SourceRefused, checked_source
 
 VIDEO_SIZE = re.compile(r"Stream #\d+:\d+.*?: Video: .*?\b(\d{2,5})x(\d{2,5})\b")
 PROBE_TIMEOUT = 15.0
 
 
-def picture_size(source: str, ffmpeg: str | None = None) -> tuple[int, int] | None:
+def picture_size(
+    source: str, ffmpeg: str | None = None, addresses: AddressPolicy | None = None
+) -> tuple[int, int] | None:
     """The width and height of the first video stream at `source`, or None when it cannot be
-    read (unreachable, no video, no ffmpeg). RTSP is pulled over TCP, as the relays pull it."""
+    read (unreachable, no video, no ffmpeg, an address the policy refuses: it is probed before
+    it is registered). RTSP is pulled over TCP, as the relays pull it."""
     binary = find_ffmpeg(ffmpeg)
     if binary is None:
+        return None
+    try:
+        source = checked_source(addresses or AddressPolicy(), source)
+    except SourceRefused:
         return None
     transport = ["-rtsp_transport", "tcp"] if source.startswith("rtsp") else []
     command = [binary, "-hide_banner", "-nostdin", *transport, "-i", source,

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from camvoice.addresses import AddressPolicy
+from media.rtsp_check import SourceRefused, checked_source
+
 log = logging.getLogger(__name__)
 
 PLAYLIST = "index.m3u8"
@@ -139,9 +142,16 @@ class RelayManager:
     """Starts, shares, stops and restarts HLS relays for this process."""
 
     def __init__(
-        self, base: Path, ffmpeg: str | None, idle_timeout: float, max_relays: int
+        self,
+        base: Path,
+        ffmpeg: str | None,
+        idle_timeout: float,
+        max_relays: int,
+        addresses: AddressPolicy | None = None,
     ) -> None:
         self.base = base
+        # Where camera sources may point; checked again at each start (DNS answers change).
+        self.addresses = addresses or AddressPolicy()
         self.ffmpeg = ffmpeg
         self.idle_timeout = idle_timeout
         self.max_relays = max_relays
@@ -223,6 +233,11 @@ class RelayManager:
         return count
 
     def _start(self, camera_id: str, source: str, name: str, folder: Path) -> None:
+        try:
+            source = checked_source(self.addresses, source)
+        except SourceRefused as exc:
+            log.warning("relay for camera %s refused its source: %s", camera_id, exc)
+            raise RelayFailed(f"camera {camera_id}'s source is refused") from None
         lock = (folder / LOCK).open("wb")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -78,16 +78,17 @@ def camera_pipeline(source: str) -> str:
 
 
 def ask(
-    auth_url: str, secret: str, camera_id: str, ticket: str
+    auth_url: str, secret: str, camera_id: str, ticket: str, want_source: bool = False
 ) -> tuple[Verdict, dict[str, Any] | None]:
-    """Ask camvoice about a ticket: admitted (with the camera's source), refused, or unknown.
+    """Ask camvoice about a ticket: admitted (with the camera's source when wanted: camvoice
+    checks it against its address policy and follows its redirects first), refused, or unknown.
 
     A refusal (4xx) and no answer are told apart so that a playing session is cut at once on a
     refusal, but survives a moment's restart of the app.
     """
-    body = json.dumps(
-        {"action": "read", "path": f"cam/{camera_id}", "protocol": "rtsp", "password": ticket}
-    ).encode()
+    question = {"action": "read", "path": f"cam/{camera_id}", "protocol": "rtsp",
+                "password": ticket, **({"want": "source"} if want_source else {})}  # fmt: skip
+    body = json.dumps(question).encode()
     request = urllib.request.Request(  # noqa: S310 - the configured camvoice URL
         auth_url, data=body, headers={"Content-Type": "application/json", SECRET_HEADER: secret}
     )
@@ -102,7 +103,7 @@ def ask(
 
 def admit(auth_url: str, secret: str, camera_id: str, ticket: str) -> dict[str, Any] | None:
     """Ask camvoice whether this ticket admits this camera; None means refuse."""
-    verdict, answer = ask(auth_url, secret, camera_id, ticket)
+    verdict, answer = ask(auth_url, secret, camera_id, ticket, want_source=True)
     return answer if verdict == "admitted" else None
 
 

@@ -6,6 +6,7 @@ import logging
 import subprocess
 
 from media.relay import RelayManager, demo_input, redact
+from media.rtsp_check import SourceRefused, checked_source
 
 log = logging.getLogger(__name__)
 TIMEOUT = 8.0
@@ -21,7 +22,12 @@ def grab(relays: RelayManager, camera_id: str, source: str | None, name: str) ->
     elif source == "demo":
         inputs = [arg for arg in demo_input(name) if arg != "-re"]
     else:
-        inputs = ["-rtsp_transport", "tcp", "-timeout", "5000000", "-i", source]
+        try:  # the address policy again, and redirects followed here, not by ffmpeg
+            checked = checked_source(relays.addresses, source)
+        except SourceRefused as exc:
+            log.warning("snapshot of camera %s refused its source: %s", camera_id, exc)
+            return None
+        inputs = ["-rtsp_transport", "tcp", "-timeout", "5000000", "-i", checked]
     command = [
         relays.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", *inputs,
         "-map", "0:v:0", "-frames:v", "1", "-f", "image2", "-c:v", "mjpeg", "pipe:1",

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from camvoice.addresses import AddressPolicy, parse_networks
 from camvoice.cameras import Registry
 from camvoice.models import Camera
 from camvoice.outbox import Outbox
@@ -16,6 +17,7 @@ from camvoice.settings import Settings
 from camvoice.streams import Streams
 from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
+from tests.conftest import TEST_SOURCE_NETWORKS
 
 
 def probe_video(url: str, extra: list[str] | None = None, timeout: float = 30) -> str:
@@ -80,7 +82,7 @@ def zombies() -> list[int]:
 
 def bare_registry() -> Registry:
     """A registry whose changes reach no subscriber: for tests about media, not events."""
-    return Registry(Outbox())
+    return Registry(Outbox(), AddressPolicy(parse_networks(TEST_SOURCE_NETWORKS)))
 
 
 def mint(
