@@ -47,8 +47,8 @@ class DatabaseOnce:
             dialect = session.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             stmt = insert(UsedOnce).values(key=key, expires_at=now + timedelta(seconds=ttl))
-            result = session.execute(stmt.on_conflict_do_nothing(index_elements=["key"]))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            stmt = stmt.on_conflict_do_nothing(index_elements=["key"]).returning(UsedOnce.key)
+            return session.execute(stmt).first() is not None  # no row: claimed before
 
 
 class RedisOnce:

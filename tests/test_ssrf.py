@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
+from sqlalchemy import select
 
+from backends.ezviz.sync import link_account, sync_now
 from camvoice.accounts import find_account
 from camvoice.addresses import AddressPolicy, parse_networks
 from camvoice.cameras import CameraError, Registry
@@ -32,7 +33,9 @@ from camvoice.tickets import Audience, Protocol
 from media import hls_proxy
 from media.rtsp_check import SourceRefused, checked_source
 from service.app import create_app
+from service.wiring import build_services
 from tests.conftest import LiveServer, run_cli
+from tests.fake_ezviz import FakeEzviz
 from tests.media_support import mint
 from tests.oauth_support import make_owner
 
@@ -340,3 +343,101 @@ def test_hls_proxy_connects_only_to_allowed_addresses(sink: Sink) -> None:
     with pytest.raises(hls_proxy.UpstreamError):
         hls_proxy.get(named, 2.0, AddressPolicy())
     assert sink.connections() == 0
+
+
+# --- the camera cloud --------------------------------------------------------------------------
+
+APP_KEY, APP_SECRET = "k3y-ssrf", "s3cret-ssrf"
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[FakeEzviz]:
+    """A fake EZVIZ whose HLS route serves `master` (set by each test) as the live playlist."""
+    (tmp_path / "hls").mkdir()
+    (tmp_path / "hls" / "index.m3u8").write_text("#EXTM3U\n")
+    fake = FakeEzviz(APP_KEY, APP_SECRET, tmp_path / "hls")
+    fake.add("SN001", "Front Door")
+    yield fake
+    fake.close()
+
+
+def cloud_camera(settings: Settings, db: Database) -> tuple[Settings, Camera]:
+    """The owner's EZVIZ camera, imported from the fake, and the settings pointing at it."""
+    ez = settings
+    services = build_services(ez, db)
+    make_owner(db, "owner@example.com")
+    with db.session() as session:
+        owner = find_account(session, "owner@example.com")
+    link_account(services, owner, APP_KEY, APP_SECRET, actor="test")  # type: ignore[arg-type]
+    sync_now(services, owner.id)  # type: ignore[union-attr]
+    with db.session() as session:
+        return ez, session.scalars(select(Camera)).one()
+
+
+def cloud_playlist(ez: Settings, db: Database, camera: Camera, **update: object) -> int:
+    app = create_app(ez.model_copy(update=update), db)
+    with LiveServer(app) as live:
+        url = mint(ez, camera, Protocol.HLS, Audience.GOOGLE).replace(ez.public_url, "")
+        status = live.get(url).status_code
+    app.extensions["camvoice.relays"].shutdown()
+    return status
+
+
+def test_cloud_urls_pass_the_address_policy(
+    settings: Settings, db: Database, platform: FakeEzviz, sink: Sink, tmp_path: Path
+) -> None:
+    """The platform's live address (on loopback) is pulled only while loopback is listed; a
+    playlist URI on the platform's host but another port (another service) never."""
+    ez, camera = cloud_camera(settings.model_copy(update={"ezviz_api_url": platform.url}), db)
+    platform.master = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nseg0.ts\n"
+    assert cloud_playlist(ez, db, camera, media_dir=tmp_path / "a") == 200
+    assert cloud_playlist(ez, db, camera, media_dir=tmp_path / "b", source_networks="") == 502
+    other_port = Sink("127.0.0.1")
+    try:
+        platform.master = (
+            f"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1\nhttp://127.0.0.1:{other_port.port}/x.m3u8\n"
+        )
+        assert cloud_playlist(ez, db, camera, media_dir=tmp_path / "c") == 502
+        assert other_port.connections() == 0
+    finally:
+        other_port.close()
+
+
+@pytest.mark.parametrize(
+    "area",
+    [
+        "http://169.254.169.254",
+        "http://localhost:{port}",  # loopback, but not the configured API's host
+        "http://open.ezvizlife.com.attacker.example",
+        "http://attacker.example/open.ezvizlife.com",
+        "http://open.ezvizlife.com@127.0.0.2:{port}",
+        "http://127.0.0.1:{port}\\@open.ezvizlife.com",
+        "http://127.0.0.1:{port}/?x=.ezvizlife.com",
+        "https://127.0.0.1:{port}",  # not the API's scheme
+    ],
+)
+def test_area_domain_must_be_an_ezviz_host(
+    settings: Settings, db: Database, platform: FakeEzviz, area: str
+) -> None:
+    """The token answer names the host that every later call (with the token) goes to."""
+    platform.area = area.format(port=platform.region.server.server_port)
+    ez = settings.model_copy(update={"ezviz_api_url": platform.url})
+    make_owner(db, "owner@example.com")
+    with db.session() as session:
+        owner = find_account(session, "owner@example.com")
+    with pytest.raises(CameraError, match="areaDomain"):
+        link_account(build_services(ez, db), owner, APP_KEY, APP_SECRET, actor="test")  # type: ignore[arg-type]
+
+
+def test_area_domain_suffixes_are_a_setting(
+    settings: Settings, db: Database, platform: FakeEzviz
+) -> None:
+    platform.area = f"http://localhost:{platform.region.server.server_port}"
+    ez = settings.model_copy(
+        update={"ezviz_api_url": platform.url, "ezviz_area_domains": "ezvizlife.com,localhost"}
+    )
+    make_owner(db, "owner@example.com")
+    with db.session() as session:
+        owner = find_account(session, "owner@example.com")
+    link_account(build_services(ez, db), owner, APP_KEY, APP_SECRET, actor="test")  # type: ignore[arg-type]
+    assert platform.paths("global") == ["/api/lapp/token/get"]
