@@ -8,7 +8,7 @@ from pathlib import Path
 
 from camvoice.addresses import AddressPolicy
 from media.relay import find_ffmpeg
-from media.rtsp_check import SourceRefused, checked_source
+from media.rtsp_check import SourceRefused, guarded_source
 
 VIDEO_SIZE = re.compile(r"Stream #\d+:\d+.*?: Video: .*?\b(\d{2,5})x(\d{2,5})\b")
 PROBE_TIMEOUT = 15.0
@@ -26,7 +26,7 @@ def picture_size(
         return None
     if not Path(source).is_file():  # a file of the operator's own is read as it is
         try:
-            source = checked_source(addresses or AddressPolicy(), source)
+            source = guarded_source(addresses or AddressPolicy(), source)
         except SourceRefused:
             return None
     transport = ["-rtsp_transport", "tcp"] if source.startswith("rtsp") else []

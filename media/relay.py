@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO
 
 from camvoice.addresses import AddressPolicy
-from media.rtsp_check import SourceRefused, checked_source
+from media.rtsp_check import SourceRefused, guarded_source
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class RelayManager:
 
     def _start(self, camera_id: str, source: str, name: str, folder: Path) -> None:
         try:
-            source = checked_source(self.addresses, source)
+            source = guarded_source(self.addresses, source)
         except SourceRefused as exc:
             log.warning("relay for camera %s refused its source: %s", camera_id, exc)
             raise RelayFailed(f"camera {camera_id}'s source is refused") from None

@@ -6,7 +6,7 @@ import logging
 import subprocess
 
 from media.relay import RelayManager, demo_input, redact
-from media.rtsp_check import SourceRefused, checked_source
+from media.rtsp_check import SourceRefused, guarded_source
 
 log = logging.getLogger(__name__)
 TIMEOUT = 8.0
@@ -23,7 +23,7 @@ def grab(relays: RelayManager, camera_id: str, source: str | None, name: str) ->
         inputs = [arg for arg in demo_input(name) if arg != "-re"]
     else:
         try:  # the address policy again, and redirects followed here, not by ffmpeg
-            checked = checked_source(relays.addresses, source)
+            checked = guarded_source(relays.addresses, source)
         except SourceRefused as exc:
             log.warning("snapshot of camera %s refused its source: %s", camera_id, exc)
             return None

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,9 +35,9 @@ from media import hls_proxy
 from media.rtsp_check import SourceRefused, checked_source
 from service.app import create_app
 from service.wiring import build_services
-from tests.conftest import LiveServer, run_cli
+from tests.conftest import LiveServer, free_port, require_gstreamer, run_cli
 from tests.fake_ezviz import FakeEzviz
-from tests.media_support import mint
+from tests.media_support import mint, probe_video
 from tests.oauth_support import make_owner
 
 EVERYTHING_LISTED = "127.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 169.254.0.0/16, fc00::/7, ::1/128"
@@ -68,10 +69,15 @@ class Sink:
 
 class FakeCamera:
     """An RTSP server on a loopback address answering every request with `status` (and a
-    Location); with `digest` set it first asks for Digest credentials and checks them."""
+    Location); with `digest` set it first asks for Digest credentials and checks them; with
+    `honest_to` it answers a client whose User-Agent says so 200 instead (a camera telling
+    camvoice's own DESCRIBE apart from ffmpeg's)."""
 
-    def __init__(self, host: str, status: int, location: str = "", digest: str = "") -> None:
+    def __init__(
+        self, host: str, status: int, location: str = "", digest: str = "", honest_to: str = ""
+    ) -> None:
         self.status, self.location, self.digest = status, location, digest
+        self.honest_to = honest_to
         self.requests: list[str] = []
         self.sock = socket.create_server((host, 0))
         self.port = self.sock.getsockname()[1]
@@ -109,6 +115,8 @@ class FakeCamera:
         if self.digest and not self._authorized(head):
             lines.append('WWW-Authenticate: Digest realm="cam", nonce="n0nce"')
             return ("RTSP/1.0 401 Unauthorized\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode()
+        if self.honest_to and re.search(rf"(?im)^User-Agent:.*{self.honest_to}", head):
+            return ("RTSP/1.0 200 OK\r\n" + "\r\n".join(lines) + "\r\n\r\n").encode()
         if self.location:
             lines.append(f"Location: {self.location}")
         text = {200: "OK", 302: "Moved Temporarily", 404: "Not Found"}[self.status]
@@ -128,6 +136,17 @@ class FakeCamera:
 
     def close(self) -> None:
         self.sock.close()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """SQLite only: no database plays a part in where camvoice connects (conftest's fixture
+    would run every test on PostgreSQL too)."""
+    url = f"sqlite:///{tmp_path / 'camvoice.db'}"
+    database = Database(url)
+    database.upgrade()
+    database.dispose()
+    return url
 
 
 @pytest.fixture
@@ -221,11 +240,10 @@ def test_cli_refuses_a_metadata_source_before_probing_it(
     cli_env: dict[str, str], db: Database
 ) -> None:
     make_owner(db, "owner@example.com")
-    for source in ("rtsp://169.254.169.254:80/latest", "RTSP://192.168.7.7/cam"):
-        done = run_cli("cameras", "add", "--owner", "owner@example.com", "--name", "Porch",
-                       "--source", source, env=cli_env, check=False)  # fmt: skip
-        assert done.returncode == 2, done.stdout
-        assert "CAMVOICE_SOURCE_NETWORKS" in done.stderr or "metadata" in done.stderr
+    done = run_cli("cameras", "add", "--owner", "owner@example.com", "--name", "Porch",
+                   "--source", "rtsp://169.254.169.254:80/latest", env=cli_env, check=False)  # fmt: skip
+    assert done.returncode == 2, done.stdout
+    assert "metadata" in done.stderr
     listed = {**cli_env, "CAMVOICE_SOURCE_NETWORKS": "127.0.0.5/32"}  # nothing listens there
     done = run_cli("cameras", "add", "--owner", "owner@example.com", "--name", "Porch",
                    "--source", "RTSP://127.0.0.5:9/cam", "--json", env=listed)  # fmt: skip
@@ -273,6 +291,78 @@ def test_rtsp_redirect_to_a_refused_address_is_not_followed(
         assert sink.connections() == 0
     finally:
         camera_server.close()
+
+
+def test_a_camera_that_answers_camvoice_otherwise_still_cannot_redirect_ffmpeg(
+    settings: Settings, db: Database, tmp_path: Path, sink: Sink
+) -> None:
+    """The camera answers camvoice's DESCRIBE 200 and ffmpeg's requests 302: ffmpeg talks to
+    it through the guard, which drops the redirect."""
+    liar = FakeCamera("127.0.0.2", 302, location=f"rtsp://127.0.0.3:{sink.port}/x",
+                      honest_to="camvoice")  # fmt: skip
+    try:
+        only = settings.model_copy(
+            update={"source_networks": "127.0.0.2/32", "media_dir": tmp_path / "m"}
+        )
+        camera = add_camera(db, only, liar.url + "/stream")
+        app = create_app(only, db)
+        with LiveServer(app) as live:
+            hls = mint(only, camera, Protocol.HLS, Audience.GOOGLE).replace(only.public_url, "")
+            assert live.get(hls).status_code == 502
+            jpeg = mint(only, camera, Protocol.JPEG, Audience.GOOGLE).replace(only.public_url, "")
+            assert live.get(jpeg).status_code == 502
+        app.extensions["camvoice.relays"].shutdown()
+        assert any("Lavf" in r for r in liar.requests)  # ffmpeg did ask, and got no redirect
+        assert sink.connections() == 0
+    finally:
+        liar.close()
+
+
+def test_a_real_camera_plays_through_the_guard(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    """H.264 over RTSP (GStreamer's server on 127.0.0.2) relayed to HLS through the guard."""
+    require_gstreamer()
+    port = free_port()
+    script = tmp_path / "camera.py"
+    script.write_text(PLAIN_RTSP_CAMERA)
+    camera_process = subprocess.Popen(["/usr/bin/python3", str(script), "127.0.0.2", str(port)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert camera_process.stdout is not None and camera_process.stdout.readline() == b"ready\n"
+        only = settings.model_copy(
+            update={"source_networks": "127.0.0.2/32", "media_dir": tmp_path / "m"}
+        )
+        camera = add_camera(db, only, f"rtsp://127.0.0.2:{port}/stream")
+        app = create_app(only, db)
+        with LiveServer(app) as live:
+            hls = mint(only, camera, Protocol.HLS, Audience.GOOGLE).replace(only.public_url, "")
+            assert probe_video(live.url + hls) == "h264"
+        app.extensions["camvoice.relays"].shutdown()
+    finally:
+        camera_process.terminate()
+        camera_process.wait(10)
+
+
+PLAIN_RTSP_CAMERA = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address(sys.argv[1])
+server.set_service(sys.argv[2])
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch("( videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=15/1"
+                   " ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 pt=96 )")
+factory.set_shared(True)
+server.get_mount_points().add_factory("/stream", factory)
+server.attach(None)
+print("ready", flush=True)
+GLib.MainLoop().run()
+"""
 
 
 def test_redirects_within_the_policy_are_followed_with_digest_credentials() -> None:
