@@ -7,24 +7,23 @@ them), within a short deadline. A redirect's Location is checked against the pol
 (a few hops at most); the URL handed on is the last one, its host replaced by the address that
 was checked (plain RTSP: a later DNS answer cannot move it; RTSPS keeps its name, which its
 certificate must match). A camera at an allowed address could still answer camvoice's DESCRIBE
-without a redirect and the puller's with one: ffmpeg is therefore given a Guard on loopback
-(`guarded_source`) that passes RTSP through to the checked address and drops any redirect.
-GStreamer's rtspsrc (the RTSPS relay, another process) gets the checked URL without a guard.
+without a redirect and the puller's with one: pullers are therefore given a guard on loopback
+(media/rtsp_guard.py: `guarded_source` here, the RTSPS relay starts its own) that passes RTSP
+through to the checked address only and drops any redirect.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import re
 import socket
 import ssl
-import threading
 import time
 from urllib.parse import unquote, urlsplit
 
 from camvoice.addresses import CAMERA_SCHEMES, AddressPolicy, AddressRefused, Target
+from media.rtsp_guard import guard_url
 
 PREFLIGHT_TIMEOUT = 2.0  # seconds for the whole check: a request thread waits on it
 MAX_REDIRECTS = 3
@@ -150,125 +149,10 @@ def parse_head(head: bytes) -> tuple[int, dict[str, list[str]]]:
 
 
 def guarded_source(policy: AddressPolicy, source: str, timeout: float = PREFLIGHT_TIMEOUT) -> str:
-    """`checked_source`, then a Guard in front of it: the URL ffmpeg is given names the
+    """`checked_source`, then a guard in front of it: the URL ffmpeg is given names the
     guard on loopback, so whatever the camera answers ffmpeg later, it cannot move it."""
     checked = checked_source(policy, source, timeout)
     if checked == "demo":
         return checked
     target = policy.check(checked, CAMERA_SCHEMES)  # an IP literal (or rtsps' name) by now
-    return Guard(target).url
-
-
-class Guard:
-    """A one-connection RTSP relay on loopback in front of a checked camera address.
-
-    ffmpeg follows an RTSP 3xx to wherever it points, whenever it comes: the pre-flight
-    DESCRIBE cannot know whether the camera will answer ffmpeg's own requests the same way
-    (it can tell the two clients apart). So ffmpeg talks to this guard, which connects only to
-    the address that was checked (over TLS for rtsps, verified against the camera's name), passes
-    requests through as they are, and reads every answer: a redirect ends the connection instead
-    of reaching ffmpeg. Interleaved media frames ($, channel, length) pass through untouched.
-    The listener takes one connection (ffmpeg's) and closes; the pumps end with either side.
-    """
-
-    ACCEPT_TIMEOUT = 20.0  # ffmpeg connects at once; a start that never comes frees the port
-    CONNECT_TIMEOUT = 5.0
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(self.ACCEPT_TIMEOUT)
-        parts = urlsplit(target.url)
-        userinfo = parts.netloc.rpartition("@")[0]
-        netloc = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        netloc = f"{userinfo}@{netloc}" if userinfo else netloc
-        self.url = parts._replace(scheme="rtsp", netloc=netloc).geturl()
-        threading.Thread(target=self._serve, daemon=True, name="rtsp-guard").start()
-
-    def _serve(self) -> None:
-        try:
-            with self.listener:
-                client, _ = self.listener.accept()
-        except OSError:
-            return
-        try:
-            upstream = self._connect()
-        except OSError:
-            client.close()
-            return
-        threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
-        answers(upstream, client)
-
-    def _connect(self) -> socket.socket:
-        target = self.target
-        raw = socket.create_connection(
-            (target.addresses[0], target.port), timeout=self.CONNECT_TIMEOUT
-        )
-        if target.scheme == "rtsps":
-            raw = ssl.create_default_context().wrap_socket(raw, server_hostname=target.host)
-        raw.settimeout(None)
-        return raw
-
-
-def pump(source: socket.socket, sink: socket.socket) -> None:
-    """The player's requests to the camera, byte for byte."""
-    try:
-        while chunk := source.recv(65536):
-            sink.sendall(chunk)
-    except OSError:
-        pass
-    finally:
-        close_both(source, sink)
-
-
-def answers(camera: socket.socket, player: socket.socket) -> None:
-    """The camera's messages to the player, one at a time; a redirect ends the connection."""
-    buffer = b""
-    try:
-        while True:
-            size = message_size(buffer)
-            if size is None:
-                chunk = camera.recv(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-                continue
-            if size < 0:
-                return  # a redirect, or not RTSP: nothing more reaches the player
-            player.sendall(buffer[:size])
-            buffer = buffer[size:]
-    except OSError:
-        pass
-    finally:
-        close_both(camera, player)
-
-
-def message_size(buffer: bytes) -> int | None:
-    """The length of the complete message at the start of `buffer`, None when more is needed,
-    or -1 when it must not be passed on (a 3xx answer, an oversized or unreadable head)."""
-    if not buffer:
-        return None
-    if buffer[:1] == b"$":  # interleaved: $, channel, 16-bit length, data
-        if len(buffer) < 4:
-            return None
-        size = 4 + int.from_bytes(buffer[2:4], "big")
-        return size if len(buffer) >= size else None
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        return -1 if len(buffer) > MAX_HEADER else None
-    head = buffer[:end]
-    status = STATUS_LINE.match(head)
-    if status is not None and 300 <= int(status.group(1)) < 400:
-        return -1
-    if status is None and not re.match(rb"^[A-Z_]+ \S+ RTSP/\d\.\d", head):
-        return -1  # neither an answer nor a request from the camera: not RTSP
-    length = re.search(rb"(?im)^content-length:\s*(\d{1,9})\s*$", head)
-    size = end + 4 + (int(length.group(1)) if length else 0)
-    return size if len(buffer) >= size else None
-
-
-def close_both(a: socket.socket, b: socket.socket) -> None:
-    for sock in (a, b):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
+    return guard_url(target.url, target.addresses[0])

@@ -38,6 +38,7 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+from rtsp_guard import guard_url  # noqa: E402 - media/rtsp_guard.py, this script's folder
 
 SECRET_HEADER = "X-Camvoice-Relay-Secret"  # noqa: S105 - a header name
 ASK_TIMEOUT = 3.0  # seconds camvoice has to answer one question about a ticket
@@ -319,9 +320,10 @@ class TicketFactory(GstRtspServer.RTSPMediaFactory):
             self.refused(f"/cam/{camera_id}/{ticket}")
             return None
         source = answer["source"]
-        description = (
-            demo_pipeline(answer.get("name", "")) if source == "demo" else camera_pipeline(source)
-        )
+        if source == "demo":
+            description = demo_pipeline(answer.get("name", ""))
+        else:  # rtspsrc follows redirects anywhere: it pulls through a guard to the checked address
+            description = camera_pipeline(guard_url(source, answer["address"]))
         pipeline = Gst.parse_launch(description)
         pipeline.set_name(self.admissions.add(camera_id, ticket))
         return pipeline

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
 
+from camvoice.addresses import AddressRefused
 from camvoice.cameras import StreamUnavailable
 from camvoice.models import Camera
 from camvoice.services import Services
@@ -205,10 +206,13 @@ def mediamtx_auth() -> Response:
         # checked against the address policy now and with its redirects already followed.
         if body.get("want") != "source":
             return jsonify(name=camera.name)  # a re-check: the pipeline already runs
+        policy = settings().address_policy()
         try:
-            source = checked_source(settings().address_policy(), camera.source)
-        except SourceRefused as exc:
+            source = checked_source(policy, camera.source)
+            # The address checked, for the relay's guard to connect to (no second lookup).
+            address = None if source == "demo" else policy.check(source).addresses[0]
+        except (SourceRefused, AddressRefused) as exc:
             log.warning("RTSPS relay refused camera %s's source: %s", camera.id, exc)
             return Response(status=403)
-        return jsonify(source=source, name=camera.name)
+        return jsonify(source=source, address=address, name=camera.name)
     return Response(status=200)

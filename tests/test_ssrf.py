@@ -35,7 +35,14 @@ from media import hls_proxy
 from media.rtsp_check import SourceRefused, checked_source
 from service.app import create_app
 from service.wiring import build_services
-from tests.conftest import LiveServer, free_port, require_gstreamer, run_cli
+from tests.conftest import (
+    LiveServer,
+    free_port,
+    require_gstreamer,
+    run_cli,
+    running_relay,
+    with_relay,
+)
 from tests.fake_ezviz import FakeEzviz
 from tests.media_support import mint, probe_video
 from tests.oauth_support import make_owner
@@ -158,7 +165,10 @@ def sink() -> Iterator[Sink]:
 
 def add_camera(db: Database, settings: Settings, source: str) -> Camera:
     """A camera registered under `settings`' policy, as the CLI and console register one."""
-    make_owner(db, "owner@example.com")
+    with db.session() as session:
+        known = find_account(session, "owner@example.com") is not None
+    if not known:
+        make_owner(db, "owner@example.com")
     registry = Registry(Outbox(), settings.address_policy())
     with db.session() as session:
         owner = find_account(session, "owner@example.com")
@@ -318,30 +328,57 @@ def test_a_camera_that_answers_camvoice_otherwise_still_cannot_redirect_ffmpeg(
         liar.close()
 
 
-def test_a_real_camera_plays_through_the_guard(
-    settings: Settings, db: Database, tmp_path: Path
-) -> None:
-    """H.264 over RTSP (GStreamer's server on 127.0.0.2) relayed to HLS through the guard."""
+@pytest.fixture
+def real_camera(tmp_path: Path) -> Iterator[str]:
+    """H.264 over plain RTSP from GStreamer's server on 127.0.0.2: its URL."""
     require_gstreamer()
     port = free_port()
     script = tmp_path / "camera.py"
     script.write_text(PLAIN_RTSP_CAMERA)
-    camera_process = subprocess.Popen(["/usr/bin/python3", str(script), "127.0.0.2", str(port)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(["/usr/bin/python3", str(script), "127.0.0.2", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        assert camera_process.stdout is not None and camera_process.stdout.readline() == b"ready\n"
-        only = settings.model_copy(
-            update={"source_networks": "127.0.0.2/32", "media_dir": tmp_path / "m"}
-        )
-        camera = add_camera(db, only, f"rtsp://127.0.0.2:{port}/stream")
-        app = create_app(only, db)
-        with LiveServer(app) as live:
-            hls = mint(only, camera, Protocol.HLS, Audience.GOOGLE).replace(only.public_url, "")
-            assert probe_video(live.url + hls) == "h264"
-        app.extensions["camvoice.relays"].shutdown()
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+        yield f"rtsp://127.0.0.2:{port}/stream"
     finally:
-        camera_process.terminate()
-        camera_process.wait(10)
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_real_camera_plays_through_the_guard(
+    settings: Settings, db: Database, tmp_path: Path, real_camera: str
+) -> None:
+    """Relayed to HLS (ffmpeg) through the guard."""
+    only = settings.model_copy(
+        update={"source_networks": "127.0.0.2/32", "media_dir": tmp_path / "m"}
+    )
+    camera = add_camera(db, only, real_camera)
+    app = create_app(only, db)
+    with LiveServer(app) as live:
+        hls = mint(only, camera, Protocol.HLS, Audience.GOOGLE).replace(only.public_url, "")
+        assert probe_video(live.url + hls) == "h264"
+    app.extensions["camvoice.relays"].shutdown()
+
+
+def test_the_rtsps_relay_pulls_through_a_guard_too(
+    settings: Settings, db: Database, tmp_path: Path, real_camera: str, sink: Sink
+) -> None:
+    """GStreamer's rtspsrc follows redirects as ffmpeg does: the RTSPS relay plays a real
+    camera through its own guard, and a camera that answers camvoice 200 and the relay 302
+    is played to nobody, and redirects it nowhere."""
+    from tests.test_rtsps import play_rtsps, refused
+
+    liar = FakeCamera("127.0.0.2", 302, location=f"rtsp://127.0.0.3:{sink.port}/x",
+                      honest_to="camvoice")  # fmt: skip
+    try:
+        only = with_relay(settings, tmp_path, source_networks="127.0.0.2/32")
+        real, lying = add_camera(db, only, real_camera), add_camera(db, only, liar.url + "/s")
+        with LiveServer(create_app(only, db)) as live, running_relay(only, live.url):
+            assert play_rtsps(mint(only, real, Protocol.RTSPS, Audience.ALEXA), only) == "h264"
+            assert refused(mint(only, lying, Protocol.RTSPS, Audience.ALEXA), only)
+        assert sink.connections() == 0
+    finally:
+        liar.close()
 
 
 PLAIN_RTSP_CAMERA = """
