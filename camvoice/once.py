@@ -6,11 +6,14 @@ So the first delivery claims the key and every later one, on any instance, is re
 
 With CAMVOICE_REDIS_URL the claim is a SET NX with an expiry (one round trip); without it, an
 INSERT into a table whose primary key is the key, which every instance shares too (the loser of
-two concurrent claims gets no row). Expired rows are purged by the claims themselves.
+two concurrent claims gets no row). A claim is one INSERT in its own transaction; at most once
+every PURGE_INTERVAL seconds a process's claim also deletes the expired rows, so the table holds
+little more than one window's worth of forwards.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -21,6 +24,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, utcnow
+
+PURGE_INTERVAL = 60.0
 
 
 class UsedOnce(Base):
@@ -39,11 +44,14 @@ class Once(Protocol):
 class DatabaseOnce:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.purged = float("-inf")  # monotonic time of this process's last purge
 
     def claim(self, key: str, ttl: int) -> bool:
         now = utcnow()
         with self.db.session() as session:
-            session.execute(delete(UsedOnce).where(UsedOnce.expires_at < now))
+            if time.monotonic() - self.purged >= PURGE_INTERVAL:
+                self.purged = time.monotonic()
+                session.execute(delete(UsedOnce).where(UsedOnce.expires_at < now))
             dialect = session.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             stmt = insert(UsedOnce).values(key=key, expires_at=now + timedelta(seconds=ttl))
