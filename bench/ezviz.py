@@ -59,8 +59,10 @@ class Quiet(WSGIRequestHandler):
 
 def scratch(folder: Path, api_url: str) -> tuple[Services, Account]:
     """A migrated SQLite database with one owner, and the wiring the CLI and worker build."""
+    # The fake platform streams from loopback, which camvoice pulls from only when listed.
     settings = load_settings(data_dir=folder / "data", ezviz_api_url=api_url,
-                             secret_key="bench-" + "x" * 40)  # fmt: skip
+                             secret_key="bench-" + "x" * 40,
+                             source_networks="127.0.0.0/8")  # fmt: skip
     db = Database(settings.sqlalchemy_url)
     db.upgrade()
     with db.session() as session:

@@ -198,11 +198,18 @@ class Case:
     method: str = "GET"
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # A request that may be sent only once (a signed Alexa forward): a fresh one each time.
+    fresh: Callable[[], tuple[str, dict[str, str]]] | None = None
+
+    def request(self) -> tuple[str, dict[str, str]]:
+        """The body and headers of the next request."""
+        return self.fresh() if self.fresh is not None else (self.body, self.headers)
 
     def verify(self, base: str) -> None:
         """Send it once: a case that answers an error must not be timed."""
-        answer = requests.request(self.method, base + self.path, data=self.body.encode(),
-                                  headers=self.headers, timeout=30)  # fmt: skip
+        body, headers = self.request()
+        answer = requests.request(self.method, base + self.path, data=body.encode(),
+                                  headers=headers, timeout=30)  # fmt: skip
         judged(self.name, answer.status_code, answer.text, self.check)
 
 
@@ -219,6 +226,9 @@ class Load:
 Loader = Callable[[str, Case, int, int], Load]
 
 
+WRK_FRESH_PER_SECOND = 1500  # fresh requests written per second of a run (far above any rps seen)
+
+
 def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
     """Run wrk (two threads); parse its latency distribution and every kind of failure."""
     script = ["wrk.method = " + json.dumps(case.method)]
@@ -226,6 +236,8 @@ def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
         script.append("wrk.body = [==[" + case.body + "]==]")
     for key, value in case.headers.items():
         script.append(f"wrk.headers[{json.dumps(key)}] = {json.dumps(value)}")
+    if case.fresh is not None:
+        script += fresh_requests(case, WRK_FRESH_PER_SECOND * seconds)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write("\n".join(script) + "\n")
     try:
@@ -237,6 +249,27 @@ def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
     finally:
         os.unlink(lua.name)
     return parse_wrk(out)
+
+
+def fresh_requests(case: Case, count: int) -> list[str]:
+    """wrk's Lua for requests sent once each: `count` made beforehand (wrk's Lua cannot sign),
+    the two threads taking alternate ones. Running out would resend (counted as failures)."""
+    rows = []
+    for _ in range(count if case.fresh is not None else 0):
+        body, headers = case.request()
+        fields = ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
+        rows.append("{[==[" + body + "]==], {" + fields + "}}")
+    return [
+        "fresh = {" + ",\n".join(rows) + "}",
+        "local threads = 0",
+        "function setup(thread) thread:set('n', threads); threads = threads + 1 end",
+        "function request()",
+        "  n = n + 2",
+        "  local r = fresh[(n % #fresh) + 1]",
+        "  for k, v in pairs(r[2]) do wrk.headers[k] = v end",
+        "  return wrk.format(nil, nil, nil, r[1])",
+        "end",
+    ]
 
 
 def parse_wrk(out: str) -> Load:
@@ -274,9 +307,10 @@ def python_load(base: str, case: Case, seconds: int, connections: int) -> Load:
         with requests.Session() as session:
             while time.perf_counter() < deadline:
                 began = time.perf_counter()
+                body, headers = case.request()
                 try:
-                    answer = session.request(case.method, base + case.path, headers=case.headers,
-                                             data=case.body.encode(), timeout=10)  # fmt: skip
+                    answer = session.request(case.method, base + case.path, headers=headers,
+                                             data=body.encode(), timeout=10)  # fmt: skip
                     ok = 200 <= answer.status_code < 300
                 except requests.RequestException:
                     ok = False
@@ -411,8 +445,23 @@ def directive(namespace: str, name: str, token: str, endpoint: str | None = None
     return json.dumps({"directive": body})
 
 
+def renewed(message: dict[str, Any]) -> dict[str, Any]:
+    """The directive again as Alexa sends each one: with a messageId of its own (camvoice
+    accepts each signed forward once, and the same body signed in the same second is the same
+    forward)."""
+    header = {**message["directive"]["header"], "messageId": str(uuid.uuid4())}
+    return {**message, "directive": {**message["directive"], "header": header}}
+
+
 def alexa_case(name: str, body: str, check: Check) -> Case:
-    return Case(name, "/alexa/smart-home", check, "POST", body, signed(body.encode()))
+    """camvoice accepts each signed forward once: every request is a new directive (its own
+    messageId), signed afresh, as the Lambda forwards Alexa's."""
+
+    def fresh() -> tuple[str, dict[str, str]]:
+        text = json.dumps(renewed(json.loads(body)))
+        return text, signed(text.encode())
+
+    return Case(name, "/alexa/smart-home", check, "POST", body, signed(body.encode()), fresh)
 
 
 def google_case(name: str, token: str, intent: dict[str, Any], check: Check) -> Case:
@@ -557,12 +606,17 @@ def counted_cases(
 def count_statements(http: FlaskClient, statements: list[str], name: str, path: str,
                      body: dict[str, Any], check: Check, google: str) -> int:  # fmt: skip
     """Statements one directive runs, counted only once its answer is the success shape."""
-    raw = json.dumps(body).encode()
-    headers = signed(raw) if path.startswith("/alexa") else {
-        "Authorization": f"Bearer {google}", "Content-Type": "application/json"}  # fmt: skip
-    http.post(path, data=raw, headers=headers)  # warm: a first use of a grant writes last_used_at
+
+    def post() -> Any:
+        if not path.startswith("/alexa"):
+            headers = {"Authorization": f"Bearer {google}", "Content-Type": "application/json"}
+            return http.post(path, data=json.dumps(body).encode(), headers=headers)
+        raw = json.dumps(renewed(body)).encode()  # a signed forward is accepted once
+        return http.post(path, data=raw, headers=signed(raw))
+
+    post()  # warm: a first use of a grant writes last_used_at
     statements.clear()
-    reply = http.post(path, data=raw, headers=headers)
+    reply = post()
     judged(name, reply.status_code, reply.get_data(as_text=True), check)
     return len(statements)
 
@@ -624,13 +678,13 @@ def forwarder_latency(base: str, owner: Owner, runs: int) -> tuple[float, float]
     os.environ["CAMVOICE_FORWARDER_SECRET"] = SECRET
 
     def direct() -> None:
-        raw = json.dumps(message).encode()
+        raw = json.dumps(renewed(message)).encode()
         answer = requests.post(base + "/alexa/smart-home", data=raw, headers=signed(raw),
                                timeout=10)  # fmt: skip
         judged("direct ReportState", answer.status_code, answer.text, alexa_state)
 
     def forwarded() -> None:
-        answer = module.lambda_handler(message, None)
+        answer = module.lambda_handler(renewed(message), None)
         judged("forwarded ReportState", 200, json.dumps(answer), alexa_state)
 
     return timed_medians(direct, forwarded, runs)

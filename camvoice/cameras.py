@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from camvoice import audit, tickets
+from camvoice.addresses import CAMERA_SCHEMES, AddressPolicy, AddressRefused
 from camvoice.db import Database
 from camvoice.models import Account, Camera
 from camvoice.outbox import Outbox
@@ -86,13 +87,20 @@ class CloudBackend(Backend, Protocol):
     def link_of(self, account_id: str) -> CloudLink | None: ...
 
 
-def validate_source(source: str | None, backend: str = "local") -> str | None:
-    """`demo`, an rtsp:// or rtsps:// URL with a host, `ezviz` (the platform's HLS), or None."""
+def validate_source(
+    source: str | None, backend: str = "local", addresses: AddressPolicy | None = None
+) -> str | None:
+    """`demo`, an rtsp:// or rtsps:// URL whose host passes the address policy (the strict one,
+    public addresses only, unless the operator's is given), `ezviz` (the platform's HLS), or
+    None. Checked again before every connection: DNS answers change."""
     if source is None or source == "demo" or (source == "ezviz" and backend == "ezviz"):
         return source
-    parts = urlsplit(source)
-    if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
-        raise CameraError(f"stream source must be 'demo' or an rtsp:// URL, not {redact(source)!r}")
+    try:
+        (addresses or AddressPolicy()).check(source, CAMERA_SCHEMES)
+    except AddressRefused as exc:
+        shown = redact(source) if isinstance(source, str) else type(source).__name__
+        raise CameraError(f"stream source must be 'demo' or an rtsp:// URL ({exc}), "
+                          f"not {shown!r}") from None  # fmt: skip
     return source
 
 
@@ -118,8 +126,9 @@ def redact(source: str | None) -> str | None:
 class Registry:
     """Reads and changes of cameras, with the audit rows and outbox events every change makes."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, addresses: AddressPolicy | None = None) -> None:
         self.outbox = outbox
+        self.addresses = addresses or AddressPolicy()  # public addresses only, unless told
         self.backends: dict[str, Backend] = {}
 
     def register(self, backend: Backend) -> None:
@@ -162,7 +171,7 @@ class Registry:
             owner_id=owner.id,
             name=name,
             backend=backend,
-            source=validate_source(source, backend),
+            source=validate_source(source, backend, self.addresses),
             **fields,
         )
         session.add(camera)
@@ -241,13 +250,12 @@ class Registry:
             raise NoSuchCamera(f"no camera {camera_id}")
         return camera
 
-    @staticmethod
-    def _validated(camera: Camera, changes: dict[str, Any]) -> dict[str, Any]:
+    def _validated(self, camera: Camera, changes: dict[str, Any]) -> dict[str, Any]:
         """The changes that differ from the camera, checked: unknown fields, sources, names."""
         check_fields(changes)
         changes = dict(changes)
         if "source" in changes:
-            changes["source"] = validate_source(changes["source"], camera.backend)
+            changes["source"] = validate_source(changes["source"], camera.backend, self.addresses)
         if "name" in changes and not str(changes["name"]).strip():
             raise CameraError("camera name must not be empty")
         return {k: v for k, v in changes.items() if getattr(camera, k) != v}

@@ -13,6 +13,7 @@ from typing import Any
 
 from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.once import Once
 from camvoice.outbox import Outbox
 from camvoice.ratelimit import Limiter
 from camvoice.settings import Settings
@@ -29,6 +30,7 @@ class Services:
     registry: Registry
     streams: Streams
     limiter: Limiter
+    once: Once  # single-use keys shared by every instance (signed forwards)
     # Whether Alexa's RTSPS can be served (a relay runs, or a URL template points at one).
     rtsps_available: Callable[[], bool]
 

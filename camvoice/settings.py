@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
 
+    from camvoice.addresses import AddressPolicy
     from camvoice.tickets import TicketSigner
 
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
@@ -84,6 +85,11 @@ class Settings(BaseSettings):
     ezviz_timeout: float = Field(5.0, gt=0, le=30)
     ezviz_live_timeout: float = Field(2.0, gt=0, le=10)
     outbox_max_attempts: int = Field(8, ge=1)
+    # Networks (CIDR) besides the public internet that camera sources may be on: a LAN over a
+    # VPN, loopback for a MediaMTX on this host. Metadata addresses are refused even if listed.
+    source_networks: str = ""
+    # Host suffixes an EZVIZ token answer's areaDomain must end with (or the API's own host).
+    ezviz_area_domains: str = "ezvizlife.com,ezviz.com,ys7.com"
 
     @field_validator("public_url")
     @classmethod
@@ -107,6 +113,20 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
             return url
         return f"sqlite:///{(self.data_dir / 'camvoice.db').resolve()}"
+
+    @field_validator("source_networks")
+    @classmethod
+    def _source_networks(cls, value: str) -> str:
+        from camvoice.addresses import parse_networks
+
+        parse_networks(value)  # a ValueError names the bad block
+        return value
+
+    def address_policy(self) -> AddressPolicy:
+        """Where camera sources and camera-cloud URLs may point (camvoice/addresses.py)."""
+        from camvoice.addresses import AddressPolicy, parse_networks
+
+        return AddressPolicy(parse_networks(self.source_networks))
 
     @field_validator("stream_keys")
     @classmethod

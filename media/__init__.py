@@ -24,6 +24,7 @@ def init_app(app: Flask, services: Services) -> None:
         settings.relay_idle_timeout,
         settings.max_relays,
         settings.max_relays_per_owner,
+        addresses=settings.address_policy(),
     )
 
     def may_relay(camera_id: str) -> bool:

@@ -5,6 +5,12 @@ The upstream playlist is fetched on each playlist request and every URI in it is
 the camera. A segment fetch checks the ticket like any other, unseals, and streams the bytes
 through. So unlinking or turning Image Encryption on stops a cloud stream just as it stops a
 relayed one, and the platform's addresses, which carry its credentials, never reach a player.
+
+A playlist is the platform's (or a tampered one's) word: every URI in it must stay on the live
+address's site (same scheme, host and port as requests itself parses them, no userinfo, no
+backslash) and every fetch passes the address policy at the moment its connection is opened,
+to the address that was checked (PinnedAdapter), so a DNS answer that changes between the check
+and the connection cannot aim camvoice at loopback or a metadata service.
 """
 
 from __future__ import annotations
@@ -17,7 +23,18 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from cryptography.fernet import InvalidToken
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 
+from camvoice.addresses import (
+    CLOUD_SCHEMES,
+    DEFAULT_PORTS,
+    AddressPolicy,
+    AddressRefused,
+    http_url,
+)
 from camvoice.settings import Settings
 
 SEALED_TTL = 900  # seconds a rewritten URI stays usable; playlists are re-fetched every few
@@ -56,22 +73,72 @@ def unseal(settings: Settings, camera_id: str, sealed: str) -> str | None:
 
 
 def same_site(url: str, origin: str) -> bool:
-    """Whether a URI stays on the platform: the live address's host or, for a named host, a
-    sibling under its parent domain (CDN segment hosts). Anything else, an internal address
-    above all, is refused: camvoice must not fetch whatever a tampered playlist points at."""
-    a, b = urlsplit(url), urlsplit(origin)
-    if a.scheme != b.scheme or not a.hostname or not b.hostname:
+    """Whether a URI stays on the platform: the live address's scheme, port and host or, for a
+    named host, a sibling under its parent domain (CDN segment hosts). Anything else, an
+    internal address above all, is refused: camvoice must not fetch whatever a tampered
+    playlist points at. Both are read with the parser the HTTP client connects with."""
+    a, b = http_url(url), http_url(origin)
+    if a is None or b is None or a.scheme != b.scheme or not a.host or not b.host:
         return False
-    if a.hostname == b.hostname:
+    default = DEFAULT_PORTS[b.scheme or "https"]
+    if (a.port or default) != (b.port or default):
+        return False
+    host, origin_host = a.host.rstrip(".").lower(), b.host.rstrip(".").lower()
+    if host == origin_host:
         return True
-    named = not b.hostname.replace(".", "").isdigit() and ":" not in b.hostname
-    parent = b.hostname.split(".", 1)[-1]
-    return named and "." in parent and a.hostname.endswith("." + parent)
+    named = not origin_host.replace(".", "").isdigit() and ":" not in origin_host
+    parent = origin_host.split(".", 1)[-1]
+    return named and "." in parent and host.endswith("." + parent)
 
 
-def get(url: str, timeout: float, stream: bool = False) -> requests.Response:
+def pinned_connection(base: type[HTTPConnection], policy: AddressPolicy) -> type[HTTPConnection]:
+    """`base` connecting only to an address the policy allows for its host, looked up and
+    checked as the connection opens: the socket goes to that very address (urllib3 connects to
+    `_dns_host`; the Host header, SNI and certificate check keep the name)."""
+    scheme = "https" if issubclass(base, HTTPSConnection) else "http"
+
+    def _new_conn(self: HTTPConnection) -> object:
+        host = self._dns_host
+        shown = f"[{host}]" if ":" in host else host
+        try:
+            target = policy.check(f"{scheme}://{shown}:{self.port}/", CLOUD_SCHEMES)
+        except AddressRefused as exc:
+            raise NewConnectionError(self, f"address refused: {exc}") from None
+        self._dns_host = target.addresses[0]
+        return base._new_conn(self)
+
+    return type(f"Pinned{base.__name__}", (base,), {"_new_conn": _new_conn})
+
+
+class PinnedAdapter(HTTPAdapter):
+    """requests' adapter whose connections pass the address policy (pinned_connection)."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        pools = {}
+        for scheme, pool in (("http", HTTPConnectionPool), ("https", HTTPSConnectionPool)):
+            connection = pinned_connection(pool.ConnectionCls, self.policy)  # type: ignore[arg-type]
+            pools[scheme] = type(f"Pinned{pool.__name__}", (pool,), {"ConnectionCls": connection})
+        self.poolmanager.pool_classes_by_scheme = pools
+
+
+def get(
+    url: str, timeout: float, addresses: AddressPolicy, stream: bool = False
+) -> requests.Response:
+    """One GET of a platform URL: no redirects, no proxies from the environment, and a
+    connection only to an address the policy allows."""
+    if http_url(url) is None:
+        raise UpstreamError("upstream URL refused")
+    session = requests.Session()  # not closed here: a streamed segment is still being read
+    session.trust_env = False
+    session.mount("http://", PinnedAdapter(addresses))
+    session.mount("https://", PinnedAdapter(addresses))
     try:
-        response = requests.get(url, timeout=timeout, stream=stream, allow_redirects=False)
+        response = session.get(url, timeout=timeout, stream=stream, allow_redirects=False)
     except requests.RequestException as exc:
         raise UpstreamError(type(exc).__name__) from None
     if response.status_code != 200:
@@ -80,13 +147,13 @@ def get(url: str, timeout: float, stream: bool = False) -> requests.Response:
     return response
 
 
-def media_playlist(url: str, timeout: float) -> tuple[str, str]:
+def media_playlist(url: str, timeout: float, addresses: AddressPolicy) -> tuple[str, str]:
     """The media playlist at `url` and its address; a master playlist leads to its first variant."""
     origin = url
     for _ in range(2):
         if not same_site(url, origin):
             raise UpstreamError("variant playlist off the platform's host")
-        text = get(url, timeout).text
+        text = get(url, timeout, addresses).text
         if not text.startswith("#EXTM3U"):
             raise UpstreamError("upstream playlist is not HLS")
         lines = text.splitlines()
@@ -128,9 +195,9 @@ def rewrite(settings: Settings, camera_id: str, text: str, base: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def segment(url: str, timeout: float) -> tuple[Iterator[bytes], str]:
+def segment(url: str, timeout: float, addresses: AddressPolicy) -> tuple[Iterator[bytes], str]:
     """The upstream bytes as a stream, and the content type their extension says."""
-    response = get(url, timeout, stream=True)
+    response = get(url, timeout, addresses, stream=True)
 
     def chunks() -> Iterator[bytes]:
         with response:

@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from camvoice.addresses import AddressPolicy
+from media.rtsp_check import SourceRefused, guarded_source
+
 log = logging.getLogger(__name__)
 
 PLAYLIST = "index.m3u8"
@@ -165,8 +168,11 @@ class RelayManager:
         max_relays: int,
         max_per_owner: int | None = None,
         start_wait: float = 2.0,
+        addresses: AddressPolicy | None = None,
     ) -> None:
         self.base = base
+        # Where camera sources may point; checked again at each start (DNS answers change).
+        self.addresses = addresses or AddressPolicy()
         self.ffmpeg = ffmpeg
         self.idle_timeout = idle_timeout
         self.max_relays = max_relays
@@ -294,6 +300,11 @@ class RelayManager:
         self, camera_id: str, source: str, name: str, folder: Path, owner: str
     ) -> Running | None:
         """Lock the folder and start ffmpeg in it; None if another process won the lock."""
+        try:
+            source = guarded_source(self.addresses, source)
+        except SourceRefused as exc:
+            log.warning("relay for camera %s refused its source: %s", camera_id, exc)
+            raise RelayFailed(f"camera {camera_id}'s source is refused") from None
         lock = (folder / LOCK).open("wb")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -38,6 +38,7 @@ gi.require_version("Gst", "1.0")
 gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
 from gi.repository import Gio, GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+from rtsp_guard import guard_url  # noqa: E402 - media/rtsp_guard.py, this script's folder
 
 SECRET_HEADER = "X-Camvoice-Relay-Secret"  # noqa: S105 - a header name
 ASK_TIMEOUT = 3.0  # seconds camvoice has to answer one question about a ticket
@@ -78,16 +79,17 @@ def camera_pipeline(source: str) -> str:
 
 
 def ask(
-    auth_url: str, secret: str, camera_id: str, ticket: str
+    auth_url: str, secret: str, camera_id: str, ticket: str, want_source: bool = False
 ) -> tuple[Verdict, dict[str, Any] | None]:
-    """Ask camvoice about a ticket: admitted (with the camera's source), refused, or unknown.
+    """Ask camvoice about a ticket: admitted (with the camera's source when wanted: camvoice
+    checks it against its address policy and follows its redirects first), refused, or unknown.
 
     A refusal (4xx) and no answer are told apart so that a playing session is cut at once on a
     refusal, but survives a moment's restart of the app.
     """
-    body = json.dumps(
-        {"action": "read", "path": f"cam/{camera_id}", "protocol": "rtsp", "password": ticket}
-    ).encode()
+    question = {"action": "read", "path": f"cam/{camera_id}", "protocol": "rtsp",
+                "password": ticket, **({"want": "source"} if want_source else {})}  # fmt: skip
+    body = json.dumps(question).encode()
     request = urllib.request.Request(  # noqa: S310 - the configured camvoice URL
         auth_url, data=body, headers={"Content-Type": "application/json", SECRET_HEADER: secret}
     )
@@ -102,7 +104,7 @@ def ask(
 
 def admit(auth_url: str, secret: str, camera_id: str, ticket: str) -> dict[str, Any] | None:
     """Ask camvoice whether this ticket admits this camera; None means refuse."""
-    verdict, answer = ask(auth_url, secret, camera_id, ticket)
+    verdict, answer = ask(auth_url, secret, camera_id, ticket, want_source=True)
     return answer if verdict == "admitted" else None
 
 
@@ -318,9 +320,10 @@ class TicketFactory(GstRtspServer.RTSPMediaFactory):
             self.refused(f"/cam/{camera_id}/{ticket}")
             return None
         source = answer["source"]
-        description = (
-            demo_pipeline(answer.get("name", "")) if source == "demo" else camera_pipeline(source)
-        )
+        if source == "demo":
+            description = demo_pipeline(answer.get("name", ""))
+        else:  # rtspsrc follows redirects anywhere: it pulls through a guard to the checked address
+            description = camera_pipeline(guard_url(source, answer["address"]))
         pipeline = Gst.parse_launch(description)
         pipeline.set_name(self.admissions.add(camera_id, ticket))
         return pipeline

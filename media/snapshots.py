@@ -16,6 +16,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from media.relay import RelayManager, demo_input, redact
+from media.rtsp_check import SourceRefused, guarded_source
 
 log = logging.getLogger(__name__)
 TIMEOUT = 8.0  # one grab, in the pool (not in a request)
@@ -36,7 +37,12 @@ def grab(relays: RelayManager, camera_id: str, source: str | None, name: str) ->
     elif source == "demo":
         inputs = [arg for arg in demo_input(name) if arg != "-re"]
     else:
-        inputs = ["-rtsp_transport", "tcp", "-timeout", "5000000", "-i", source]
+        try:  # the address policy again, and redirects followed here, not by ffmpeg
+            checked = guarded_source(relays.addresses, source)
+        except SourceRefused as exc:
+            log.warning("snapshot of camera %s refused its source: %s", camera_id, exc)
+            return None
+        inputs = ["-rtsp_transport", "tcp", "-timeout", "5000000", "-i", checked]
     command = [
         relays.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", *inputs,
         "-map", "0:v:0", "-frames:v", "1", "-f", "image2", "-c:v", "mjpeg", "pipe:1",

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, request, send_file
 from werkzeug.http import http_date
 
+from camvoice.addresses import AddressRefused
 from camvoice.cameras import StreamUnavailable
 from camvoice.models import Camera
 from camvoice.services import Services
@@ -18,6 +19,7 @@ from camvoice.streams import record_denial
 from camvoice.tickets import Protocol, TicketError
 from media import hls_proxy
 from media.relay import PLAYLIST, SEGMENT, RelayBusy, RelayFailed, RelayManager, RelayStarting
+from media.rtsp_check import SourceRefused, checked_source
 from media.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ def cloud_playlist(camera: Camera) -> Response | None:
         return None
     timeout = settings().ezviz_timeout
     try:
-        text, base = hls_proxy.media_playlist(url, timeout)
+        text, base = hls_proxy.media_playlist(url, timeout, settings().address_policy())
         body = hls_proxy.rewrite(settings(), camera_id, text, base)
     except hls_proxy.UpstreamError as exc:
         log.warning("cloud playlist of %s failed: %s", camera_id, exc)
@@ -153,7 +155,7 @@ def cloud_segment(camera_id: str, token: str, sealed: str) -> Response:
     if url is None:
         abort(404, description="segment no longer available")
     try:
-        chunks, kind = hls_proxy.segment(url, settings().ezviz_timeout)
+        chunks, kind = hls_proxy.segment(url, settings().ezviz_timeout, settings().address_policy())
     except hls_proxy.UpstreamError as exc:
         log.warning("cloud segment of %s failed: %s", camera_id, exc)
         return unavailable("The camera cloud's segment did not answer.")
@@ -219,6 +221,17 @@ def mediamtx_auth() -> Response:
         return Response(status=401)
     sent = request.headers.get(RELAY_SECRET_HEADER, "")
     if sent and hmac.compare_digest(sent.encode(), settings().relay_secret().encode()):
-        # Our own relay needs the camera's source (it may hold credentials): only it gets it.
-        return jsonify(source=camera.source, name=camera.name)
+        # Our own relay needs the camera's source (it may hold credentials): only it gets it,
+        # checked against the address policy now and with its redirects already followed.
+        if body.get("want") != "source":
+            return jsonify(name=camera.name)  # a re-check: the pipeline already runs
+        policy = settings().address_policy()
+        try:
+            source = checked_source(policy, camera.source)
+            # The address checked, for the relay's guard to connect to (no second lookup).
+            address = None if source == "demo" else policy.check(source).addresses[0]
+        except (SourceRefused, AddressRefused) as exc:
+            log.warning("RTSPS relay refused camera %s's source: %s", camera.id, exc)
+            return Response(status=403)
+        return jsonify(source=source, address=address, name=camera.name)
     return Response(status=200)

@@ -171,7 +171,7 @@ def with_picture_size(ctx: Context, fields: dict[str, Any]) -> dict[str, Any]:
         return fields
     from media.probe import picture_size
 
-    size = picture_size(source, ctx.settings.ffmpeg)
+    size = picture_size(source, ctx.settings.ffmpeg, ctx.settings.address_policy())
     if size is None:
         note = "note: could not read the stream's picture size; Alexa gets no stream for this "
         click.echo(note + "camera until `camvoice cameras probe CAMERA_ID` reads it", err=True)

@@ -10,6 +10,7 @@ from backends.ezviz.backend import EzvizBackend
 from backends.local import LocalBackend
 from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.once import DatabaseOnce, RedisOnce
 from camvoice.outbox import Outbox
 from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
 from camvoice.services import Services
@@ -28,7 +29,7 @@ def build_services(
     emits the same outbox events and reads cameras through the same backends.
     """
     outbox = Outbox()
-    registry = Registry(outbox)
+    registry = Registry(outbox, settings.address_policy())
     services = Services(
         settings=settings,
         db=db,
@@ -36,6 +37,9 @@ def build_services(
         registry=registry,
         streams=Streams(settings, registry, grant_is_live),
         limiter=RedisLimiter(redis_client) if redis_client is not None else DatabaseLimiter(db),
+        once=DatabaseOnce(db)
+        if redis_client is None
+        else RedisOnce(redis_client, DatabaseOnce(db)),
         rtsps_available=lambda: bool(settings.rtsps_url_template) or not relay_problem(settings),
     )
     registry.register(LocalBackend())

@@ -2,7 +2,11 @@
 
 Amazon sends smart-home directives only to a Lambda function; deploy/lambda forwards each one
 here with an HMAC-SHA256 over "<timestamp>.<raw body>". The signature is checked before anything
-else is read, and a stale timestamp (over 5 minutes) is refused like a wrong one.
+else is read, and a stale timestamp (over 5 minutes) is refused like a wrong one. Each signed
+forward is accepted once, by whichever instance gets it first: the same timestamp and signature
+again (a captured forward replayed within the window) is refused with 409, which the Lambda,
+like any refusal, turns into BRIDGE_UNREACHABLE (never a credential error: Alexa would drop the
+link). The Lambda never resends a signed body: each invocation signs afresh.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def smart_home() -> Response:
             error="unauthorized", message="missing, wrong or stale forwarder signature"
         )
         response.status_code = 401
+        return response
+    # The signature covers the timestamp and the body: it names this one forward. Kept for as
+    # long as the timestamp could still pass (up to MAX_SKEW ahead, MAX_SKEW behind).
+    if not services.once.claim(f"alexa-forward:{sent}", 2 * MAX_SKEW + 1):
+        response = jsonify(error="replayed", message="this signed forward was already delivered")
+        response.status_code = 409
         return response
     try:
         message = json.loads(body)

@@ -32,6 +32,9 @@ from service.app import create_app
 PG_ADMIN = os.environ.get("CAMVOICE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("CAMVOICE_REQUIRE_POSTGRES") == "1"
 VENV_BIN = Path(sys.executable).parent
+# Fakes and test cameras listen on loopback, and a few tests name LAN or documentation
+# addresses: listed as an operator lists a VPN's networks (camvoice refuses them otherwise).
+TEST_SOURCE_NETWORKS = "127.0.0.0/8, 10.0.0.0/8, 192.0.2.0/24"
 
 
 def _pg_reachable() -> str | None:
@@ -107,6 +110,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         database_url=db_url,
         secret_key="test-secret-key-" + "x" * 32,
         public_url="http://127.0.0.1:8080",
+        source_networks=TEST_SOURCE_NETWORKS,
     )
 
 
@@ -187,6 +191,7 @@ def cli_env(settings: Settings, db_url: str) -> dict[str, str]:
         "CAMVOICE_DATA_DIR": str(settings.data_dir),
         "CAMVOICE_DATABASE_URL": db_url,
         "CAMVOICE_SECRET_KEY": "test-secret-key-" + "x" * 32,
+        "CAMVOICE_SOURCE_NETWORKS": TEST_SOURCE_NETWORKS,
     }
 
 

@@ -83,6 +83,7 @@ class FakeEzviz:
         self.forced: list[str] = []  # codes the coming regional calls answer (10029: rate limit)
         self.odd: dict[str, Any] = {}  # path -> a "200" answer's data of an unexpected shape
         self.master: str | None = None  # served instead of the real master playlist
+        self.area: str | None = None  # the token answer's areaDomain instead of the region's
         self.issued: list[str] = []  # every token ever handed out
         self.live_urls: list[str] = []
         self.lock = threading.Lock()
@@ -120,7 +121,11 @@ class FakeEzviz:
         self.tokens.add(token)
         self.issued.append(token)
         expires = int(time.time() * 1000) + WEEK_MS
-        return "200", {"accessToken": token, "expireTime": expires, "areaDomain": self.region.url}
+        return "200", {
+            "accessToken": token,
+            "expireTime": expires,
+            "areaDomain": self.area or self.region.url,
+        }
 
     def _regional(self, path: str, form: dict[str, str]) -> Answer:
         with self.lock:

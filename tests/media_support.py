@@ -12,6 +12,7 @@ from pathlib import Path
 
 import requests
 
+from camvoice.addresses import AddressPolicy, parse_networks
 from camvoice.cameras import Registry
 from camvoice.models import Camera
 from camvoice.outbox import Outbox
@@ -19,6 +20,7 @@ from camvoice.settings import Settings
 from camvoice.streams import Streams
 from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
+from tests.conftest import TEST_SOURCE_NETWORKS
 
 
 def play(url: str, deadline: float = 30) -> requests.Response:
@@ -96,7 +98,7 @@ def zombies() -> list[int]:
 
 def bare_registry() -> Registry:
     """A registry whose changes reach no subscriber: for tests about media, not events."""
-    return Registry(Outbox())
+    return Registry(Outbox(), AddressPolicy(parse_networks(TEST_SOURCE_NETWORKS)))
 
 
 def mint(

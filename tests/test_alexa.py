@@ -436,7 +436,7 @@ def test_signature_is_required_fresh_and_right(
     assert requests.post(server.url + "/alexa/smart-home", data=body, timeout=10).status_code == 401
     assert signed_post(server, body, secret="wrong-secret").status_code == 401
     assert signed_post(server, body, timestamp=int(time.time()) - 301).status_code == 401
-    tampered = signed_post(server, body)
+    tampered = signed_post(server, body.replace(b"{", b"{ ", 1))  # a forward is accepted once
     assert tampered.status_code == 200
     not_json = signed_post(server, b"\xff{nope")
     assert not_json.status_code == 200

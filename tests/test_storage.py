@@ -7,16 +7,18 @@ from sqlalchemy import func, select, text
 
 from backends.local import LocalBackend
 from camvoice.accounts import AccountError, authenticate, create_account
+from camvoice.addresses import AddressPolicy, parse_networks
 from camvoice.cameras import CameraError, Registry
 from camvoice.db import Database
 from camvoice.models import Account, AuditEvent, Camera, OutboxEvent
 from camvoice.outbox import Outbox
+from tests.conftest import TEST_SOURCE_NETWORKS
 
 
 @pytest.fixture
 def registry() -> Registry:
     """A registry with the local backend and a bare outbox: no subscriber unless a test adds one."""
-    registry = Registry(Outbox())
+    registry = Registry(Outbox(), AddressPolicy(parse_networks(TEST_SOURCE_NETWORKS)))
     registry.register(LocalBackend())
     return registry
 

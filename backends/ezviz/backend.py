@@ -47,7 +47,12 @@ class EzvizBackend:
     def call(self, camera: Camera, path: str, **form: Any) -> dict[str, Any]:
         """One bounded platform call about a camera, keeping a token renewed on the way."""
         with keys_in_use(self.services.db, self.settings, camera.owner_id) as keys:
-            client = Client(keys, self.settings.ezviz_api_url, self.settings.ezviz_live_timeout)
+            client = Client(
+                keys,
+                self.settings.ezviz_api_url,
+                self.settings.ezviz_live_timeout,
+                self.settings.ezviz_area_domains,
+            )
             return client.call(path, deviceSerial=camera.serial, **form)
 
     def push(self, camera: Camera, changes: dict[str, Any], code: str | None) -> None:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from cryptography.fernet import InvalidToken
 
 from backends.ezviz.models import EzvizLink
+from camvoice.addresses import http_url
 from camvoice.db import Database
 from camvoice.models import utcnow
 from camvoice.settings import Settings
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 50  # the platform's maximum
 MAX_PAGES = 400  # the platform refuses pageStart beyond this
 TOKEN_MARGIN = timedelta(hours=1)  # renew this long before the 7-day token expires
+# EZVIZ's own domains (open.ezvizlife.com, apius/apiisgp.ezvizlife.com, isgpopen.ezviz.com,
+# open.ys7.com in China): CAMVOICE_EZVIZ_AREA_DOMAINS's default.
+EZVIZ_DOMAINS = ("ezvizlife.com", "ezviz.com", "ys7.com")
 
 
 class Kind(StrEnum):
@@ -157,10 +160,14 @@ def keys_in_use(db: Database, settings: Settings, account_id: str) -> Iterator[K
 class Client:
     """The Open Platform calls for one owner: token renewal, the regional host, error codes."""
 
-    def __init__(self, keys: Keys, api_url: str, timeout: float) -> None:
+    def __init__(
+        self, keys: Keys, api_url: str, timeout: float, area_domains: str | None = None
+    ) -> None:
         self.keys = keys
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
+        suffixes = EZVIZ_DOMAINS if area_domains is None else area_domains.split(",")
+        self.area_domains = tuple(s.strip().lower().strip(".") for s in suffixes if s.strip())
 
     def call(self, path: str, **form: Any) -> dict[str, Any]:
         """POST to the regional host; an expired token is renewed and the call retried once."""
@@ -195,17 +202,29 @@ class Client:
         self.keys.renewed = True
 
     def _area(self, area: Any) -> str:
-        """The regional host for every later call; it must speak the same scheme as the API."""
+        """The regional host for every later call (the access token and appSecret go there):
+        an EZVIZ host (CAMVOICE_EZVIZ_AREA_DOMAINS, or the configured API's own host), with the
+        API's scheme, no userinfo, path or query, read as requests will read it."""
         if not isinstance(area, str) or not area:
             return self.api_url  # the China platform answers without one
-        try:
-            parts = urlsplit(area)
-            hostname = parts.hostname
-        except ValueError:
-            hostname = None
-        if not hostname or parts.scheme != urlsplit(self.api_url).scheme:
+        parts, api = http_url(area), http_url(self.api_url)
+        if (
+            parts is None
+            or api is None
+            or parts.scheme != api.scheme
+            or (parts.path or "/") != "/"
+            or parts.query is not None
+            or parts.fragment is not None
+            or not self._ezviz_host(str(parts.host), str(api.host))
+        ):
             raise EzvizError("token", Kind.TRANSIENT, "token answer with a bad areaDomain")
         return area.rstrip("/")
+
+    def _ezviz_host(self, host: str, api_host: str) -> bool:
+        host = host.rstrip(".").lower()
+        if host == api_host.rstrip(".").lower():
+            return True
+        return any(host == d or host.endswith("." + d) for d in self.area_domains)
 
     def _token_stale(self) -> bool:
         expires = self.keys.expires_at

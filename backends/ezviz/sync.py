@@ -57,7 +57,9 @@ def sync_account(services: Services, account_id: str) -> SyncReport:
     settings = services.settings
     read: dict[str, dict[str, Any]] = {}
     with keys_in_use(services.db, settings, account_id) as keys:
-        client = Client(keys, settings.ezviz_api_url, settings.ezviz_timeout)
+        client = Client(
+            keys, settings.ezviz_api_url, settings.ezviz_timeout, settings.ezviz_area_domains
+        )
         for item in list_devices(client):
             serial = str(item.get("deviceSerial") or "")
             if serial and serial not in read:
@@ -185,7 +187,9 @@ def link_account(
         raise CameraError("appKey and appSecret must not be empty")
     keys = Keys(owner.id, app_key, app_secret, None, None, None)
     try:
-        Client(keys, settings.ezviz_api_url, settings.ezviz_timeout).renew()
+        Client(
+            keys, settings.ezviz_api_url, settings.ezviz_timeout, settings.ezviz_area_domains
+        ).renew()
     except EzvizError as exc:
         raise CameraError(f"EZVIZ refused these keys ({exc})") from None
     sealer = settings.sealer()
