@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     ezviz_timeout: float = Field(5.0, gt=0, le=30)
     ezviz_live_timeout: float = Field(2.0, gt=0, le=10)
     outbox_max_attempts: int = Field(8, ge=1)
+    # What the worker purges, and how often (camvoice/purge.py).
+    purge_interval: float = Field(3600.0, ge=1)
+    audit_retention_days: int = Field(365, ge=1)
+    outbox_retention_days: int = Field(7, ge=0)
 
     @field_validator("public_url")
     @classmethod

@@ -5,12 +5,14 @@ from __future__ import annotations
 import redis
 
 import fulfillment
+import oauth
 import skills
 from backends.ezviz.backend import EzvizBackend
 from backends.local import LocalBackend
 from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.outbox import Outbox
+from camvoice.purge import add_core
 from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
 from camvoice.services import Services
 from camvoice.settings import Settings
@@ -42,6 +44,8 @@ def build_services(
     registry.register(EzvizBackend(services))
     skills.subscribe(services)
     fulfillment.subscribe(services)
+    add_core(services.purger, settings)
+    oauth.add_purge_rules(services.purger)
     return services
 
 
