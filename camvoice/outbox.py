@@ -25,6 +25,7 @@ import random
 import secrets
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
-from camvoice.db import Database
+from camvoice.db import Database, unavailable
 from camvoice.models import OutboxEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ MAX_BACKOFF = 3600.0
 LEASE = timedelta(seconds=240)
 KEY_NAMESPACE = uuid.UUID("5f6d2c4e-8c1a-4a57-9b0e-2f1c3d7a9e10")  # for delivery keys only
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RECORD_RETRY_MAX = 2.0  # seconds between tries to record an outcome while the database is away
 
 _delivering: ContextVar[str | None] = ContextVar("camvoice_outbox_delivery", default=None)
 
@@ -228,6 +230,24 @@ def record(db: Database, event: OutboxEvent, values: dict[str, Any]) -> bool:
         return result.rowcount == 1
 
 
+def record_while_leased(db: Database, event: OutboxEvent, values: dict[str, Any]) -> bool:
+    """`record`, tried again while the database is away (a restart, a failover) and the lease
+    still holds: an outcome dropped here would leave a sent event leased to nobody until the
+    lease ran out, and then send it again. Other errors, or a lease about to end, raise."""
+    delay = 0.25
+    while True:
+        try:
+            return record(db, event, values)
+        except Exception as exc:
+            left = (event.locked_until or utcnow()) - utcnow()
+            if not unavailable(exc) or left < timedelta(seconds=2 * RECORD_RETRY_MAX):
+                raise
+            log.warning("outbox event %s: database unavailable (%s); recording again in %.2f s",
+                        event.id, type(exc).__name__, delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX)
+
+
 def deliver(db: Database, outbox: Outbox, event: OutboxEvent, max_attempts: int) -> bool:
     """Run the handler for one claimed event and record the outcome under the lease's fence.
 
@@ -235,7 +255,7 @@ def deliver(db: Database, outbox: Outbox, event: OutboxEvent, max_attempts: int)
     """
     error = run_handler(outbox, event)
     values = outcome(event, error, max_attempts)
-    if not record(db, event, values):
+    if not record_while_leased(db, event, values):
         log.warning(
             "outbox event %s (%s): lease lost to another worker before the outcome was "
             "recorded (%s); leaving it to the new holder",
