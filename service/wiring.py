@@ -13,7 +13,7 @@ from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.outbox import Outbox
 from camvoice.purge import add_core
-from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
+from camvoice.ratelimit import DatabaseLimiter, FallbackLimiter, Limiter, RedisLimiter
 from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.streams import Streams
@@ -37,7 +37,7 @@ def build_services(
         outbox=outbox,
         registry=registry,
         streams=Streams(settings, registry, grant_is_live),
-        limiter=RedisLimiter(redis_client) if redis_client is not None else DatabaseLimiter(db),
+        limiter=limiter(db, redis_client),
         rtsps_available=lambda: bool(settings.rtsps_url_template) or not relay_problem(settings),
     )
     registry.register(LocalBackend())
@@ -47,6 +47,13 @@ def build_services(
     add_core(services.purger, settings)
     oauth.add_purge_rules(services.purger)
     return services
+
+
+def limiter(db: Database, client: redis.Redis | None) -> Limiter:
+    """Rate limits in Redis when configured, falling back to the database while it is away."""
+    if client is None:
+        return DatabaseLimiter(db)
+    return FallbackLimiter(RedisLimiter(client), DatabaseLimiter(db))
 
 
 def redis_client(settings: Settings) -> redis.Redis | None:

@@ -27,20 +27,29 @@ from typing import Any
 import pytest
 import redis
 import requests
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from backends.local import LocalBackend
 from camvoice import outbox
 from camvoice.cameras import Registry
-from camvoice.db import Database
+from camvoice.db import Database, unavailable
 from camvoice.models import Camera, OutboxEvent
 from camvoice.outbox import Outbox
+from camvoice.ratelimit import RateLimit
 from camvoice.settings import Settings
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from tests.conftest import REQUIRE_PG, VENV_BIN, LiveServer, free_port
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
-from tests.oauth_support import ALEXA_URIS, Browser, link, make_owner, register, token_request
+from tests.oauth_support import (
+    ALEXA_URIS,
+    Browser,
+    link,
+    make_owner,
+    register,
+    token_request,
+)
 
 FORWARDER = "faults-forwarder-secret-0123456789abcdef"
 DEADLINE = 60.0
@@ -289,8 +298,9 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
                     with db.session() as session:
                         for camera in session.scalars(select(Camera)):
                             registry.record(session, camera, {"online": flip}, actor="test")
-                except Exception:  # the database is away: this change never committed
-                    pass
+                except Exception as exc:  # the database is away: this change never committed
+                    if not unavailable(exc):
+                        raise
                 time.sleep(0.05)
 
         threads = [
@@ -356,8 +366,45 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
         if reply.status_code == 503:
             assert reply.headers.get("Retry-After") == "5"
             error = reply.json()["error"]
-            assert error == ("temporarily_unavailable" if kind == "oauth" else "service_unavailable")
+            assert error == (
+                "temporarily_unavailable" if kind == "oauth" else "service_unavailable"
+            )
     sent = {m["event"]["header"]["messageId"] for m in amazon.events
             if m["event"]["header"]["name"] == "ChangeReport"}  # fmt: skip
     assert change_report_ids(db) <= sent  # every committed change reached Amazon
     assert amazon.problems == []
+
+
+# --- Redis stopped -----------------------------------------------------------------------------
+
+
+def test_redis_stopped_rate_limits_fall_back_to_the_database(
+    settings: Settings, db: Database, private_redis: PrivateRedis
+) -> None:
+    """With Redis gone, sign-in failures are counted in the database (still limited, across
+    instances), never a 500; /readyz stays ready and says Redis is unreachable."""
+    email = f"redis-{uuid.uuid4().hex[:8]}@example.com"
+    make_owner(db, email)
+    app = create_app(settings.model_copy(update={"redis_url": SecretStr(private_redis.url)}), db)
+    with LiveServer(app) as live:
+
+        def sign_in(password: str) -> int:
+            browser = Browser(live)
+            return browser.sign_in(
+                browser.open(live.url + "/oauth/login"), email, password
+            ).status_code
+
+        assert sign_in("wrong password") == 401
+        keys = redis.Redis.from_url(private_redis.url).keys("camvoice:limit:*")
+        assert keys  # counted in Redis while it runs
+        private_redis.stop()
+        ready = live.get("/readyz")
+        assert (ready.status_code, ready.json()["redis"]) == (200, "unreachable")
+        codes: list[int] = []
+        while 429 not in codes:  # whatever the policy's numbers, the limit is still enforced
+            assert len(codes) <= 2 * settings.login_max_failures_account, codes
+            codes.append(sign_in("wrong password"))
+        assert set(codes) == {401, 429}
+    with db.reading() as session:
+        counted = session.scalars(select(RateLimit).where(RateLimit.key.contains(email))).all()
+        assert counted and max(row.count for row in counted) >= 2  # counted in the database
