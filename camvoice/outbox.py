@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, or_, select, update
@@ -91,6 +92,32 @@ class Outbox:
         for name in names:
             session.add(OutboxEvent(topic=topic, subscriber=name, payload=payload))
         return len(names)
+
+
+class RetryLater(Exception):
+    """Raised by a handler whose receiver asked to be left alone for `after` seconds (a 429 or
+    503 with Retry-After): the next attempt waits that long if it is longer than the backoff."""
+
+    def __init__(self, message: str, after: float | None) -> None:
+        super().__init__(message)
+        self.after = min(max(after or 0.0, 0.0), MAX_BACKOFF)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """An HTTP Retry-After header (delay-seconds or an HTTP-date) in seconds; None if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value[:8])
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - utcnow()).total_seconds())
 
 
 def backoff(attempts: int) -> float:
@@ -175,22 +202,27 @@ def claim_one(db: Database, owner: str, lease: timedelta = LEASE) -> OutboxEvent
         return session.scalars(stmt).one_or_none()
 
 
-def run_handler(outbox: Outbox, event: OutboxEvent) -> str | None:
-    """Call the event's handler; the error to record, or None when it succeeded."""
+def run_handler(outbox: Outbox, event: OutboxEvent) -> tuple[str | None, float]:
+    """Call the event's handler: the error to record (None when it succeeded), and the seconds
+    the receiver asked us to wait before the next attempt (RetryLater; 0 otherwise)."""
     handler = outbox.handler_for(event.subscriber)
     if handler is None:
-        return f"no handler for subscriber {event.subscriber!r} in this worker"
+        return f"no handler for subscriber {event.subscriber!r} in this worker", 0.0
     try:
         with _delivering_event(event):
             handler(event.topic, event.payload)
     except Exception as exc:
         # Handlers raise messages without secrets; keep the type too for the operator.
-        return f"{type(exc).__name__}: {exc}"[:1000]
-    return None
+        wait = exc.after if isinstance(exc, RetryLater) else 0.0
+        return f"{type(exc).__name__}: {exc}"[:1000], wait
+    return None, 0.0
 
 
-def outcome(event: OutboxEvent, error: str | None, max_attempts: int) -> dict[str, Any]:
-    """The columns that record one attempt: delivered, dead, or due again after a backoff."""
+def outcome(
+    event: OutboxEvent, error: str | None, max_attempts: int, not_before: float = 0.0
+) -> dict[str, Any]:
+    """The columns that record one attempt: delivered, dead, or due again after a backoff (or
+    after `not_before` seconds, when the receiver asked for longer)."""
     now = utcnow()
     values: dict[str, Any] = {
         "locked_until": None,
@@ -203,7 +235,8 @@ def outcome(event: OutboxEvent, error: str | None, max_attempts: int) -> dict[st
     elif event.attempts >= max_attempts:
         values["status"] = "dead"
     else:
-        values["next_attempt_at"] = now + timedelta(seconds=backoff(event.attempts))
+        wait = max(backoff(event.attempts), not_before)
+        values["next_attempt_at"] = now + timedelta(seconds=wait)
     return values
 
 
@@ -253,8 +286,8 @@ def deliver(db: Database, outbox: Outbox, event: OutboxEvent, max_attempts: int)
 
     Returns True when this worker delivered the event and recorded it.
     """
-    error = run_handler(outbox, event)
-    values = outcome(event, error, max_attempts)
+    error, not_before = run_handler(outbox, event)
+    values = outcome(event, error, max_attempts, not_before)
     if not record_while_leased(db, event, values):
         log.warning(
             "outbox event %s (%s): lease lost to another worker before the outcome was "

@@ -21,6 +21,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +30,23 @@ import pytest
 import redis
 import requests
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from backends.local import LocalBackend
 from camvoice import outbox
 from camvoice.cameras import Registry
 from camvoice.db import Database, unavailable
-from camvoice.models import Camera, OutboxEvent
+from camvoice.models import Camera, OutboxEvent, utcnow
 from camvoice.outbox import Outbox
 from camvoice.ratelimit import RateLimit
 from camvoice.settings import Settings
+from fulfillment.homegraph import HomeGraph
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+from skills import events
 from tests.conftest import REQUIRE_PG, VENV_BIN, LiveServer, free_port
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
+from tests.fake_google import FakeGoogle
 from tests.oauth_support import (
     ALEXA_URIS,
     Browser,
@@ -50,6 +55,7 @@ from tests.oauth_support import (
     register,
     token_request,
 )
+from tests.test_outbox import alexa_services, change_reports, linked_camera, toggle_online
 
 FORWARDER = "faults-forwarder-secret-0123456789abcdef"
 DEADLINE = 60.0
@@ -408,3 +414,83 @@ def test_redis_stopped_rate_limits_fall_back_to_the_database(
     with db.reading() as session:
         counted = session.scalars(select(RateLimit).where(RateLimit.key.contains(email))).all()
         assert counted and max(row.count for row in counted) >= 2  # counted in the database
+
+
+# --- Amazon's event gateway and HomeGraph failing, throttling, slow ----------------------------
+
+
+@pytest.fixture
+def amazon() -> Iterator[FakeAmazon]:
+    fake = FakeAmazon()
+    yield fake
+    fake.close()
+
+
+def attempt(db: Database, box: Outbox, max_attempts: int) -> tuple[OutboxEvent, timedelta]:
+    """Make the one event due, let a worker try it once; the row after, and its wait."""
+    with db.session() as session:
+        session.execute(update(OutboxEvent).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    assert outbox.drain_once(db, box, max_attempts) == 1
+    with db.reading() as session:
+        row = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.topic == "camera.changed")
+        ).one()
+    return row, row.next_attempt_at - utcnow()
+
+
+def test_alexa_gateway_500_429_and_slow_cost_retries_not_events(
+    db: Database, settings: Settings, amazon: FakeAmazon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ChangeReport meets a 500, a 429 asking for two minutes, a 503, and a reply slower than
+    the timeout: each is retried with backoff (the 429 after its Retry-After), the event stays
+    pending until its last attempt, which delivers it, and every send carried one messageId."""
+    services = alexa_services(settings, db, amazon)
+    toggle_online(services, linked_camera(services, amazon), 1)
+    box, last = services.outbox, 5
+    amazon.gateway_faults = [(500, {}), (429, {"Retry-After": "120"}), (503, {})]
+    waits = []
+    for tries in (1, 2, 3):
+        row, wait = attempt(db, box, last)
+        assert (row.status, row.attempts) == ("pending", tries)
+        waits.append(wait.total_seconds())
+    assert 0.5 < waits[0] <= 2  # backoff(1): 1 to 2 s
+    assert 115 < waits[1] <= 120  # Retry-After, though backoff(2) is at most 4 s
+    assert 3.5 < waits[2] <= 8  # backoff(3) again: 4 to 8 s
+    # Slower than the worker waits: Amazon takes it, the worker cannot know, and retries.
+    monkeypatch.setattr(events, "GATEWAY_TIMEOUT", 0.5)
+    amazon.gateway_hold = lambda: time.sleep(1.5)
+    row, _ = attempt(db, box, last)
+    assert (row.status, row.attempts) == ("pending", 4) and "Timeout" in (row.last_error or "")
+    wait_until(lambda: len(change_reports(amazon)) == 1, "the slow gateway to take it")
+    # Slow, but in time, on the last attempt allowed: delivered, not dead.
+    monkeypatch.undo()
+    amazon.gateway_hold = lambda: time.sleep(0.3)
+    row, _ = attempt(db, box, last)
+    assert (row.status, row.attempts) == ("delivered", last)
+    assert change_reports(amazon) == [next(iter(change_report_ids(db)))] * 2
+    assert amazon.problems == []
+
+
+def test_homegraph_500_429_and_slow_cost_retries_not_events(db: Database, tmp_path: Path) -> None:
+    """reportState meets a 500 and a 429 whose Retry-After is an HTTP date, then a slow
+    HomeGraph: retried with backoff and the asked-for wait, delivered once it answers."""
+    google = FakeGoogle()
+    try:
+        client = HomeGraph(google.key_file(tmp_path), google.url)
+        box = Outbox()
+        box.subscribe("camera.changed", "homegraph", lambda topic, payload: client.report_state(
+            "owner-1", {payload["camera_id"]: {"online": payload["online"]}}))  # fmt: skip
+        with db.session() as session:
+            box.publish(session, "camera.changed", {"camera_id": "cam-1", "online": False})
+        when = format_datetime(utcnow() + timedelta(seconds=90), usegmt=True)
+        google.faults = [(500, {}), (429, {"Retry-After": when})]
+        row, wait = attempt(db, box, 3)
+        assert (row.status, wait <= timedelta(seconds=2)) == ("pending", True)
+        row, wait = attempt(db, box, 3)
+        assert row.status == "pending" and timedelta(seconds=85) < wait <= timedelta(seconds=91)
+        google.http.observers.append(lambda path: time.sleep(0.3))
+        row, _ = attempt(db, box, 3)
+        assert (row.status, row.attempts) == ("delivered", 3)
+        assert [path for path, _ in google.calls] == ["/v1/devices:reportStateAndNotification"]
+    finally:
+        google.close()
