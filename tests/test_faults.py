@@ -32,24 +32,31 @@ import requests
 from pydantic import SecretStr
 from sqlalchemy import select, update
 
+from backends.ezviz.models import EzvizLink
+from backends.ezviz.sync import link_account, sync_due, sync_now
 from backends.local import LocalBackend
 from camvoice import outbox
 from camvoice.cameras import Registry
 from camvoice.db import Database, unavailable
-from camvoice.models import Camera, OutboxEvent, utcnow
+from camvoice.models import Account, Camera, OutboxEvent, utcnow
 from camvoice.outbox import Outbox
 from camvoice.ratelimit import RateLimit
 from camvoice.settings import Settings
 from fulfillment.homegraph import HomeGraph
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+from service.wiring import build_services
 from skills import events
-from tests.conftest import REQUIRE_PG, VENV_BIN, LiveServer, free_port
+from tests.conftest import REQUIRE_PG, VENV_BIN, LiveServer, free_port, run_cli
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
+from tests.fake_ezviz import FakeEzviz
 from tests.fake_google import FakeGoogle
 from tests.oauth_support import (
     ALEXA_URIS,
+    GOOGLE_URIS,
+    PASSWORD,
     Browser,
+    csrf_of,
     link,
     make_owner,
     register,
@@ -260,7 +267,9 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
         "CAMVOICE_WORKER_POLL_INTERVAL": "0.1",
     }
     serve = Serve(env, tmp_path / "serve.log")
-    worker: subprocess.Popen[bytes] | None = None
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen([str(VENV_BIN / "camvoice"), "worker"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
     stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
@@ -272,9 +281,6 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
             "grant": {"type": "OAuth2.AuthorizationCode", "code": amazon.new_code()},
             "grantee": {"type": "BearerToken", "token": access}})  # fmt: skip
         assert grant.json()["event"]["header"]["name"] == "AcceptGrant.Response"
-        with open(tmp_path / "worker.log", "wb") as log:
-            worker = subprocess.Popen([str(VENV_BIN / "camvoice"), "worker"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
 
         answers: list[tuple[str, float, requests.Response]] = []
         unexpected: list[str] = []
@@ -360,9 +366,8 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
         amazon.gateway_hold = lambda: None
         for thread in threads:
             thread.join(30)
-        if worker is not None:
-            worker.terminate()
-            worker.wait(20)
+        worker.terminate()
+        worker.wait(20)
         serve.stop()
         amazon.close()
         db.dispose()
@@ -494,3 +499,91 @@ def test_homegraph_500_429_and_slow_cost_retries_not_events(db: Database, tmp_pa
         assert [path for path, _ in google.calls] == ["/v1/devices:reportStateAndNotification"]
     finally:
         google.close()
+
+
+# --- the camera cloud down ---------------------------------------------------------------------
+
+APP_KEY, APP_SECRET = "f3b1c0de5a7e4c1b9d2e", "s3cr3t-" + uuid.uuid4().hex
+OWNER = "cloud.owner@example.com"
+
+
+def google_request(live: LiveServer, token: str, intent: str, payload: Any) -> requests.Response:
+    body = {"requestId": "r1", "inputs": [{"intent": intent, "payload": payload}]}
+    return requests.post(live.url + "/google/fulfillment", json=body, timeout=30,
+                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the fault is the cloud's
+def test_camera_cloud_down_the_last_sync_stands(
+    db: Database, settings: Settings, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """EZVIZ refusing connections: assistants, the console, the sync CLI and the worker's sync
+    answer from the last synced state, and none of them with a 5xx or a traceback."""
+    platform = FakeEzviz(APP_KEY, APP_SECRET)
+    platform.add("SN001", "Front Door")
+    platform.add("SN002", "Garage", encrypt=True)
+    ez = settings.model_copy(update={"ezviz_api_url": platform.url,
+                                     "alexa_forwarder_secret": SecretStr(FORWARDER)})  # fmt: skip
+    services = build_services(ez, db)
+    make_owner(db, OWNER)
+    with db.reading() as session:
+        owner = session.scalars(select(Account).where(Account.email == OWNER)).one()
+    link_account(services, owner, APP_KEY, APP_SECRET, actor="test")
+    sync_now(services, owner.id)
+    synced = cloud_cameras(db)
+    assert set(synced) == {"SN001", "SN002"}
+    for host in (platform.region, platform.global_host):  # down: connections refused
+        host.close()
+        host.server.server_close()
+
+    app = create_app(ez, db)
+    with LiveServer(app) as live:
+        google = register(db, "Google Home", GOOGLE_URIS, "google")
+        _, token = link(live, google, OWNER, "client_secret_post", PASSWORD)
+        devices = google_request(live, token["access_token"], "action.devices.SYNC", {})
+        assert devices.status_code == 200 and len(devices.json()["payload"]["devices"]) == 2
+        front, garage = synced["SN001"]["id"], synced["SN002"]["id"]
+        execute = google_request(live, token["access_token"], "action.devices.EXECUTE", {
+            "commands": [{"devices": [{"id": front}, {"id": garage}], "execution": [{
+                "command": "action.devices.commands.GetCameraStream",
+                "params": {"StreamToChromecast": True, "SupportedStreamProtocols": ["hls"]}}]}]})  # fmt: skip
+        assert execute.status_code == 200
+        results = {c["ids"][0]: c for c in execute.json()["payload"]["commands"]}
+        assert results[front]["status"] == "SUCCESS"  # the cloud unasked: the last sync stands
+        assert results[garage]["status"] == "ERROR"  # still encrypted, as last synced
+
+        alexa = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
+        _, alexa_token = link(live, alexa, OWNER, password=PASSWORD)
+        found = discover(live.url, alexa_token["access_token"])
+        assert found.status_code == 200
+        assert len(found.json()["event"]["payload"]["endpoints"]) == 2
+
+        browser = Browser(live)
+        browser.sign_in(browser.http.get(live.url + "/console", timeout=10), OWNER, PASSWORD)
+        page = browser.http.get(live.url + "/console", timeout=10)
+        assert page.status_code == 200 and 'data-camera="Garage"' in page.text
+        fix = browser.http.post(f"{live.url}/console/cameras/{garage}/fix", timeout=30, data={
+            "csrf_token": csrf_of(page.text), "fix": "encryption", "confirm": "yes",
+            "code": "ABCDEF"})  # fmt: skip
+        assert fix.status_code == 400 and "EZVIZ did not make the change" in fix.text
+    app.extensions["camvoice.relays"].shutdown()
+
+    cli = run_cli("backends", "sync", "--owner", OWNER, check=False,
+                  env={**cli_env, "CAMVOICE_EZVIZ_API_URL": platform.url})  # fmt: skip
+    assert cli.returncode == 2 and "sync failed" in cli.stderr and "Traceback" not in cli.stderr
+    with db.session() as session:  # the worker's turn comes: it fails, keeps the cameras
+        session.execute(update(EzvizLink).values(next_sync_at=utcnow() - timedelta(seconds=1)))
+    assert sync_due(services) == 1
+    with db.reading() as session:
+        kept = session.get(EzvizLink, owner.id)
+        assert kept is not None and kept.failures == 2 and kept.last_error
+    assert cloud_cameras(db) == synced
+
+
+def cloud_cameras(db: Database) -> dict[str | None, dict[str, Any]]:
+    """The EZVIZ cameras as synced: what the readiness rules read."""
+    with db.reading() as session:
+        cameras = session.scalars(select(Camera).where(Camera.backend == "ezviz"))
+        return {c.serial: {"id": c.id, "name": c.name, "online": c.online,
+                           "image_encryption": c.image_encryption, "audio": c.audio,
+                           "sleep_mode": c.sleep_mode} for c in cameras}  # fmt: skip
