@@ -14,10 +14,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Seconds a caller is told to wait (Retry-After) while the database cannot be reached: the pool
+# checks each connection before use (pool_pre_ping), so service resumes with the database.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached now (down, restarting, the
+    connection lost, the pool exhausted) rather than that a statement is wrong: the caller should
+    come back later, and nothing was written."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, exc.OperationalError | exc.InterfaceError | exc.TimeoutError)
 
 
 class ReadOnlySession(Session):

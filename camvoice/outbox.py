@@ -25,17 +25,19 @@ import random
 import secrets
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
-from camvoice.db import Database
+from camvoice.db import Database, unavailable
 from camvoice.models import OutboxEvent, utcnow
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ MAX_BACKOFF = 3600.0
 LEASE = timedelta(seconds=240)
 KEY_NAMESPACE = uuid.UUID("5f6d2c4e-8c1a-4a57-9b0e-2f1c3d7a9e10")  # for delivery keys only
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+RECORD_RETRY_MAX = 2.0  # seconds between tries to record an outcome while the database is away
 
 _delivering: ContextVar[str | None] = ContextVar("camvoice_outbox_delivery", default=None)
 
@@ -89,6 +92,32 @@ class Outbox:
         for name in names:
             session.add(OutboxEvent(topic=topic, subscriber=name, payload=payload))
         return len(names)
+
+
+class RetryLater(Exception):
+    """Raised by a handler whose receiver asked to be left alone for `after` seconds (a 429 or
+    503 with Retry-After): the next attempt waits that long if it is longer than the backoff."""
+
+    def __init__(self, message: str, after: float | None) -> None:
+        super().__init__(message)
+        self.after = min(max(after or 0.0, 0.0), MAX_BACKOFF)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """An HTTP Retry-After header (delay-seconds or an HTTP-date) in seconds; None if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value[:8])
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - utcnow()).total_seconds())
 
 
 def backoff(attempts: int) -> float:
@@ -173,22 +202,27 @@ def claim_one(db: Database, owner: str, lease: timedelta = LEASE) -> OutboxEvent
         return session.scalars(stmt).one_or_none()
 
 
-def run_handler(outbox: Outbox, event: OutboxEvent) -> str | None:
-    """Call the event's handler; the error to record, or None when it succeeded."""
+def run_handler(outbox: Outbox, event: OutboxEvent) -> tuple[str | None, float]:
+    """Call the event's handler: the error to record (None when it succeeded), and the seconds
+    the receiver asked us to wait before the next attempt (RetryLater; 0 otherwise)."""
     handler = outbox.handler_for(event.subscriber)
     if handler is None:
-        return f"no handler for subscriber {event.subscriber!r} in this worker"
+        return f"no handler for subscriber {event.subscriber!r} in this worker", 0.0
     try:
         with _delivering_event(event):
             handler(event.topic, event.payload)
     except Exception as exc:
         # Handlers raise messages without secrets; keep the type too for the operator.
-        return f"{type(exc).__name__}: {exc}"[:1000]
-    return None
+        wait = exc.after if isinstance(exc, RetryLater) else 0.0
+        return f"{type(exc).__name__}: {exc}"[:1000], wait
+    return None, 0.0
 
 
-def outcome(event: OutboxEvent, error: str | None, max_attempts: int) -> dict[str, Any]:
-    """The columns that record one attempt: delivered, dead, or due again after a backoff."""
+def outcome(
+    event: OutboxEvent, error: str | None, max_attempts: int, not_before: float = 0.0
+) -> dict[str, Any]:
+    """The columns that record one attempt: delivered, dead, or due again after a backoff (or
+    after `not_before` seconds, when the receiver asked for longer)."""
     now = utcnow()
     values: dict[str, Any] = {
         "locked_until": None,
@@ -201,7 +235,8 @@ def outcome(event: OutboxEvent, error: str | None, max_attempts: int) -> dict[st
     elif event.attempts >= max_attempts:
         values["status"] = "dead"
     else:
-        values["next_attempt_at"] = now + timedelta(seconds=backoff(event.attempts))
+        wait = max(backoff(event.attempts), not_before)
+        values["next_attempt_at"] = now + timedelta(seconds=wait)
     return values
 
 
@@ -228,14 +263,32 @@ def record(db: Database, event: OutboxEvent, values: dict[str, Any]) -> bool:
         return result.rowcount == 1
 
 
+def record_while_leased(db: Database, event: OutboxEvent, values: dict[str, Any]) -> bool:
+    """`record`, tried again while the database is away (a restart, a failover) and the lease
+    still holds: an outcome dropped here would leave a sent event leased to nobody until the
+    lease ran out, and then send it again. Other errors, or a lease about to end, raise."""
+    delay = 0.25
+    while True:
+        try:
+            return record(db, event, values)
+        except Exception as exc:
+            left = (event.locked_until or utcnow()) - utcnow()
+            if not unavailable(exc) or left < timedelta(seconds=2 * RECORD_RETRY_MAX):
+                raise
+            log.warning("outbox event %s: database unavailable (%s); recording again in %.2f s",
+                        event.id, type(exc).__name__, delay)  # fmt: skip
+            time.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX)
+
+
 def deliver(db: Database, outbox: Outbox, event: OutboxEvent, max_attempts: int) -> bool:
     """Run the handler for one claimed event and record the outcome under the lease's fence.
 
     Returns True when this worker delivered the event and recorded it.
     """
-    error = run_handler(outbox, event)
-    values = outcome(event, error, max_attempts)
-    if not record(db, event, values):
+    error, not_before = run_handler(outbox, event)
+    values = outcome(event, error, max_attempts, not_before)
+    if not record_while_leased(db, event, values):
         log.warning(
             "outbox event %s (%s): lease lost to another worker before the outcome was "
             "recorded (%s); leaving it to the new holder",

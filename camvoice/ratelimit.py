@@ -5,13 +5,16 @@ attempts cannot all pass the check before any of them is counted.
 
 With CAMVOICE_REDIS_URL they live in Redis (INCR + EXPIRE, one round trip); without it, in the
 database, which every instance shares too (one atomic upsert per failure, one primary-key read
-per check). Either way a limit counts across all web processes.
+per check). Either way a limit counts across all web processes. While Redis cannot be reached,
+the limits are counted in the database (FallbackLimiter): a sign-in never fails for it.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from sqlalchemy import Integer, String, case, update
@@ -20,6 +23,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, utcnow
+
+log = logging.getLogger(__name__)
 
 
 class RateLimit(Base):
@@ -120,3 +125,38 @@ class RedisLimiter:
             1,
             self.PREFIX + key,
         )
+
+
+class FallbackLimiter:
+    """Redis first; while Redis cannot be reached, the database, which every instance shares
+    too. After a Redis failure Redis is left alone for REDIS_RETRY seconds, so a Redis that
+    hangs costs one timeout per instance, not one per request. Counts made in one store are not
+    seen in the other: across the switch a limit starts again, which is the price of staying up.
+    """
+
+    REDIS_RETRY = 10.0
+
+    def __init__(self, primary: RedisLimiter, fallback: DatabaseLimiter) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self._skip_redis_until = 0.0
+
+    def _either(self, method: str, *args: Any) -> Any:
+        """Call `method` on Redis, or on the database while Redis is away."""
+        if time.monotonic() >= self._skip_redis_until:
+            try:
+                return getattr(self.primary, method)(*args)
+            except redis.RedisError as exc:
+                self._skip_redis_until = time.monotonic() + self.REDIS_RETRY
+                log.warning("Redis unavailable (%s); rate limits counted in the database",
+                            type(exc).__name__)  # fmt: skip
+        return getattr(self.fallback, method)(*args)
+
+    def retry_after(self, key: str, limit: int, window: timedelta) -> int | None:
+        return self._either("retry_after", key, limit, window)  # type: ignore[no-any-return]
+
+    def record_failure(self, key: str, window: timedelta) -> None:
+        self._either("record_failure", key, window)
+
+    def forgive(self, key: str) -> None:
+        self._either("forgive", key)

@@ -8,13 +8,14 @@ apps in one process (two instances in a test) never share subscribers or backend
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.once import Once
 from camvoice.outbox import Outbox
+from camvoice.purge import Purger
 from camvoice.ratelimit import Limiter
 from camvoice.settings import Settings
 from camvoice.streams import Streams
@@ -33,6 +34,8 @@ class Services:
     once: Once  # single-use keys shared by every instance (signed forwards)
     # Whether Alexa's RTSPS can be served (a relay runs, or a URL template points at one).
     rtsps_available: Callable[[], bool]
+    # What the worker purges: the core's rules and those adapters add (camvoice/purge.py).
+    purger: Purger = field(default_factory=Purger)
 
     def install(self, app: Any) -> None:
         """Hand this wiring to a web app (anything with Flask's `extensions` dict)."""

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     source_networks: str = ""
     # Host suffixes an EZVIZ token answer's areaDomain must end with (or the API's own host).
     ezviz_area_domains: str = "ezvizlife.com,ezviz.com,ys7.com"
+    # What the worker purges, and how often (camvoice/purge.py).
+    purge_interval: float = Field(3600.0, ge=1)
+    audit_retention_days: int = Field(365, ge=1)
+    outbox_retention_days: int = Field(7, ge=0)
 
     @field_validator("public_url")
     @classmethod

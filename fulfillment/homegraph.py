@@ -29,7 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
-from camvoice.outbox import message_id
+from camvoice.outbox import RetryLater, message_id, retry_after_seconds
 from oauth.tokens import linked_since
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,13 @@ class HomeGraph:
         if response.status_code == 404:
             raise UnknownAgentUser(body.get("agentUserId"))
         if response.status_code >= 400:
-            # Raised to the outbox, which retries with backoff; the body holds no secrets.
-            raise RuntimeError(f"HomeGraph {path} answered {response.status_code}")
+            # Raised to the outbox, which retries with backoff (at least what a 429 or 503's
+            # Retry-After asks); the message holds no secrets.
+            message = f"HomeGraph {path} answered {response.status_code}"
+            if response.status_code in (429, 503):
+                wait = retry_after_seconds(response.headers.get("Retry-After"))
+                raise RetryLater(message, wait)
+            raise RuntimeError(message)
         return response.json() if response.content else {}
 
     def request_sync(self, agent_user_id: str) -> None:

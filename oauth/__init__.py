@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from flask import Flask
 
+    from camvoice.purge import Purger
     from camvoice.services import Services
 
 
@@ -17,3 +18,10 @@ def init_app(app: Flask, services: Services) -> None:
 
     app.extensions["camvoice.oauth_server"] = create_server(app, services.settings.access_token_ttl)
     app.register_blueprint(bp)
+
+
+def add_purge_rules(purger: Purger) -> None:
+    """Expired codes and tokens go with the worker's purge (oauth/purge.py)."""
+    from oauth.purge import add_rules
+
+    add_rules(purger)

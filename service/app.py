@@ -7,7 +7,9 @@ import logging
 import redis
 from flask import Flask, Response, current_app, jsonify, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import BadRequest, HTTPException
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import BadRequest, HTTPException, ServiceUnavailable
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import console
@@ -15,7 +17,7 @@ import fulfillment
 import media
 import oauth
 import skills
-from camvoice.db import Database
+from camvoice.db import UNAVAILABLE_RETRY_AFTER, Database, unavailable
 from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
 from service.wiring import build_services, redis_client
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 HTML_PREFIXES: tuple[str, ...] = (
     "/oauth/authorize", "/oauth/login", "/oauth/logout", "/console", "/simulator",
 )  # fmt: skip
+# The OAuth endpoints clients call: their errors are RFC 6749's JSON (error, error_description).
+OAUTH_APIS = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> Flask:
@@ -73,6 +77,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.add_url_rule("/healthz", "healthz", healthz)
     app.add_url_rule("/readyz", "readyz", readyz)
     app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(DBAPIError, database_error)
+    app.register_error_handler(PoolTimeout, database_error)
     app.register_error_handler(Exception, unexpected_error)
     return app
 
@@ -109,13 +115,11 @@ def readyz() -> tuple[Response, int]:
             client.ping()
             checks["redis"] = "ok"
         except redis.RedisError as exc:
-            log.warning("readiness check failed: redis %s", type(exc).__name__)
+            # Reported, but still ready: rate limits fall back to the database meanwhile, and
+            # failing every instance's probe at once would take the whole service down.
+            log.warning("readiness check: redis %s", type(exc).__name__)
             checks["redis"] = "unreachable"
-    ok = (
-        checks.get("database") == "ok"
-        and checks.get("migrations") == "current"
-        and checks.get("redis", "ok") == "ok"
-    )
+    ok = checks.get("database") == "ok" and checks.get("migrations") == "current"
     return jsonify(status="ok" if ok else "unavailable", **checks), 200 if ok else 503
 
 
@@ -141,6 +145,24 @@ def http_error(exc: HTTPException) -> Response | HTTPException:
         if exc.get_response().headers.get(header):
             response.headers[header] = exc.get_response().headers[header]
     return response
+
+
+def database_error(exc: Exception) -> Response | HTTPException | tuple[Response, int]:
+    """The database away (restarting, failing over, unreachable): 503 with Retry-After in the
+    caller's shape, never a 500, since nothing was written and a retry will do. Any other
+    database error is a bug, answered as one."""
+    if not unavailable(exc):
+        return unexpected_error(exc)
+    rule = request.url_rule.rule if request.url_rule else "(no route)"
+    cause = type(getattr(exc, "orig", None) or exc).__name__
+    log.warning("database unavailable on %s %s (%s)", request.method, rule, cause)
+    message = "The service is briefly unavailable; retry shortly."
+    if request.path in OAUTH_APIS:
+        response = jsonify(error="temporarily_unavailable", error_description=message)
+        response.status_code = 503
+        response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)
+        return response
+    return http_error(ServiceUnavailable(message, retry_after=UNAVAILABLE_RETRY_AFTER))
 
 
 def unexpected_error(exc: Exception) -> tuple[Response, int]:

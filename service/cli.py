@@ -546,6 +546,7 @@ def worker(ctx: Context) -> None:
     require_migrated(ctx)
     from backends.ezviz.sync import sync_due
     from camvoice.outbox import run_worker
+    from camvoice.purge import PurgeSchedule
     from service.app import configure_logging
 
     configure_logging(ctx.settings.log_level)
@@ -553,14 +554,26 @@ def worker(ctx: Context) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     services = ctx.services
+    purge = PurgeSchedule(services.purger, ctx.db, ctx.settings.purge_interval)
     run_worker(
         ctx.db,
         services.outbox,
         ctx.settings.outbox_max_attempts,
         ctx.settings.worker_poll_interval,
         stop,
-        periodic=lambda: sync_due(services),
+        periodic=lambda: purge() + sync_due(services),
     )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def purge(ctx: Context, as_json: bool) -> None:
+    """Remove expired codes, tokens, views, delivered events and old audit rows now (the worker
+    does it every CAMVOICE_PURGE_INTERVAL seconds; this is for installations without one)."""
+    require_migrated(ctx)
+    removed = ctx.services.purger.run(ctx.db)
+    emit(removed, as_json, lambda d: "\n".join(f"{k}\t{v}" for k, v in d.items()))
 
 
 def run_gunicorn(host: str, port: int, workers: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 
 import fulfillment
+import oauth
 import skills
 from backends.ezviz.backend import EzvizBackend
 from backends.local import LocalBackend
@@ -12,7 +13,8 @@ from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.once import DatabaseOnce, RedisOnce
 from camvoice.outbox import Outbox
-from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
+from camvoice.purge import add_core
+from camvoice.ratelimit import DatabaseLimiter, FallbackLimiter, Limiter, RedisLimiter
 from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.streams import Streams
@@ -36,7 +38,7 @@ def build_services(
         outbox=outbox,
         registry=registry,
         streams=Streams(settings, registry, grant_is_live),
-        limiter=RedisLimiter(redis_client) if redis_client is not None else DatabaseLimiter(db),
+        limiter=limiter(db, redis_client),
         once=DatabaseOnce(db)
         if redis_client is None
         else RedisOnce(redis_client, DatabaseOnce(db)),
@@ -46,7 +48,16 @@ def build_services(
     registry.register(EzvizBackend(services))
     skills.subscribe(services)
     fulfillment.subscribe(services)
+    add_core(services.purger, settings)
+    oauth.add_purge_rules(services.purger)
     return services
+
+
+def limiter(db: Database, client: redis.Redis | None) -> Limiter:
+    """Rate limits in Redis when configured, falling back to the database while it is away."""
+    if client is None:
+        return DatabaseLimiter(db)
+    return FallbackLimiter(RedisLimiter(client), DatabaseLimiter(db))
 
 
 def redis_client(settings: Settings) -> redis.Redis | None:

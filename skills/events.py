@@ -19,7 +19,7 @@ from sqlalchemy import String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice.models import Base, Camera, utcnow
-from camvoice.outbox import message_id
+from camvoice.outbox import RetryLater, message_id, retry_after_seconds
 from camvoice.services import Services
 from camvoice.settings import Settings
 from skills import messages
@@ -178,8 +178,12 @@ class Gateway:
                 self.mark_dead(account_id)
                 log.warning("event gateway refused owner %s (%s); no more events", account_id, code)
                 return
-            # 400 is our bug, 5xx/429 are transient: raise so the outbox retries with backoff.
-            raise RuntimeError(f"event gateway answered {reply.status_code} {code}".strip())
+            # 400 is our bug, 5xx/429 are transient: raise so the outbox retries with backoff,
+            # waiting at least as long as a Retry-After asks.
+            message = f"event gateway answered {reply.status_code} {code}".strip()
+            if reply.status_code in (429, 503):
+                raise RetryLater(message, retry_after_seconds(reply.headers.get("Retry-After")))
+            raise RuntimeError(message)
 
 
 def make_handler(services: Services) -> Any:

@@ -19,6 +19,7 @@ import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from camvoice.db import unavailable
 from camvoice.services import Services
 from skills import errors, messages
 from skills.smarthome import handle
@@ -64,7 +65,11 @@ def smart_home() -> Response:
         message = None
     try:
         answer = handle(services, message)
-    except Exception:
+    except Exception as exc:
+        if unavailable(exc):
+            # 503 with Retry-After from the app's handler; the forwarder answers Alexa with
+            # BRIDGE_UNREACHABLE for any status but 200 (deploy/lambda).
+            raise
         log.exception("smart-home directive failed")
         directive = message.get("directive", {}) if isinstance(message, dict) else {}
         failure = errors.InternalError("internal error; it has been logged")

@@ -30,13 +30,16 @@ class FakeAmazon:
         self.events: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self.gateway_reply: tuple[int, str] | None = None  # force an error status and code
+        # Answers the coming gateway calls get, one each, before the normal ones: (status,
+        # response headers), e.g. (429, {"Retry-After": "30"}).
+        self.gateway_faults: list[tuple[int, dict[str, str]]] = []
         # Called before the gateway answers: a test holds a delivery in flight with it.
         self.gateway_hold: Callable[[], None] = lambda: None
         self.lwa_calls: list[dict[str, str]] = []
         self.http = JsonServer(self.route)
         self.url = self.http.url
 
-    def route(self, path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, Any] | None]:
+    def route(self, path: str, headers: Any, raw: bytes) -> tuple[Any, ...]:
         if path == "/auth/o2/token":
             return self.lwa(raw)
         if path == "/v3/events":
@@ -69,8 +72,12 @@ class FakeAmazon:
     def expire_all_access_tokens(self) -> None:
         self.access_tokens.clear()
 
-    def gateway(self, authorization: str, raw: bytes) -> tuple[int, dict[str, Any] | None]:
+    def gateway(self, authorization: str, raw: bytes) -> tuple[Any, ...]:
         self.gateway_hold()  # server side: the caller waits, as on a slow gateway
+        if self.gateway_faults:
+            status, headers = self.gateway_faults.pop(0)
+            code = "THROTTLING_EXCEPTION" if status == 429 else "INTERNAL_SERVICE_EXCEPTION"
+            return status, {"payload": {"code": code, "description": "forced"}}, headers
         token = authorization.removeprefix("Bearer ")
         if token not in self.access_tokens:
             return 401, {"header": {}, "payload": {"code": "INVALID_ACCESS_TOKEN_EXCEPTION",

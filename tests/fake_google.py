@@ -43,15 +43,21 @@ class FakeGoogle:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.token_requests = 0
         self.unknown_users: set[str] = set()
+        # Answers the coming HomeGraph calls get, one each: (status, response headers).
+        self.faults: list[tuple[int, dict[str, str]]] = []
         self.http = JsonServer(self.route)
         self.url = self.http.url
 
-    def route(self, path: str, headers: Any, raw: bytes) -> tuple[int, dict[str, Any] | None]:
+    def route(self, path: str, headers: Any, raw: bytes) -> tuple[Any, ...]:
         if path == "/token":
             self.token_requests += 1
             return self.token(raw)
         if headers.get("Authorization") != f"Bearer {self.access_token}":
             return 401, {"error": {"code": 401, "status": "UNAUTHENTICATED"}}
+        if self.faults:
+            status, extra = self.faults.pop(0)
+            state = "RESOURCE_EXHAUSTED" if status == 429 else "INTERNAL"
+            return status, {"error": {"code": status, "status": state}}, extra
         return self.homegraph(path, json.loads(raw))
 
     def key_file(self, folder: Path) -> Path:

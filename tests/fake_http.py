@@ -9,7 +9,8 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Route = Callable[[str, Message, bytes], tuple[int, dict[str, Any] | None]]
+# path, headers, body -> (status, JSON or None), or (status, JSON or None, response headers)
+Route = Callable[[str, Message, bytes], tuple[Any, ...]]
 GetRoute = Callable[[str], tuple[int, bytes, str]]  # path -> (status, body, content type)
 
 
@@ -27,16 +28,20 @@ class JsonServer:
                 for observe in observers:
                     observe(self.path)
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                status, body = route(self.path, self.headers, raw)
+                status, body, *more = route(self.path, self.headers, raw)
                 data = json.dumps(body).encode() if body is not None else b""
-                self._send(status, data, "application/json")
+                self._send(status, data, "application/json", more[0] if more else {})
 
             def do_GET(self) -> None:
                 status, data, kind = get(self.path) if get else (404, b"", "text/plain")
                 self._send(status, data, kind)
 
-            def _send(self, status: int, data: bytes, kind: str) -> None:
+            def _send(
+                self, status: int, data: bytes, kind: str, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 if data:
                     self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
