@@ -15,6 +15,7 @@ from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.outbox import Outbox
 from camvoice.ratelimit import Limiter
+from camvoice.sessions import SessionStore
 from camvoice.settings import Settings
 from camvoice.streams import Streams
 
@@ -29,6 +30,7 @@ class Services:
     registry: Registry
     streams: Streams
     limiter: Limiter
+    sessions: SessionStore
     # Whether Alexa's RTSPS can be served (a relay runs, or a URL template points at one).
     rtsps_available: Callable[[], bool]
 

@@ -4,8 +4,8 @@
 readiness rules on the last known state, one check with the camera's backend, then a signed URL,
 or a typed refusal (StreamRefused with the blockers, CameraGone). The media endpoints call
 `Streams.admit` on every playlist, segment and snapshot fetch, which re-checks the ticket, the
-camera's readiness and the link (grant) it was minted for. So unlinking, or turning Image
-Encryption on, stops new fetches.
+camera's readiness and the link (grant) or console sign-in session it was minted for. So
+unlinking, signing out, or turning Image Encryption on, stops new fetches.
 """
 
 from __future__ import annotations
@@ -31,10 +31,16 @@ VIEW_GAP = timedelta(seconds=60)  # a session whose player stopped fetching this
 LAST_SEEN_RESOLUTION = timedelta(seconds=10)
 
 GrantCheck = Callable[[Session, str], bool]  # is the link a ticket was minted for still alive?
+SessionCheck = Callable[[Session, str], bool]  # is the console session of a web ticket still on?
 
 
 def no_live_grants(session: Session, grant_id: str) -> bool:
     """The grant check until the OAuth server's is wired in: fail closed, refuse every link."""
+    return False
+
+
+def no_live_sessions(session: Session, ref: str) -> bool:
+    """The sign-in session check until the store's is wired in: fail closed."""
     return False
 
 
@@ -105,11 +111,16 @@ class Streams:
     """Opens streams and admits their fetches, with the wiring it needs passed in."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, grant_is_live: GrantCheck = no_live_grants
+        self,
+        settings: Settings,
+        registry: Registry,
+        grant_is_live: GrantCheck = no_live_grants,
+        session_is_live: SessionCheck = no_live_sessions,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.grant_is_live = grant_is_live
+        self.session_is_live = session_is_live
 
     def open(
         self,
@@ -118,6 +129,7 @@ class Streams:
         audience: Audience,
         protocol: Protocol,
         grant_id: str | None = None,
+        session_ref: str | None = None,
         **detail: Any,
     ) -> OpenStream:
         """Readiness on the last known state, one check with the backend, then a signed URL.
@@ -125,7 +137,8 @@ class Streams:
         Call it with no transaction open: a camera cloud may be asked (a known-blocked camera
         costs no call, and a camera kept in the registry alone is not read again). Raises
         StreamRefused with the blockers, or CameraGone. Both the refusal and the URL handed out
-        are audited; `detail` goes into that audit row.
+        are audited; `detail` goes into that audit row. A console stream names its sign-in
+        session (`session_ref`): signing out ends it.
         """
         blockers = blockers_for(camera, audience, protocol)
         if not blockers and self.registry.backend_for(camera).recheck(camera, protocol):
@@ -145,9 +158,9 @@ class Streams:
         ttl = self.settings.stream_ticket_ttl
         return OpenStream(
             camera=camera,
-            url=self.mint(camera, protocol, audience, grant_id),
+            url=self.mint(camera, protocol, audience, grant_id, session_ref),
             image_url=(
-                self.mint(camera, Protocol.JPEG, audience, grant_id)
+                self.mint(camera, Protocol.JPEG, audience, grant_id, session_ref)
                 if Protocol.JPEG in protocols(camera)
                 else None
             ),
@@ -163,15 +176,19 @@ class Streams:
         return fresh
 
     def mint(
-        self, camera: Camera, protocol: Protocol, audience: Audience, grant_id: str | None = None
+        self,
+        camera: Camera,
+        protocol: Protocol,
+        audience: Audience,
+        grant_id: str | None = None,
+        session_ref: str | None = None,
     ) -> str:
         """A signed, short-lived URL for a camera that passed its readiness rules."""
         if blockers_for(camera, audience, protocol):
             raise ValueError("refusing to mint a stream URL for a blocked camera")
         settings = self.settings
-        ticket = new_ticket(
-            camera.id, camera.owner_id, protocol, audience, settings.stream_ticket_ttl, grant_id
-        )
+        ticket = new_ticket(camera.id, camera.owner_id, protocol, audience,
+                            settings.stream_ticket_ttl, grant_id, session_ref)  # fmt: skip
         token = settings.signer().sign(ticket)
         base = settings.public_url
         if protocol is Protocol.HLS:
@@ -215,6 +232,8 @@ class Streams:
             raise TicketError("blocked:" + reason_of(blockers))
         if ticket.grant_id and not self.grant_is_live(session, ticket.grant_id):
             raise TicketError("link_revoked")
+        if ticket.session_ref and not self.session_is_live(session, ticket.session_ref):
+            raise TicketError("signed_out")
         if view is None:
             session.add(
                 StreamView(

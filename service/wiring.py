@@ -13,6 +13,7 @@ from camvoice.db import Database
 from camvoice.outbox import Outbox
 from camvoice.ratelimit import DatabaseLimiter, RedisLimiter
 from camvoice.services import Services
+from camvoice.sessions import SessionStore
 from camvoice.settings import Settings
 from camvoice.streams import Streams
 from media.rtsps import relay_problem
@@ -29,13 +30,15 @@ def build_services(
     """
     outbox = Outbox()
     registry = Registry(outbox)
+    sessions = SessionStore.from_settings(settings)
     services = Services(
         settings=settings,
         db=db,
         outbox=outbox,
         registry=registry,
-        streams=Streams(settings, registry, grant_is_live),
+        streams=Streams(settings, registry, grant_is_live, sessions.is_live),
         limiter=RedisLimiter(redis_client) if redis_client is not None else DatabaseLimiter(db),
+        sessions=sessions,
         rtsps_available=lambda: bool(settings.rtsps_url_template) or not relay_problem(settings),
     )
     registry.register(LocalBackend())
