@@ -108,10 +108,11 @@ class SessionStore:
                 self.touch(session, found.id)
         return SignIn(found.id, found.account_id) if found is not None else None
 
-    def is_live(self, session: Session, ref: str) -> bool:
-        """Whether the session a stream ticket names is still on; watching counts as activity."""
+    def is_live(self, session: Session, ref: str, touch: bool = False) -> bool:
+        """Whether the session a stream ticket names is still on. With `touch` (a player's
+        fetch: watching is activity), it is kept from going idle too."""
         row = self._live(session, session.get(SignInSession, ref))
-        if row is not None and self.clock() - row.last_seen >= TOUCH_EVERY:
+        if touch and row is not None and self.clock() - row.last_seen >= TOUCH_EVERY:
             self.touch(session, row.id)
         return row is not None
 

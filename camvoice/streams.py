@@ -10,13 +10,14 @@ unlinking, signing out, or turning Image Encryption on, stops new fetches.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import String
+from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice import audit
@@ -31,7 +32,12 @@ VIEW_GAP = timedelta(seconds=60)  # a session whose player stopped fetching this
 LAST_SEEN_RESOLUTION = timedelta(seconds=10)
 
 GrantCheck = Callable[[Session, str], bool]  # is the link a ticket was minted for still alive?
-SessionCheck = Callable[[Session, str], bool]  # is the console session of a web ticket still on?
+
+
+class SessionCheck(typing.Protocol):
+    """Is the console sign-in session a web ticket names still on? `touch`: count it as use."""
+
+    def __call__(self, session: Session, ref: str, touch: bool = False) -> bool: ...
 
 
 def no_live_grants(session: Session, grant_id: str) -> bool:
@@ -39,7 +45,7 @@ def no_live_grants(session: Session, grant_id: str) -> bool:
     return False
 
 
-def no_live_sessions(session: Session, ref: str) -> bool:
+def no_live_sessions(session: Session, ref: str, touch: bool = False) -> bool:
     """The sign-in session check until the store's is wired in: fail closed."""
     return False
 
@@ -89,6 +95,7 @@ class StreamView(Base):
     protocol: Mapped[str] = mapped_column(String(8))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    session_ref: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 def blockers_for(
@@ -209,9 +216,22 @@ class Streams:
         A relay is shared by every viewer of a camera, so it may run while the least strict
         audience's rules (Alexa's and the console's: no audio rule) pass; once the camera is
         encrypted, asleep, offline or gone, no fetch can be admitted and the relay should stop.
+        It stops too when every recent viewer was a console session that has since ended (its
+        owner signed out): nobody left may fetch, so there is no idle timeout to wait out.
         """
         camera = session.get(Camera, camera_id)
-        return camera is not None and not blockers_for(camera, Audience.WEB, Protocol.HLS)
+        if camera is None or blockers_for(camera, Audience.WEB, Protocol.HLS):
+            return False
+        recent = session.scalars(
+            select(StreamView.session_ref).where(
+                StreamView.camera_id == camera_id,
+                StreamView.protocol == Protocol.HLS.value,
+                StreamView.last_seen >= utcnow() - VIEW_GAP,
+            )
+        ).all()
+        return not recent or any(
+            ref is None or self.session_is_live(session, ref) for ref in recent
+        )
 
     def admit(
         self, session: Session, token: str, camera_id: str, protocol: Protocol
@@ -232,7 +252,7 @@ class Streams:
             raise TicketError("blocked:" + reason_of(blockers))
         if ticket.grant_id and not self.grant_is_live(session, ticket.grant_id):
             raise TicketError("link_revoked")
-        if ticket.session_ref and not self.session_is_live(session, ticket.session_ref):
+        if ticket.session_ref and not self.session_is_live(session, ticket.session_ref, True):
             raise TicketError("signed_out")
         if view is None:
             session.add(
@@ -242,6 +262,7 @@ class Streams:
                     account_id=camera.owner_id,
                     audience=ticket.audience.value,
                     protocol=ticket.protocol.value,
+                    session_ref=ticket.session_ref,
                 )
             )
             audit.record(

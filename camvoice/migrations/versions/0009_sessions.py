@@ -1,4 +1,4 @@
-"""server-side sign-in sessions, and accounts that can be disabled
+"""server-side sign-in sessions, accounts that can be disabled, views that name their session
 
 Revision ID: 0009_sessions
 Revises: 0008
@@ -34,9 +34,13 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("stream_views", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("session_ref", sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("stream_views", schema=None) as batch_op:
+        batch_op.drop_column("session_ref")
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.drop_column("disabled_at")
     with op.batch_alter_table("signin_sessions", schema=None) as batch_op:
