@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, ForeignKey, String, delete, or_, update
+from sqlalchemy import ColumnElement, ForeignKey, String, delete, or_, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice.db import Database
@@ -101,8 +101,7 @@ class SessionStore:
         if not token:
             return None
         with db.reading() as session:
-            row = session.query(SignInSession).filter_by(token_hash=token_hash(token)).first()
-            found = self._live(session, row)
+            found = self._live(session, self._by_token(session, token))
         if found is not None and self.clock() - found.last_seen >= TOUCH_EVERY:
             with db.session() as session:
                 self.touch(session, found.id)
@@ -121,16 +120,18 @@ class SessionStore:
             update(SignInSession).where(SignInSession.id == ref).values(last_seen=self.clock())
         )
 
-    def end(self, session: Session, token: str | None) -> str | None:
-        """End the session a cookie names, and every other session of its account; the
-        account's id, if the cookie named one (ended sessions name none)."""
-        if not token:
-            return None
-        row = session.query(SignInSession).filter_by(token_hash=token_hash(token)).first()
-        if row is None:
-            return None
-        end_all(session, row.account_id)
-        return row.account_id
+    def end(self, session: Session, token: str | None, everywhere: bool) -> None:
+        """End the session a cookie names and, `everywhere`, every session of its account."""
+        row = self._by_token(session, token) if token else None
+        if row is not None and everywhere:
+            end_all(session, row.account_id)
+        elif row is not None:
+            session.delete(row)
+
+    @staticmethod
+    def _by_token(session: Session, token: str) -> SignInSession | None:
+        stmt = select(SignInSession).where(SignInSession.token_hash == token_hash(token))
+        return session.scalars(stmt).one_or_none()
 
     def _live(self, session: Session, row: SignInSession | None) -> SignInSession | None:
         """The row if neither lifetime has run out and its account is not disabled."""

@@ -184,7 +184,7 @@ def login() -> Any:
         account = authenticate(db_session, email, password)
         if account is not None:
             # A fresh session on sign-in (no fixation): the one this browser had ends.
-            services().sessions.end(db_session, request.cookies.get(COOKIE))
+            services().sessions.end(db_session, request.cookies.get(COOKIE), everywhere=False)
             token = services().sessions.start(db_session, account.id)
     if account is None:
         return page(
@@ -210,7 +210,7 @@ def logout() -> Any:
     console's streams; a copy of the cookie opens nothing any more."""
     target = safe_next(request.form.get("next"))
     with services().db.session() as db_session:
-        services().sessions.end(db_session, request.cookies.get(COOKIE))
+        services().sessions.end(db_session, request.cookies.get(COOKIE), everywhere=True)
     session.clear()
     response = redirect(target, code=303)
     response.delete_cookie(COOKIE, httponly=True, samesite="Lax",
