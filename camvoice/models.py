@@ -52,6 +52,8 @@ class Account(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by `camvoice accounts disable`: no sign-in, and every session ended.
+    disabled_at: Mapped[datetime | None] = mapped_column(default=None)
 
     cameras: Mapped[list[Camera]] = relationship(
         back_populates="owner", cascade="all, delete-orphan", order_by="Camera.name"

@@ -25,6 +25,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from camvoice.db import Database
 from camvoice.models import AuditEvent, OutboxEvent, utcnow
+from camvoice.once import UsedOnce
 from camvoice.ratelimit import RateLimit
 from camvoice.settings import Settings
 from camvoice.streams import VIEW_GAP, StreamView
@@ -103,6 +104,7 @@ def add_core(purger: Purger, settings: Settings) -> None:
                lambda now: StreamView.last_seen < now - ENDED_VIEW)  # fmt: skip
     purger.add("rate_limits", RateLimit.key, lambda now: RateLimit.window_start < now - rate_keep)
     purger.add("audit_events", AuditEvent.id, lambda now: AuditEvent.at < now - audit_keep)
+    purger.add("used_once", UsedOnce.key, lambda now: UsedOnce.expires_at < now)
 
 
 class PurgeSchedule:

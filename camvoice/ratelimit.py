@@ -80,6 +80,26 @@ class Limiter(Protocol):
     def forgive(self, key: str) -> None: ...
 
 
+def attempt(limiter: Limiter, limits: list[tuple[str, int]], window: timedelta) -> int | None:
+    """Count one attempt against each (key, limit), or say how long to wait (seconds).
+
+    An attempt refused because a key is over its limit counts against none of them, so a caller
+    who keeps trying while throttled neither keeps the limit alive nor spends another key's
+    budget (an address throttled on one account cannot use up that account's own budget).
+    Counted before the work and checked again after, so parallel attempts cannot all slip under
+    a limit: one that finds itself over is refused and taken back.
+    """
+    wait = max((limiter.retry_after(key, limit, window) or 0) for key, limit in limits)
+    if not wait:
+        for key, _ in limits:
+            limiter.record_failure(key, window)
+        wait = max((limiter.retry_after(key, limit + 1, window) or 0) for key, limit in limits)
+        if wait:
+            for key, _ in limits:
+                limiter.forgive(key)
+    return wait or None
+
+
 class DatabaseLimiter:
     def __init__(self, db: Database) -> None:
         self.db = db

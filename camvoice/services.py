@@ -17,6 +17,7 @@ from camvoice.once import Once
 from camvoice.outbox import Outbox
 from camvoice.purge import Purger
 from camvoice.ratelimit import Limiter
+from camvoice.sessions import SessionStore
 from camvoice.settings import Settings
 from camvoice.streams import Streams
 
@@ -32,6 +33,7 @@ class Services:
     streams: Streams
     limiter: Limiter
     once: Once  # single-use keys shared by every instance (signed forwards)
+    sessions: SessionStore
     # Whether Alexa's RTSPS can be served (a relay runs, or a URL template points at one).
     rtsps_available: Callable[[], bool]
     # What the worker purges: the core's rules and those adapters add (camvoice/purge.py).

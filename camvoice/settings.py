@@ -43,9 +43,14 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_token_ttl: int = Field(3600, ge=60, le=86400)
-    login_max_failures_account: int = Field(5, ge=1)
+    # Sign-in throttling (README, "Sign-in"): one account from one address is stopped after a
+    # few failures; one account from everywhere gets NIST 800-63B's ceiling of 100.
+    login_max_failures_account_address: int = Field(5, ge=1)
+    login_max_failures_account: int = Field(100, ge=1)
     login_max_failures_ip: int = Field(20, ge=1)
     login_window: int = Field(900, ge=1)
+    session_idle_minutes: int = Field(30, ge=1)
+    session_max_hours: int = Field(12, ge=1)
     proxy_hops: int = Field(0, ge=0, le=5)
     stream_keys: SecretStr = SecretStr("")
     stream_ticket_ttl: int = Field(300, ge=30, le=3600)

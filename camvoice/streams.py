@@ -4,19 +4,20 @@
 readiness rules on the last known state, one check with the camera's backend, then a signed URL,
 or a typed refusal (StreamRefused with the blockers, CameraGone). The media endpoints call
 `Streams.admit` on every playlist, segment and snapshot fetch, which re-checks the ticket, the
-camera's readiness and the link (grant) it was minted for. So unlinking, or turning Image
-Encryption on, stops new fetches.
+camera's readiness and the link (grant) or console sign-in session it was minted for. So
+unlinking, signing out, or turning Image Encryption on, stops new fetches.
 """
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import String
+from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice import audit
@@ -33,8 +34,19 @@ LAST_SEEN_RESOLUTION = timedelta(seconds=10)
 GrantCheck = Callable[[Session, str], bool]  # is the link a ticket was minted for still alive?
 
 
+class SessionCheck(typing.Protocol):
+    """Is the console sign-in session a web ticket names still on? `touch`: count it as use."""
+
+    def __call__(self, session: Session, ref: str, touch: bool = False) -> bool: ...
+
+
 def no_live_grants(session: Session, grant_id: str) -> bool:
     """The grant check until the OAuth server's is wired in: fail closed, refuse every link."""
+    return False
+
+
+def no_live_sessions(session: Session, ref: str, touch: bool = False) -> bool:
+    """The sign-in session check until the store's is wired in: fail closed."""
     return False
 
 
@@ -83,6 +95,7 @@ class StreamView(Base):
     protocol: Mapped[str] = mapped_column(String(8))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    session_ref: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 def blockers_for(
@@ -105,11 +118,16 @@ class Streams:
     """Opens streams and admits their fetches, with the wiring it needs passed in."""
 
     def __init__(
-        self, settings: Settings, registry: Registry, grant_is_live: GrantCheck = no_live_grants
+        self,
+        settings: Settings,
+        registry: Registry,
+        grant_is_live: GrantCheck = no_live_grants,
+        session_is_live: SessionCheck = no_live_sessions,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.grant_is_live = grant_is_live
+        self.session_is_live = session_is_live
 
     def open(
         self,
@@ -118,6 +136,7 @@ class Streams:
         audience: Audience,
         protocol: Protocol,
         grant_id: str | None = None,
+        session_ref: str | None = None,
         **detail: Any,
     ) -> OpenStream:
         """Readiness on the last known state, one check with the backend, then a signed URL.
@@ -125,7 +144,8 @@ class Streams:
         Call it with no transaction open: a camera cloud may be asked (a known-blocked camera
         costs no call, and a camera kept in the registry alone is not read again). Raises
         StreamRefused with the blockers, or CameraGone. Both the refusal and the URL handed out
-        are audited; `detail` goes into that audit row.
+        are audited; `detail` goes into that audit row. A console stream names its sign-in
+        session (`session_ref`): signing out ends it.
         """
         blockers = blockers_for(camera, audience, protocol)
         if not blockers and self.registry.backend_for(camera).recheck(camera, protocol):
@@ -145,9 +165,9 @@ class Streams:
         ttl = self.settings.stream_ticket_ttl
         return OpenStream(
             camera=camera,
-            url=self.mint(camera, protocol, audience, grant_id),
+            url=self.mint(camera, protocol, audience, grant_id, session_ref),
             image_url=(
-                self.mint(camera, Protocol.JPEG, audience, grant_id)
+                self.mint(camera, Protocol.JPEG, audience, grant_id, session_ref)
                 if Protocol.JPEG in protocols(camera)
                 else None
             ),
@@ -163,15 +183,19 @@ class Streams:
         return fresh
 
     def mint(
-        self, camera: Camera, protocol: Protocol, audience: Audience, grant_id: str | None = None
+        self,
+        camera: Camera,
+        protocol: Protocol,
+        audience: Audience,
+        grant_id: str | None = None,
+        session_ref: str | None = None,
     ) -> str:
         """A signed, short-lived URL for a camera that passed its readiness rules."""
         if blockers_for(camera, audience, protocol):
             raise ValueError("refusing to mint a stream URL for a blocked camera")
         settings = self.settings
-        ticket = new_ticket(
-            camera.id, camera.owner_id, protocol, audience, settings.stream_ticket_ttl, grant_id
-        )
+        ticket = new_ticket(camera.id, camera.owner_id, protocol, audience,
+                            settings.stream_ticket_ttl, grant_id, session_ref)  # fmt: skip
         token = settings.signer().sign(ticket)
         base = settings.public_url
         if protocol is Protocol.HLS:
@@ -192,9 +216,22 @@ class Streams:
         A relay is shared by every viewer of a camera, so it may run while the least strict
         audience's rules (Alexa's and the console's: no audio rule) pass; once the camera is
         encrypted, asleep, offline or gone, no fetch can be admitted and the relay should stop.
+        It stops too when every recent viewer was a console session that has since ended (its
+        owner signed out): nobody left may fetch, so there is no idle timeout to wait out.
         """
         camera = session.get(Camera, camera_id)
-        return camera is not None and not blockers_for(camera, Audience.WEB, Protocol.HLS)
+        if camera is None or blockers_for(camera, Audience.WEB, Protocol.HLS):
+            return False
+        recent = session.scalars(
+            select(StreamView.session_ref).where(
+                StreamView.camera_id == camera_id,
+                StreamView.protocol == Protocol.HLS.value,
+                StreamView.last_seen >= utcnow() - VIEW_GAP,
+            )
+        ).all()
+        return not recent or any(
+            ref is None or self.session_is_live(session, ref) for ref in recent
+        )
 
     def admit(
         self, session: Session, token: str, camera_id: str, protocol: Protocol
@@ -215,6 +252,8 @@ class Streams:
             raise TicketError("blocked:" + reason_of(blockers))
         if ticket.grant_id and not self.grant_is_live(session, ticket.grant_id):
             raise TicketError("link_revoked")
+        if ticket.session_ref and not self.session_is_live(session, ticket.session_ref, True):
+            raise TicketError("signed_out")
         if view is None:
             session.add(
                 StreamView(
@@ -223,6 +262,7 @@ class Streams:
                     account_id=camera.owner_id,
                     audience=ticket.audience.value,
                     protocol=ticket.protocol.value,
+                    session_ref=ticket.session_ref,
                 )
             )
             audit.record(

@@ -47,6 +47,7 @@ class Ticket:
     audience: Audience
     expires_at: float
     grant_id: str | None = None
+    session_ref: str | None = None  # the console sign-in session a web ticket belongs to
 
     @property
     def expired(self) -> bool:
@@ -80,6 +81,7 @@ class TicketSigner:
             "a": ticket.audience.value,
             "e": int(ticket.expires_at),
             "g": ticket.grant_id,
+            "s": ticket.session_ref,
         }
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{payload}.{self._mac(self.current, payload)}"
@@ -108,6 +110,7 @@ class TicketSigner:
             audience=Audience(body["a"]),
             expires_at=float(body["e"]),
             grant_id=body.get("g"),
+            session_ref=body.get("s"),
         )
         if ticket.camera_id != camera_id:
             raise TicketError("wrong_camera")
@@ -126,6 +129,7 @@ def new_ticket(
     audience: Audience,
     ttl: int,
     grant_id: str | None = None,
+    session_ref: str | None = None,
 ) -> Ticket:
     return Ticket(
         id=secrets.token_urlsafe(12),
@@ -135,6 +139,7 @@ def new_ticket(
         audience=audience,
         expires_at=float(int(time.time() + ttl)),
         grant_id=grant_id,
+        session_ref=session_ref,
     )
 
 

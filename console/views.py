@@ -12,10 +12,10 @@ from flask import (
     Response,
     abort,
     current_app,
+    g,
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from sqlalchemy import select
@@ -25,6 +25,7 @@ from camvoice.cameras import CameraError, CameraGone, NoSuchCamera
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
+from camvoice.sessions import COOKIE
 from camvoice.streams import StreamRefused
 from camvoice.tickets import Audience, Protocol
 from console.i18n import TEXT
@@ -77,12 +78,14 @@ def language() -> str:
 
 
 def owner() -> Account:
-    """The signed-in owner; anyone else is sent to sign in first."""
-    account_id = session.get("account_id")
+    """The owner whose live server-side session the cookie names (its reference kept in `g`
+    for the streams this request opens); anyone else is sent to sign in first."""
+    signed_in = services().sessions.signed_in(services().db, request.cookies.get(COOKIE))
     account = None
-    if account_id:
+    if signed_in is not None:
+        g.session_ref = signed_in.ref
         with services().db.reading() as db_session:
-            account = db_session.get(Account, account_id)
+            account = db_session.get(Account, signed_in.account_id)
     if account is None:
         abort(redirect(url_for("oauth.login_form", next=request.full_path.rstrip("?"))))
     return account  # type: ignore[return-value]
@@ -160,7 +163,8 @@ def live(camera_id: str) -> str:
         abort(404)
     hls = None
     try:
-        opened = services().streams.open(services().db, camera, Audience.WEB, Protocol.HLS)
+        opened = services().streams.open(services().db, camera, Audience.WEB, Protocol.HLS,
+                                         session_ref=g.session_ref)  # fmt: skip
         camera, hls = opened.camera, local(opened.url, services().settings)
     except CameraGone:  # removed by its backend
         abort(404)
@@ -219,7 +223,9 @@ def simulator() -> str:
         if assistant == "alexa_smart_home" and outcome.snapshot and camera is not None:
             # The page cannot play RTSPS: it shows the same camera over HLS for the web.
             with contextlib.suppress(StreamRefused, CameraGone):
-                opened = services().streams.open(services().db, camera, Audience.WEB, Protocol.HLS)
+                opened = services().streams.open(
+                    services().db, camera, Audience.WEB, Protocol.HLS, session_ref=g.session_ref
+                )
                 web_hls = local(opened.url, services().settings)
         context |= {
             "assistant": assistant,

@@ -20,8 +20,10 @@ from flask import (
 
 from camvoice.accounts import authenticate, normalize_email
 from camvoice.models import Account
+from camvoice.ratelimit import attempt
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
+from camvoice.sessions import COOKIE
 from oauth.i18n import ASSISTANT_NAMES, SCOPE_TEXT, TEXT
 from oauth.models import SCOPES, OAuthClient
 
@@ -67,11 +69,12 @@ def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
 
 
 def signed_in_account() -> Account | None:
-    account_id = session.get("account_id")
-    if not account_id:
+    """The owner whose live server-side session the request's cookie names."""
+    signed_in = services().sessions.signed_in(services().db, request.cookies.get(COOKIE))
+    if signed_in is None:
         return None
     with services().db.reading() as db_session:
-        return db_session.get(Account, account_id)
+        return db_session.get(Account, signed_in.account_id)
 
 
 # --- authorization endpoint -------------------------------------------------------------------
@@ -151,23 +154,23 @@ def login_form() -> tuple[str, int]:
 
 @bp.post("/oauth/login")
 def login() -> Any:
-    """Check the password, under per-account and per-address failure limits."""
+    """Check the password, under failure limits per account and address, per address, and per
+    account (README, "Sign-in"), then start a server-side session."""
     cfg = services().settings
     email = normalize_email(request.form.get("email", ""))[:254]
     password = request.form.get("password", "")
     target = safe_next(request.form.get("next"))
     window = timedelta(seconds=cfg.login_window)
+    address = request.remote_addr or "unknown"
     keys = [
+        (f"login:acct-ip:{email}|{address}", cfg.login_max_failures_account_address),
+        (f"login:ip:{address}", cfg.login_max_failures_ip),
         (f"login:acct:{email}", cfg.login_max_failures_account),
-        (f"login:ip:{request.remote_addr or 'unknown'}", cfg.login_max_failures_ip),
     ]
     lang = language()
     limiter = services().limiter
-    # Counted before the password is checked, forgiven on success: a burst of parallel guesses
-    # cannot all pass the check before the first failure is counted.
-    for key, _ in keys:
-        limiter.record_failure(key, window)
-    wait = max((limiter.retry_after(k, n + 1, window) or 0) for k, n in keys)
+    # Counted before the password is checked, forgiven on success; not counted when throttled.
+    wait = attempt(limiter, keys, window)
     if wait:
         body, _ = page(
             "login.html",
@@ -179,8 +182,11 @@ def login() -> Any:
         return Response(body, 429, headers={"Retry-After": str(wait)}, mimetype="text/html")
     with services().db.session() as db_session:
         account = authenticate(db_session, email, password)
-        account_id = account.id if account else None
-    if account_id is None:
+        if account is not None:
+            # A fresh session on sign-in (no fixation): the one this browser had ends.
+            services().sessions.end(db_session, request.cookies.get(COOKIE), everywhere=False)
+            token = services().sessions.start(db_session, account.id)
+    if account is None:
         return page(
             "login.html",
             401,
@@ -191,16 +197,25 @@ def login() -> Any:
         )
     for key, _ in keys:
         limiter.forgive(key)
-    session.clear()  # a fresh session on sign-in: no fixation
-    session["account_id"] = account_id
-    return redirect(target, code=303)
+    session.clear()  # a new CSRF token too
+    response = redirect(target, code=303)
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Lax",
+                        secure=current_app.config["SESSION_COOKIE_SECURE"])  # fmt: skip
+    return response
 
 
 @bp.post("/oauth/logout")
 def logout() -> Any:
+    """Sign out: every session of the account ends, on every instance, and with it the
+    console's streams; a copy of the cookie opens nothing any more."""
     target = safe_next(request.form.get("next"))
+    with services().db.session() as db_session:
+        services().sessions.end(db_session, request.cookies.get(COOKIE), everywhere=True)
     session.clear()
-    return redirect(target, code=303)
+    response = redirect(target, code=303)
+    response.delete_cookie(COOKIE, httponly=True, samesite="Lax",
+                           secure=current_app.config["SESSION_COOKIE_SECURE"])  # fmt: skip
+    return response
 
 
 # --- token, revocation, introspection, metadata ----------------------------------------------

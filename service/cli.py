@@ -111,6 +111,40 @@ def accounts_list(ctx: Context, as_json: bool) -> None:
     emit(rows, as_json, lambda d: "\n".join(f"{r['email']}\t{r['cameras']} cameras" for r in d))
 
 
+@accounts.command("password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_ctx
+def accounts_password(ctx: Context, email: str, password_stdin: bool) -> None:
+    """Set a new password; every session of the account is signed out."""
+    from camvoice.accounts import AccountError, change_password
+
+    require_migrated(ctx)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        with ctx.db.session() as session:
+            ended = change_password(session, owner_or_fail(session, email), password)
+    except AccountError as exc:
+        fail(str(exc))
+    click.echo(f"password changed for {email}; {ended} sessions signed out")
+
+
+@accounts.command("disable")
+@click.argument("email")
+@pass_ctx
+def accounts_disable(ctx: Context, email: str) -> None:
+    """Refuse the account's sign-ins from now on and sign out every session of it."""
+    from camvoice.accounts import disable_account
+
+    require_migrated(ctx)
+    with ctx.db.session() as session:
+        ended = disable_account(session, owner_or_fail(session, email))
+    click.echo(f"disabled {email}; {ended} sessions signed out")
+
+
 def owner_or_fail(session: Any, email: str) -> Account:
     from camvoice.accounts import find_account
 

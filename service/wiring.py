@@ -16,6 +16,7 @@ from camvoice.outbox import Outbox
 from camvoice.purge import add_core
 from camvoice.ratelimit import DatabaseLimiter, FallbackLimiter, Limiter, RedisLimiter
 from camvoice.services import Services
+from camvoice.sessions import SessionStore, SignInSession
 from camvoice.settings import Settings
 from camvoice.streams import Streams
 from media.rtsps import relay_problem
@@ -32,16 +33,18 @@ def build_services(
     """
     outbox = Outbox()
     registry = Registry(outbox, settings.address_policy())
+    sessions = SessionStore.from_settings(settings)
     services = Services(
         settings=settings,
         db=db,
         outbox=outbox,
         registry=registry,
-        streams=Streams(settings, registry, grant_is_live),
+        streams=Streams(settings, registry, grant_is_live, sessions.is_live),
         limiter=limiter(db, redis_client),
         once=DatabaseOnce(db)
         if redis_client is None
         else RedisOnce(redis_client, DatabaseOnce(db)),
+        sessions=sessions,
         rtsps_available=lambda: bool(settings.rtsps_url_template) or not relay_problem(settings),
     )
     registry.register(LocalBackend())
@@ -49,6 +52,7 @@ def build_services(
     skills.subscribe(services)
     fulfillment.subscribe(services)
     add_core(services.purger, settings)
+    services.purger.add("signin_sessions", SignInSession.id, sessions.over)
     oauth.add_purge_rules(services.purger)
     return services
 

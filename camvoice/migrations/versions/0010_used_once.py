@@ -1,15 +1,15 @@
 """single-use keys: each signed Lambda forward accepted once, by every instance
 
-Revision ID: 0009_used_once
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02 09:20:00.000000
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_used_once"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
