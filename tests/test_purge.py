@@ -19,7 +19,9 @@ from sqlalchemy import event, func, select
 
 from camvoice.db import Database
 from camvoice.models import AuditEvent, OutboxEvent, utcnow
+from camvoice.once import UsedOnce
 from camvoice.ratelimit import RateLimit
+from camvoice.sessions import SignInSession
 from camvoice.settings import Settings
 from camvoice.streams import StreamView
 from oauth.models import AuthorizationCode, Grant, Token
@@ -102,6 +104,23 @@ def seed(db: Database) -> dict[str, dict[str, Any]]:
             session.add(RateLimit(key=key, window_start=start, count=3))
             rows.setdefault("rate_limits", {})[f"{label}:{key}"] = key
 
+        for label, seen, created in (
+            ("gone", ago(timedelta(minutes=31)), ago(timedelta(hours=1))),  # idle too long
+            ("gone", ago(timedelta(minutes=1)), ago(timedelta(hours=12, minutes=1))),  # too old
+            ("keep:live", ago(timedelta(minutes=29)), ago(timedelta(hours=11))),
+        ):
+            row = SignInSession(token_hash=secrets.token_hex(32), account_id=account_id,
+                                created_at=created, last_seen=seen)  # fmt: skip
+            session.add(row)
+            session.flush()
+            rows.setdefault("signin_sessions", {})[f"{label}:{row.id}"] = row.id
+
+        for label, expires in (("gone", ago(timedelta(seconds=1))),
+                               ("keep:within its window", utcnow() + timedelta(minutes=4))):  # fmt: skip
+            key = secrets.token_hex(16)
+            session.add(UsedOnce(key=key, expires_at=expires))
+            rows.setdefault("used_once", {})[f"{label}:{key}"] = key
+
         for i in range(7):
             at = ago(366 * DAY) if i < 5 else ago(364 * DAY)
             row = AuditEvent(at=at, actor="test", action="camera.viewed", account_id=account_id)
@@ -123,6 +142,8 @@ KEYS = {
     "stream_views": StreamView.ticket_id,
     "rate_limits": RateLimit.key,
     "audit_events": AuditEvent.id,
+    "signin_sessions": SignInSession.id,
+    "used_once": UsedOnce.key,
 }
 
 
@@ -158,7 +179,7 @@ def test_purge_removes_what_expired_and_keeps_what_is_needed(
     assert remaining(db) == expected(rows)
     assert removed == {
         "outbox.delivered": 5, "outbox.dead": 1, "stream_views": 1, "rate_limits": 1,
-        "audit_events": 5, "oauth_codes": 1, "oauth_tokens.access": 1, "oauth_tokens.refresh": 2,
+        "audit_events": 5, "signin_sessions": 2, "used_once": 1, "oauth_codes": 1, "oauth_tokens.access": 1, "oauth_tokens.refresh": 2,
     }  # fmt: skip
     # Bounded statements: never more than a batch in one DELETE (5 audit rows took 3).
     assert deletes and max(deletes) <= 2
