@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from camvoice.redact import redact  # ffmpeg echoes its input URL, credentials included
+
 log = logging.getLogger(__name__)
 
 PLAYLIST = "index.m3u8"
 LOCK = "relay.lock"
 LAST_FETCH = "last_fetch"
 SEGMENT = re.compile(r"^seg_\d{5,}\.ts$")
-URL = re.compile(r"\b(rtsps?|https?)://\S+")
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -62,11 +63,6 @@ def find_ffmpeg(configured: str | None = None) -> str | None:
         return str(imageio_ffmpeg.get_ffmpeg_exe())
     except (ImportError, RuntimeError):
         return shutil.which("ffmpeg")
-
-
-def redact(line: str) -> str:
-    """ffmpeg echoes its input URL, credentials included: never let that reach a log."""
-    return URL.sub(lambda m: f"{m.group(1)}://<redacted>", line)
 
 
 def _font() -> str | None:

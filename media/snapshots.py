@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import subprocess
 
-from media.relay import RelayManager, demo_input, redact
+from camvoice.redact import redact
+from media.relay import RelayManager, demo_input
 
 log = logging.getLogger(__name__)
 TIMEOUT = 8.0

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, request, sen
 
 from camvoice.cameras import StreamUnavailable
 from camvoice.models import Camera
+from camvoice.sealing import Unsealable
 from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.streams import record_denial
@@ -76,8 +77,11 @@ def playlist(camera_id: str, token: str) -> Response:
         proxied = cloud_playlist(camera)
         if proxied is not None:
             return proxied
+    source = source_for_relay(camera)
+    if source is None:
+        return unavailable("The camera's stream did not start.")
     try:
-        folder = relays().ensure(camera.id, camera.source, camera.name)
+        folder = relays().ensure(camera.id, source, camera.name)
     except RelayBusy:
         response = jsonify(error="busy", message="Too many live streams right now; retry soon.")
         response.status_code = 503
@@ -93,6 +97,15 @@ def playlist(camera_id: str, token: str) -> Response:
         mimetype="application/vnd.apple.mpegurl",
         headers={"Cache-Control": "no-cache, no-store"},
     )
+
+
+def source_for_relay(camera: Camera) -> str | None:
+    """The camera's source, credentials unsealed: only for starting its relay or snapshot."""
+    try:
+        return services().registry.source_url(camera)
+    except Unsealable as exc:
+        log.warning("%s; its owner must set the source again", exc)
+        return None
 
 
 def unavailable(message: str) -> Response:
@@ -167,7 +180,7 @@ def snapshot(camera_id: str, token: str) -> Response:
     camera, refusal = check(camera_id, token, Protocol.JPEG, audit=True)
     if refusal is not None:
         return refusal  # type: ignore[no-any-return]
-    image = snapshots.grab(relays(), camera.id, camera.source, camera.name)
+    image = snapshots.grab(relays(), camera.id, source_for_relay(camera), camera.name)
     if image is None:
         response = jsonify(error="snapshot_unavailable", message="No image from the camera.")
         response.status_code = 502
@@ -201,5 +214,5 @@ def mediamtx_auth() -> Response:
     sent = request.headers.get(RELAY_SECRET_HEADER, "")
     if sent and hmac.compare_digest(sent.encode(), settings().relay_secret().encode()):
         # Our own relay needs the camera's source (it may hold credentials): only it gets it.
-        return jsonify(source=camera.source, name=camera.name)
+        return jsonify(source=source_for_relay(camera), name=camera.name)
     return Response(status=200)

@@ -28,7 +28,7 @@ def build_services(
     emits the same outbox events and reads cameras through the same backends.
     """
     outbox = Outbox()
-    registry = Registry(outbox)
+    registry = Registry(outbox, settings.sealer())
     services = Services(
         settings=settings,
         db=db,
