@@ -11,12 +11,13 @@ from camvoice.cameras import CameraError, Registry
 from camvoice.db import Database
 from camvoice.models import Account, AuditEvent, Camera, OutboxEvent
 from camvoice.outbox import Outbox
+from camvoice.settings import Settings
 
 
 @pytest.fixture
-def registry() -> Registry:
+def registry(settings: Settings) -> Registry:
     """A registry with the local backend and a bare outbox: no subscriber unless a test adds one."""
-    registry = Registry(Outbox())
+    registry = Registry(Outbox(), settings.sealer())
     registry.register(LocalBackend())
     return registry
 
