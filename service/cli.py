@@ -91,7 +91,7 @@ def keys_reseal(ctx: Context, as_json: bool) -> None:
         session.flush()
         for column in columns:
             counts[f"{column.class_.__tablename__}.{column.key}"] = reseal(session, sealer, column)
-    emit(counts, as_json, lambda d: "\n".join(f"{k}: {v} resealed" for k, v in d.items()))
+    emit(counts, as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 
 def on_off(value: str | None) -> bool | None:
