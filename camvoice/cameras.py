@@ -22,6 +22,7 @@ from camvoice.db import Database
 from camvoice.models import Account, Camera
 from camvoice.outbox import Outbox
 from camvoice.readiness import Assistant, explain, readiness
+from camvoice.redact import redact as redact_text
 from camvoice.sealing import Unsealable, shown_source, source_url, store_source
 
 SETTINGS = ("online", "image_encryption", "audio", "sleep_mode", "status_light")
@@ -108,13 +109,8 @@ def protocols(camera: Camera) -> frozenset[tickets.Protocol]:
 
 
 def redact(source: str | None) -> str | None:
-    """A source URL without its credentials, safe to log or show."""
-    if not source or "@" not in source:
-        return source
-    parts = urlsplit(source)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://***@{host}{port}{parts.path}"
+    """A source URL without its credentials, safe to log or show (the one redaction)."""
+    return source if source is None else redact_text(source)
 
 
 class Registry:
