@@ -19,6 +19,7 @@ from sqlalchemy import select, text
 from backends.ezviz.models import EzvizLink
 from camvoice.db import Database
 from camvoice.models import Account, AuditEvent, Camera
+from camvoice.sealing import Unsealable
 from camvoice.settings import Settings, load_settings
 from camvoice.tickets import Audience, Protocol
 from media.rtsps import self_signed
@@ -131,8 +132,13 @@ def test_keys_reseal_moves_every_sealed_secret_to_the_new_key(
         session.add(EzvizLink(account_id=owner.id, app_key="k", app_secret=sealed))
     new_only = load_settings(data_dir=settings.data_dir, secret_key="other-" + "z" * 40,
                              seal_keys=NEW_RING)  # fmt: skip
-    with db.reading() as session, pytest.raises(InvalidToken):
-        new_only.sealer().decrypt(session.scalars(select(AlexaLink)).one().access_token.encode())
+    with db.reading() as session:  # before the reseal, the new key alone opens nothing
+        with pytest.raises(InvalidToken):
+            new_only.sealer().decrypt(
+                session.scalars(select(AlexaLink)).one().access_token.encode()
+            )
+        with pytest.raises(Unsealable):
+            bare_registry(new_only).source_url(session.get(Camera, camera.id))  # type: ignore[arg-type]
 
     ring = {**cli_env, "CAMVOICE_SEAL_KEYS": f"{NEW_RING},{OLD_RING}"}
     counts = json.loads(cli("keys", "reseal", "--json", env=ring))
