@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
+from cryptography.fernet import MultiFernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,8 @@ from camvoice.db import Database
 from camvoice.models import Account, Camera
 from camvoice.outbox import Outbox
 from camvoice.readiness import Assistant, explain, readiness
+from camvoice.redact import redact as redact_text
+from camvoice.sealing import Unsealable, shown_source, source_url, store_source
 
 SETTINGS = ("online", "image_encryption", "audio", "sleep_mode", "status_light")
 DESCRIPTIVE = (
@@ -114,21 +116,22 @@ def protocols(camera: Camera) -> frozenset[tickets.Protocol]:
 
 
 def redact(source: str | None) -> str | None:
-    """A source URL without its credentials, safe to log or show."""
-    if not source or "@" not in source:
-        return source
-    parts = urlsplit(source)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://***@{host}{port}{parts.path}"
+    """A source URL without its credentials, safe to log or show (the one redaction)."""
+    return source if source is None else redact_text(source)
 
 
 class Registry:
     """Reads and changes of cameras, with the audit rows and outbox events every change makes."""
 
-    def __init__(self, outbox: Outbox, addresses: AddressPolicy | None = None) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        addresses: AddressPolicy | None = None,
+        sealer: MultiFernet | None = None,
+    ) -> None:
         self.outbox = outbox
         self.addresses = addresses or AddressPolicy()  # public addresses only, unless told
+        self.sealer = sealer  # seals source credentials; without one none can be kept
         self.backends: dict[str, Backend] = {}
 
     def register(self, backend: Backend) -> None:
@@ -167,13 +170,8 @@ class Registry:
         if not name:
             raise CameraError("camera name must not be empty")
         check_fields(fields)
-        camera = Camera(
-            owner_id=owner.id,
-            name=name,
-            backend=backend,
-            source=validate_source(source, backend, self.addresses),
-            **fields,
-        )
+        camera = Camera(owner_id=owner.id, name=name, backend=backend, **fields)
+        store_source(camera, validate_source(source, backend, self.addresses), self.sealer)
         session.add(camera)
         session.flush()
         audit.record(session, "camera.added", actor=actor, account_id=owner.id, camera_id=camera.id)
@@ -192,7 +190,10 @@ class Registry:
             return {}
         before = {k: getattr(camera, k) for k in changed}
         for key, value in changed.items():
-            setattr(camera, key, value)
+            if key == "source":
+                store_source(camera, value, self.sealer)
+            else:
+                setattr(camera, key, value)
         session.flush()
         audit.record(
             session,
@@ -250,6 +251,22 @@ class Registry:
             raise NoSuchCamera(f"no camera {camera_id}")
         return camera
 
+    def source_url(self, camera: Camera) -> str | None:
+        """The camera's source with its credentials, for the paths that start a relay, a
+        snapshot or a probe only. Raises Unsealable when the key ring no longer opens it."""
+        if camera.source_secret and self.sealer is None:
+            raise Unsealable(f"camera {camera.id}'s source is sealed and no sealer is wired")
+        return source_url(camera, self.sealer) if self.sealer else camera.source
+
+    def _current(self, camera: Camera, key: str) -> Any:
+        """A field's value to compare a change with: the source as it was given."""
+        if key != "source":
+            return getattr(camera, key)
+        try:
+            return self.source_url(camera)
+        except Unsealable:
+            return None  # unreadable: any source given replaces it
+
     def _validated(self, camera: Camera, changes: dict[str, Any]) -> dict[str, Any]:
         """The changes that differ from the camera, checked: unknown fields, sources, names."""
         check_fields(changes)
@@ -258,7 +275,7 @@ class Registry:
             changes["source"] = validate_source(changes["source"], camera.backend, self.addresses)
         if "name" in changes and not str(changes["name"]).strip():
             raise CameraError("camera name must not be empty")
-        return {k: v for k, v in changes.items() if getattr(camera, k) != v}
+        return {k: v for k, v in changes.items() if self._current(camera, k) != v}
 
 
 def check_fields(fields: dict[str, Any]) -> None:
@@ -300,7 +317,7 @@ def describe(camera: Camera, language: str = "en") -> dict[str, Any]:
         "serial": camera.serial,
         "picture": f"{camera.width}x{camera.height}" if camera.width else None,
         "backend": camera.backend,
-        "source": redact(camera.source),
+        "source": shown_source(camera),
         **{key: getattr(camera, key) for key in SETTINGS},
         "readiness": ready,
     }

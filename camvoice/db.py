@@ -5,6 +5,7 @@ SQLite is the embedded default (WAL, foreign keys on); PostgreSQL is the scale-o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,13 +100,22 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_file(Path(path))
         kwargs = {"connect_args": {"timeout": 15, "check_same_thread": False}}
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def private_file(path: Path) -> None:
+    """Create the SQLite file 0600 in a 0700 folder before SQLite opens it: SQLite gives its
+    -wal and -shm files the database file's mode, so all three stay private."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600, exist_ok=True)
+    if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+        path.chmod(0o600)  # made before camvoice created its files private
 
 
 def _sqlite_begin(conn: Any) -> None:

@@ -79,7 +79,8 @@ class Camera(Base):
     audio: Mapped[bool] = mapped_column(Boolean, default=True)
     sleep_mode: Mapped[bool] = mapped_column(Boolean, default=False)
     status_light: Mapped[bool] = mapped_column(Boolean, default=True)
-    source: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text)  # without credentials (camvoice.sealing)
+    source_secret: Mapped[str | None] = mapped_column(Text)  # the whole URL, sealed
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from cryptography.fernet import Fernet
+    from cryptography.fernet import MultiFernet
 
     from camvoice.addresses import AddressPolicy
     from camvoice.tickets import TicketSigner
@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     session_max_hours: int = Field(12, ge=1)
     proxy_hops: int = Field(0, ge=0, le=5)
     stream_keys: SecretStr = SecretStr("")
+    seal_keys: SecretStr = SecretStr("")
     stream_ticket_ttl: int = Field(300, ge=30, le=3600)
     stream_max_view: int = Field(4 * 3600, ge=60)
     # How often a playing RTSPS session, and a running HLS relay, is admitted again; at most 5 s
@@ -145,6 +146,15 @@ class Settings(BaseSettings):
         parse_keys(value.get_secret_value(), "x")
         return value
 
+    @field_validator("seal_keys")
+    @classmethod
+    def _seal_keys(cls, value: SecretStr) -> SecretStr:
+        from camvoice.tickets import parse_keys
+
+        if value.get_secret_value().strip():
+            parse_keys(value.get_secret_value(), "x")
+        return value
+
     @property
     def media_path(self) -> Path:
         """Where relays write HLS segments: private to this service."""
@@ -166,13 +176,25 @@ class Settings(BaseSettings):
         """Shared by the app and its RTSPS relay subprocess, derived so nobody configures it."""
         return hmac.new(self.key().encode(), b"camvoice rtsps relay", hashlib.sha256).hexdigest()
 
-    def sealer(self, purpose: bytes = b"camvoice sealed secrets") -> Fernet:
-        """Encrypts what camvoice reads back later (Alexa tokens, EZVIZ keys), keyed by the secret
-        key; each purpose gets its own derived key."""
-        from cryptography.fernet import Fernet
+    def sealer(self, purpose: bytes = b"camvoice sealed secrets") -> MultiFernet:
+        """Encrypts what camvoice reads back later (source credentials, Alexa tokens, EZVIZ
+        keys). CAMVOICE_SEAL_KEYS is the key ring: the first key seals, every key opens, and
+        `camvoice keys reseal` moves every sealed value to the first. The secret key's own key
+        opens too, so values sealed before a ring was set stay readable until resealed. Each
+        purpose gets its own derived keys."""
+        from cryptography.fernet import Fernet, MultiFernet
 
-        derived = hmac.new(self.key().encode(), purpose, hashlib.sha256).digest()
-        return Fernet(base64.urlsafe_b64encode(derived))
+        from camvoice.tickets import parse_keys
+
+        ring = self.seal_keys.get_secret_value()
+        secrets_ = list(parse_keys(ring, "x").values()) if ring.strip() else []
+        secrets_.append(self.key().encode())
+        return MultiFernet(
+            [
+                Fernet(base64.urlsafe_b64encode(hmac.new(s, purpose, hashlib.sha256).digest()))
+                for s in dict.fromkeys(secrets_)
+            ]
+        )
 
     def key(self) -> str:
         """The secret key: configured, or generated once and kept in the data dir."""
@@ -180,7 +202,7 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value()
         path = self.data_dir / SECRET_KEY_FILE
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             path.touch(mode=0o600)
             path.write_text(secrets.token_urlsafe(48))
         return path.read_text().strip()

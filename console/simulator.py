@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import json
 import re
 import time
@@ -195,7 +196,7 @@ def alexa_custom(spoken: str, token: str, lang: str, settings: Settings) -> Outc
     outcome = Outcome(request=masked(envelope), response=answer)
     response = answer.get("response", {})
     ssml = (response.get("outputSpeech") or {}).get("ssml", "")
-    outcome.speech = re.sub(r"</?speak>", "", ssml)
+    outcome.speech = html.unescape(re.sub(r"</?speak>", "", ssml))  # shown as text, escaped
     for directive in response.get("directives") or []:
         if directive.get("type") == "VideoApp.Launch":
             outcome.hls = local(directive["videoItem"]["source"], settings)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from camvoice.addresses import AddressPolicy
+from camvoice.redact import redact  # ffmpeg echoes its input URL, credentials included
 from media.rtsp_check import SourceRefused, guarded_source
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ LAST_FETCH = "last_fetch"
 OWNER = "owner"  # the camera owner's account id, so every process can count an owner's relays
 START_TIMEOUT = 15.0  # a relay with no segment by then is stopped as failed
 SEGMENT = re.compile(r"^seg_\d{5,}\.ts$")
-URL = re.compile(r"\b(rtsps?|https?)://\S+")
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -75,11 +75,6 @@ def find_ffmpeg(configured: str | None = None) -> str | None:
         return str(imageio_ffmpeg.get_ffmpeg_exe())
     except (ImportError, RuntimeError):
         return shutil.which("ffmpeg")
-
-
-def redact(line: str) -> str:
-    """ffmpeg echoes its input URL, credentials included: never let that reach a log."""
-    return URL.sub(lambda m: f"{m.group(1)}://<redacted>", line)
 
 
 def _font() -> str | None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import threading
 from functools import cache
 from pathlib import Path
+from typing import IO
 
+from camvoice.redact import redact
 from camvoice.settings import Settings
 from media.relay import die_with_parent
+
+log = logging.getLogger(__name__)
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SCRIPT = Path(__file__).with_name("rtsps_relay.py")
@@ -60,7 +66,19 @@ def start_relay(settings: Settings, app_url: str) -> subprocess.Popen[bytes]:
         "--recheck", str(settings.stream_recheck_interval),
     ]  # fmt: skip
     env = {**os.environ, "CAMVOICE_RELAY_SECRET": settings.relay_secret()}
-    return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=die_with_parent)
+    assert process.stderr is not None
+    threading.Thread(
+        target=log_lines, args=(process.stderr,), daemon=True, name="rtsps-relay-log"
+    ).start()
+    return process
+
+
+def log_lines(stream: IO[bytes]) -> None:
+    """The relay's output (its own lines, GStreamer's and any traceback, which may name a
+    camera's source) reaches the log only through the one redaction."""
+    for raw in stream:
+        log.info("rtsps relay: %s", redact(raw.decode(errors="replace").rstrip()))
 
 
 def self_signed(cert: Path, key: Path, host: str) -> None:
@@ -91,7 +109,7 @@ def self_signed(cert: Path, key: Path, host: str) -> None:
         .add_extension(x509.SubjectAlternativeName([alt, x509.DNSName("localhost")]), False)
         .sign(private, hashes.SHA256())
     )
-    cert.parent.mkdir(parents=True, exist_ok=True)
+    cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key.touch(mode=0o600)
     key.write_bytes(
         private.private_bytes(
@@ -100,4 +118,5 @@ def self_signed(cert: Path, key: Path, host: str) -> None:
             serialization.NoEncryption(),
         )
     )
+    cert.touch(mode=0o600)
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

@@ -15,7 +15,8 @@ from collections import OrderedDict
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from media.relay import RelayManager, demo_input, redact
+from camvoice.redact import redact
+from media.relay import RelayManager, demo_input
 from media.rtsp_check import SourceRefused, guarded_source
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from werkzeug.http import http_date
 from camvoice.addresses import AddressRefused
 from camvoice.cameras import StreamUnavailable
 from camvoice.models import Camera
+from camvoice.sealing import Unsealable
 from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.streams import record_denial
@@ -92,8 +93,11 @@ def playlist(camera_id: str, token: str) -> Response:
         proxied = cloud_playlist(camera)
         if proxied is not None:
             return proxied
+    source = source_for_relay(camera)
+    if source is None:
+        return unavailable("The camera's stream did not start.")
     try:
-        folder = relays().ensure(camera.id, camera.source, camera.name, camera.owner_id)
+        folder = relays().ensure(camera.id, source, camera.name, camera.owner_id)
     except RelayBusy:
         return retry_later("busy", "Too many live streams right now; retry soon.", 10)
     except RelayStarting:
@@ -111,6 +115,15 @@ def playlist(camera_id: str, token: str) -> Response:
         mimetype="application/vnd.apple.mpegurl",
         headers={"Cache-Control": "no-cache, no-store"},
     )
+
+
+def source_for_relay(camera: Camera) -> str | None:
+    """The camera's source, credentials unsealed: only for starting its relay or snapshot."""
+    try:
+        return services().registry.source_url(camera)
+    except Unsealable as exc:
+        log.warning("%s; its owner must set the source again", exc)
+        return None
 
 
 def unavailable(message: str) -> Response:
@@ -185,7 +198,7 @@ def snapshot(camera_id: str, token: str) -> Response:
     camera, refusal = check(camera_id, token, Protocol.JPEG, audit=True)
     if refusal is not None:
         return refusal  # type: ignore[no-any-return]
-    taken = snapshot_grabs().get(camera.id, camera.source, camera.name)
+    taken = snapshot_grabs().get(camera.id, source_for_relay(camera), camera.name)
     if taken is None:
         return retry_later("snapshot_unavailable", "No image from the camera yet; retry soon.", 2)
     when, image = taken
@@ -226,8 +239,11 @@ def mediamtx_auth() -> Response:
         if body.get("want") != "source":
             return jsonify(name=camera.name)  # a re-check: the pipeline already runs
         policy = settings().address_policy()
+        source = source_for_relay(camera)
+        if source is None:
+            return Response(status=403)
         try:
-            source = checked_source(policy, camera.source)
+            source = checked_source(policy, source)
             # The address checked, for the relay's guard to connect to (no second lookup).
             address = None if source == "demo" else policy.check(source).addresses[0]
         except (SourceRefused, AddressRefused) as exc:

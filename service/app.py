@@ -18,8 +18,10 @@ import media
 import oauth
 import skills
 from camvoice.db import UNAVAILABLE_RETRY_AFTER, Database, unavailable
+from camvoice.redact import RedactingFactory
 from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
+from service import private_files
 from service.wiring import build_services, redis_client
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ OAUTH_APIS = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> Flask:
     """Build the WSGI app. Each process (gunicorn worker) calls this once."""
+    private_files()
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     db = db or Database(settings.sqlalchemy_url)
@@ -84,6 +87,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
 
 def configure_logging(level: str) -> None:
+    RedactingFactory.install()  # no secret in any record, whoever logs it (gunicorn included)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # /readyz would log on every probe

@@ -28,6 +28,9 @@ if TYPE_CHECKING:  # the rest is imported by the command that needs it: `--help`
 @click.pass_context
 def main(click_ctx: click.Context) -> None:
     """camvoice: show security cameras on Alexa and Google Home."""
+    from service import private_files
+
+    private_files()
     click_ctx.obj = Context(wire=wire)
 
 
@@ -55,9 +58,40 @@ def db() -> None:
 @db.command("upgrade")
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
-    """Apply every pending migration."""
+    """Apply every pending migration, then seal source credentials kept in the clear."""
+    from camvoice.sealing import seal_plain_sources
+
     ctx.db.upgrade()
-    click.echo("database is up to date")
+    with ctx.db.session() as session:
+        sealed = seal_plain_sources(session, ctx.settings.sealer())
+    click.echo("database is up to date" + (f"; sealed {sealed} camera sources" if sealed else ""))
+
+
+@main.group()
+def keys() -> None:
+    """The key ring that seals stored secrets (CAMVOICE_SEAL_KEYS)."""
+
+
+@keys.command("reseal")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def keys_reseal(ctx: Context, as_json: bool) -> None:
+    """Re-encrypt every sealed secret with the ring's first key: after it, older keys can go."""
+    from backends.ezviz.models import EzvizLink
+    from camvoice.models import Camera
+    from camvoice.sealing import reseal, seal_plain_sources
+    from skills.events import AlexaLink
+
+    require_migrated(ctx)
+    sealer = ctx.settings.sealer()
+    columns = (Camera.source_secret, EzvizLink.app_secret, EzvizLink.access_token,
+               AlexaLink.access_token, AlexaLink.refresh_token)  # fmt: skip
+    with ctx.db.session() as session:
+        counts = {"cameras.source (newly sealed)": seal_plain_sources(session, sealer)}
+        session.flush()
+        for column in columns:
+            counts[f"{column.class_.__tablename__}.{column.key}"] = reseal(session, sealer, column)
+    emit(counts, as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
 
 
 def on_off(value: str | None) -> bool | None:
@@ -303,8 +337,14 @@ def change_and_show(
 def cameras_probe(ctx: Context, camera_id: str, as_json: bool) -> None:
     """Read a camera's picture size from its stream again (Alexa's Discovery states it)."""
     require_migrated(ctx)
+    from camvoice.sealing import Unsealable
+
     with ctx.db.reading() as session:
-        source = camera_or_fail(session, camera_id).source
+        camera = camera_or_fail(session, camera_id)
+        try:
+            source = ctx.services.registry.source_url(camera)
+        except Unsealable as exc:
+            fail(f"{exc}: set its source again")
     size = with_picture_size(ctx, {"source": source})
     if size.get("width") is None:
         fail(f"could not read a picture from camera {camera_id}'s source")
@@ -501,10 +541,12 @@ def demo(ctx: Context, host: str, port: int) -> None:
 def rtsps_relay(settings: Settings, port: int) -> Iterator[None]:
     """Run the RTSPS relay beside the web app when enabled; the app runs either way."""
     from media.rtsps import relay_problem, start_relay
+    from service.app import configure_logging
 
     if not settings.relay_enabled:
         yield
         return
+    configure_logging(settings.log_level)  # the relay's output is logged by this process
     problem = relay_problem(settings)
     if problem:
         click.echo(f"warning: RTSPS relay not started: {problem}", err=True)
@@ -529,10 +571,12 @@ def rtsps_relay(settings: Settings, port: int) -> Iterator[None]:
 def relay(ctx: Context, app_url: str) -> None:
     """Run the RTSPS relay (GStreamer) in the foreground."""
     from media.rtsps import relay_problem, start_relay
+    from service.app import configure_logging
 
     problem = relay_problem(ctx.settings.model_copy(update={"relay_enabled": True}))
     if problem:
         fail(f"cannot run the RTSPS relay: {problem}")
+    configure_logging(ctx.settings.log_level)  # the relay's output is logged by this process
     process = start_relay(ctx.settings, app_url)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: process.terminate())

@@ -32,7 +32,7 @@ def build_services(
     emits the same outbox events and reads cameras through the same backends.
     """
     outbox = Outbox()
-    registry = Registry(outbox, settings.address_policy())
+    registry = Registry(outbox, settings.address_policy(), settings.sealer())
     sessions = SessionStore.from_settings(settings)
     services = Services(
         settings=settings,

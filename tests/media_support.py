@@ -96,9 +96,14 @@ def zombies() -> list[int]:
     return found
 
 
-def bare_registry() -> Registry:
-    """A registry whose changes reach no subscriber: for tests about media, not events."""
-    return Registry(Outbox(), AddressPolicy(parse_networks(TEST_SOURCE_NETWORKS)))
+def bare_registry(settings: Settings | None = None) -> Registry:
+    """A registry whose changes reach no subscriber: for tests about media, not events. Given
+    settings, it seals source credentials as the app's does."""
+    return Registry(
+        Outbox(),
+        AddressPolicy(parse_networks(TEST_SOURCE_NETWORKS)),
+        settings.sealer() if settings else None,
+    )
 
 
 def mint(

@@ -261,3 +261,40 @@ def test_interaction_models_are_well_formed() -> None:
                 assert set(__import__("re").findall(r"{(\w+)}", sample)) <= set(slots), sample
         values = model["types"][0]["values"]
         assert all(v["name"]["value"] for v in values)
+
+
+HOSTILE = 'Gate <audio src="https://evil.example/a.mp3"/> & "Co"'
+
+
+def spoken_text(ssml: str) -> str:
+    """The words of an SSML answer, which must be one <speak> element with nothing inside."""
+    from xml.etree import ElementTree
+
+    root = ElementTree.fromstring(ssml)  # noqa: S314 - our own server's answer
+    assert root.tag == "speak" and len(root) == 0, ssml
+    return "".join(root.itertext())
+
+
+@pytest.mark.parametrize("locale", ["en-US", "es-ES"])
+def test_speech_is_valid_ssml_whatever_the_names(
+    server: LiveServer, db: Database, token: str, locale: str
+) -> None:
+    """A camera name (the owner's words) and a spoken name (the caller's) are text in SSML: an
+    `<audio>` in a name is read out, never played, and `&` does not break the document."""
+    from camvoice.accounts import find_account
+
+    with db.session() as session:
+        owner = find_account(session, DEMO_EMAIL)
+        Registry(Outbox()).add(session, owner, HOSTILE, actor="t", audio=False)  # type: ignore[arg-type]
+    said = []
+    for request in (
+        intent("ListCamerasIntent"),
+        intent("CameraStatusIntent", "gate audio"),
+        intent("ShowCameraIntent", "gate audio"),
+        intent("ShowCameraIntent", "<break time='3s'/> & nothing"),
+    ):
+        response = ask(server, envelope(request, token, locale=locale))
+        said.append(spoken_text(response["outputSpeech"]["ssml"]))
+        if "reprompt" in response:
+            spoken_text(response["reprompt"]["outputSpeech"]["ssml"])
+    assert HOSTILE in said[0] and "<break time='3s'/> & nothing" in said[3]

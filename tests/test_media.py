@@ -18,7 +18,7 @@ import requests
 from sqlalchemy import select
 
 from camvoice.db import Database
-from camvoice.models import AuditEvent, Camera
+from camvoice.models import Account, AuditEvent, Camera
 from camvoice.settings import Settings
 from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
@@ -336,7 +336,12 @@ def test_mediamtx_auth_hook(media_settings: Settings, server: LiveServer, db: Da
 def test_no_ticket_or_url_in_logs(
     media_settings: Settings, server: LiveServer, db: Database, caplog
 ) -> None:  # type: ignore[no-untyped-def]
-    front = camera(db, source="rtsp://admin:hunter2@127.0.0.1:9/stream")
+    make_owner(db, "owner@example.com")
+    with db.session() as session:
+        owner = session.scalars(select(Account)).one()
+        front = bare_registry(media_settings).add(
+            session, owner, "Front Door", actor="test", source="rtsp://admin:hunter2@127.0.0.1:9/s"
+        )
     with caplog.at_level("DEBUG"):
         url = url_for(media_settings, server, front)
         assert requests.get(url, timeout=30).status_code == 502  # nothing listens on port 9

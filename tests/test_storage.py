@@ -12,13 +12,16 @@ from camvoice.cameras import CameraError, Registry
 from camvoice.db import Database
 from camvoice.models import Account, AuditEvent, Camera, OutboxEvent
 from camvoice.outbox import Outbox
+from camvoice.settings import Settings
 from tests.conftest import TEST_SOURCE_NETWORKS
 
 
 @pytest.fixture
-def registry() -> Registry:
+def registry(settings: Settings) -> Registry:
     """A registry with the local backend and a bare outbox: no subscriber unless a test adds one."""
-    registry = Registry(Outbox(), AddressPolicy(parse_networks(TEST_SOURCE_NETWORKS)))
+    registry = Registry(
+        Outbox(), AddressPolicy(parse_networks(TEST_SOURCE_NETWORKS)), settings.sealer()
+    )
     registry.register(LocalBackend())
     return registry
 

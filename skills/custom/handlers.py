@@ -33,7 +33,7 @@ from camvoice.services import Services
 from camvoice.streams import StreamRefused, blockers_for
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Principal, authenticate_bearer
-from skills.custom.speech import join, language, say
+from skills.custom.speech import join, language, say, ssml
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def cameras_of(principal: Principal) -> list[Camera]:
 
 def ask_to_link(handler_input: HandlerInput) -> Response:
     text = say(lang_of(handler_input), "link")
-    return handler_input.response_builder.speak(text).set_card(LinkAccountCard()).response
+    return handler_input.response_builder.speak(ssml(text)).set_card(LinkAccountCard()).response
 
 
 def status_sentence(lang: str, camera: Camera) -> str:
@@ -90,7 +90,7 @@ def pick_camera(handler_input: HandlerInput, principal: Principal) -> Camera | R
     spoken = (slot.value if slot is not None else None) or ""
     cameras = cameras_of(principal)
     if not cameras:
-        return handler_input.response_builder.speak(say(lang, "no_cameras")).response
+        return handler_input.response_builder.speak(ssml(say(lang, "no_cameras"))).response
     matches = resolve(spoken, cameras)
     if len(matches) == 1:
         return matches[0]
@@ -98,19 +98,23 @@ def pick_camera(handler_input: HandlerInput, principal: Principal) -> Camera | R
     if matches:
         question = say(lang, "which", options=join(lang, [c.name for c in matches], "or"))
         return (
-            builder.speak(question)
-            .ask(question)
+            builder.speak(ssml(question))
+            .ask(ssml(question))
             .add_directive(ElicitSlotDirective(slot_to_elicit="camera"))
             .response
         )
     names = join(lang, [c.name for c in cameras])
-    return builder.speak(say(lang, "no_match", spoken=spoken or "?", names=names)).response
+    return builder.speak(ssml(say(lang, "no_match", spoken=spoken or "?", names=names))).response
 
 
 def speak_and_ask(handler_input: HandlerInput, key: str) -> Response:
     """Say `key`, then keep the session open with the usual reprompt."""
     lang = lang_of(handler_input)
-    return handler_input.response_builder.speak(say(lang, key)).ask(say(lang, "reprompt")).response
+    return (
+        handler_input.response_builder.speak(ssml(say(lang, key)))
+        .ask(ssml(say(lang, "reprompt")))
+        .response
+    )
 
 
 class LaunchHandler(AbstractRequestHandler):
@@ -139,23 +143,25 @@ class ShowCameraHandler(AbstractRequestHandler):
         screen = get_supported_interfaces(handler_input).video_app is not None
         if not screen and not blockers_for(camera, Audience.ALEXA, Protocol.HLS):
             text = say(lang, "no_screen", name=camera.name, status=status_sentence(lang, camera))
-            return builder.speak(text).response
+            return builder.speak(ssml(text)).response
         try:
             opened = services().streams.open(
                 services().db, camera, Audience.ALEXA, Protocol.HLS, principal.grant_id
             )
         except CameraGone:
-            return builder.speak(say(lang, "gone", name=camera.name)).response
+            return builder.speak(ssml(say(lang, "gone", name=camera.name))).response
         except StreamRefused as refused:
             reason = " ".join(explain(b, lang) for b in refused.blockers)
-            return builder.speak(say(lang, "blocked", name=camera.name, reason=reason)).response
+            return builder.speak(
+                ssml(say(lang, "blocked", name=camera.name, reason=reason))
+            ).response
         camera = opened.camera
         if not screen:  # the backend's check cleared a blocker the last known state had
             text = say(lang, "no_screen", name=camera.name, status=status_sentence(lang, camera))
-            return builder.speak(text).response
+            return builder.speak(ssml(text)).response
         video = VideoItem(source=opened.url, metadata=Metadata(title=camera.name,
                                                         subtitle=say(lang, "title")))  # fmt: skip
-        builder.speak(say(lang, "showing", name=camera.name))
+        builder.speak(ssml(say(lang, "showing", name=camera.name)))
         return builder.add_directive(LaunchDirective(video_item=video)).response
 
 
@@ -171,14 +177,14 @@ class ListCamerasHandler(AbstractRequestHandler):
         cameras = cameras_of(principal)
         builder = handler_input.response_builder
         if not cameras:
-            return builder.speak(say(lang, "no_cameras")).response
+            return builder.speak(ssml(say(lang, "no_cameras"))).response
         names = join(lang, [c.name for c in cameras])
         ready = [c.name for c in cameras if not readiness(c, Assistant.ALEXA)]
         if not ready:
             text = say(lang, "list_none_ready", count=len(cameras), names=names)
         else:
             text = say(lang, "list", count=len(cameras), names=names, ready=join(lang, ready))
-        return builder.speak(text).response
+        return builder.speak(ssml(text)).response
 
 
 class CameraStatusHandler(AbstractRequestHandler):
@@ -193,7 +199,7 @@ class CameraStatusHandler(AbstractRequestHandler):
         if not isinstance(camera, Camera):
             return camera
         text = status_sentence(lang_of(handler_input), camera)
-        return handler_input.response_builder.speak(text).response
+        return handler_input.response_builder.speak(ssml(text)).response
 
 
 class HelpHandler(AbstractRequestHandler):
@@ -212,7 +218,9 @@ class StopHandler(AbstractRequestHandler):
 
     def handle(self, handler_input: HandlerInput) -> Response:
         text = say(lang_of(handler_input), "bye")
-        return handler_input.response_builder.speak(text).set_should_end_session(True).response
+        return (
+            handler_input.response_builder.speak(ssml(text)).set_should_end_session(True).response
+        )
 
 
 class FallbackHandler(AbstractRequestHandler):
@@ -240,7 +248,7 @@ class ErrorHandler(AbstractExceptionHandler):
     def handle(self, handler_input: HandlerInput, exception: Exception) -> Response:
         log.error("custom skill failed: %s", type(exception).__name__)
         text = say(lang_of(handler_input), "error")
-        return handler_input.response_builder.speak(text).response
+        return handler_input.response_builder.speak(ssml(text)).response
 
 
 REQUEST_HANDLERS: list[Any] = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from xml.sax.saxutils import escape
+
 SPEECH: dict[str, dict[str, str]] = {
     "en": {
         "welcome": "Welcome to Camera Voice. You can say: show the front door, or list my cameras.",
@@ -65,6 +67,13 @@ SPEECH: dict[str, dict[str, str]] = {
         "title": "Camera Voice",
     },
 }
+
+
+def ssml(text: str) -> str:
+    """Speech as SSML text: camera names, spoken words and reasons are the owner's or the
+    caller's, so `&`, `<` and `>` are escaped (a name like `<audio src=...>` stays words).
+    Every speak() and ask() of the skill passes through here, after the sentence is built."""
+    return escape(text, {'"': "&quot;"})
 
 
 def language(locale: str | None) -> str:
