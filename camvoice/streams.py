@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import String, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice import audit
@@ -255,28 +256,43 @@ class Streams:
         if ticket.session_ref and not self.session_is_live(session, ticket.session_ref, True):
             raise TicketError("signed_out")
         if view is None:
-            session.add(
-                StreamView(
-                    ticket_id=ticket.id,
-                    camera_id=camera.id,
+            if self._start_view(session, ticket, camera):
+                audit.record(
+                    session,
+                    "stream.started",
+                    actor=ticket.audience.value,
                     account_id=camera.owner_id,
-                    audience=ticket.audience.value,
+                    camera_id=camera.id,
+                    assistant=ticket.audience.value,
                     protocol=ticket.protocol.value,
-                    session_ref=ticket.session_ref,
                 )
-            )
-            audit.record(
-                session,
-                "stream.started",
-                actor=ticket.audience.value,
-                account_id=camera.owner_id,
-                camera_id=camera.id,
-                assistant=ticket.audience.value,
-                protocol=ticket.protocol.value,
-            )
         elif now - view.last_seen > LAST_SEEN_RESOLUTION:
             view.last_seen = now
         return camera, ticket
+
+    @staticmethod
+    def _start_view(session: Session, ticket: Ticket, camera: Camera) -> bool:
+        """Record the first fetch of a ticket; False if another fetch recorded it first.
+
+        A player asks for its playlist and a segment (or two tabs for one URL) at once: both
+        fetches find no view and both insert it. The loser's insert is undone in its savepoint
+        and the fetch goes on, instead of failing the whole request on the primary key.
+        """
+        try:
+            with session.begin_nested():
+                session.add(
+                    StreamView(
+                        ticket_id=ticket.id,
+                        camera_id=camera.id,
+                        account_id=camera.owner_id,
+                        audience=ticket.audience.value,
+                        protocol=ticket.protocol.value,
+                        session_ref=ticket.session_ref,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
 
 
 def record_denial(session: Session, camera_id: str, reason: str, protocol: Protocol) -> None:

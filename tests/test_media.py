@@ -191,6 +191,31 @@ def test_started_view_outlives_ticket_expiry(
         tickets.Ticket.expired = original  # type: ignore[method-assign]
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite: BEGIN takes the lock
+def test_two_first_fetches_of_one_ticket_record_one_view(
+    media_settings: Settings, db: Database
+) -> None:
+    """A player's playlist and segment fetches with a fresh ticket race to record its view: the
+    fetch that loses finds the row already there and goes on (on PostgreSQL it was a 500, a
+    duplicate key on stream_views)."""
+    from camvoice.streams import Streams, StreamView
+
+    front = camera(db)
+    token = mint(media_settings, front, Protocol.HLS, Audience.GOOGLE).split("/")[-2]
+    streams = Streams(media_settings, bare_registry())
+    with db.session() as late:
+        assert late.get(StreamView, token) is None  # it read "no view yet"...
+        with db.session() as first:  # ...and meanwhile another fetch recorded it
+            streams.admit(first, token, front.id, Protocol.HLS)
+        ticket = media_settings.signer().verify(token, front.id, Protocol.HLS)
+        assert not streams._start_view(late, ticket, late.get(Camera, front.id))
+        late.add(AuditEvent(actor="test", action="still.usable"))  # its transaction lives on
+    with db.reading() as session:
+        actions = [e.action for e in session.scalars(select(AuditEvent))]
+        assert session.scalar(select(StreamView.ticket_id)) == ticket.id
+    assert actions.count("stream.started") == 1 and "still.usable" in actions
+
+
 def test_blocked_camera_stops_new_fetches(
     media_settings: Settings, server: LiveServer, db: Database
 ) -> None:
