@@ -110,12 +110,12 @@ def _revoke_if_replayed_meanwhile(code_hash: str) -> None:
 
 
 def authenticate_basic(query_client: Any, request: Any) -> OAuthClient | None:
-    """Authlib's client_secret_basic, except that credentials which do not decode as UTF-8
-    authenticate nobody (so the endpoint answers invalid_client, 401, RFC 6749 5.2) instead of
-    raising UnicodeDecodeError from inside Authlib."""
+    """Authlib's client_secret_basic, except that a header it cannot parse ("Basic " with
+    nothing after it, credentials that are not UTF-8) authenticates nobody, so the endpoint
+    answers invalid_client, 401 (RFC 6749 5.2), where Authlib would raise ValueError."""
     try:
         return authenticate_client_secret_basic(query_client, request)  # type: ignore[no-any-return]
-    except UnicodeDecodeError:
+    except ValueError:  # UnicodeDecodeError included
         return None
 
 

@@ -139,7 +139,10 @@ def _database(kind: str, request: pytest.FixtureRequest, folder: Path) -> Iterat
         drop_pg_database(name)
 
 
-def build_world(kind: str, request: pytest.FixtureRequest, folder: Path) -> Iterator[World]:
+def build_world(
+    kind: str, request: pytest.FixtureRequest, folder: Path, **overrides: Any
+) -> Iterator[World]:
+    """The world on a fresh database of `kind`; `overrides` go into its settings."""
     for url in _database(kind, request, folder):
         settings = load_settings(
             data_dir=folder / "data",
@@ -148,7 +151,7 @@ def build_world(kind: str, request: pytest.FixtureRequest, folder: Path) -> Iter
             public_url="http://127.0.0.1:8080",
         ).model_copy(update={
             "alexa_forwarder_secret": SecretStr(FORWARDER_SECRET), "alexa_skill_id": SKILL_ID,
-            "alexa_verify_requests": False, "media_dir": folder / "media",
+            "alexa_verify_requests": False, "media_dir": folder / "media", **overrides,
         })  # fmt: skip
         db = Database(url)
         app = create_app(settings, db)
