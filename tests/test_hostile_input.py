@@ -192,3 +192,59 @@ def test_oauth_form_with_nul_is_oauth_error(world: World) -> None:
     authorize = requests.get(world.url + "/oauth/authorize", timeout=30,
                              params={"client_id": "c\x00", "response_type": "code"})  # fmt: skip
     assert authorize.status_code == 400
+
+
+# --- found by the fuzz suite (tests/test_fuzz.py) ---------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/oauth/token", "/oauth/revoke", "/oauth/introspect"])
+def test_basic_auth_with_nothing_after_it_is_invalid_client(world: World, path: str) -> None:
+    response = requests.post(world.url + path, timeout=30, headers={"Authorization": "Basic "},
+                             data={"grant_type": "refresh_token", "refresh_token": "x",
+                                   "token": "x"})  # fmt: skip
+    oauth_error(response, "invalid_client", 401)
+
+
+@pytest.mark.parametrize("params", [{"response_type": "códe"}, {"response_type": 'co"de'},
+                                    {"response_type": "x", "redirect_uri": "https://a/\\"}])  # fmt: skip
+def test_authorize_parameters_authlib_cannot_quote_are_invalid_request(
+    world: World, params: dict[str, str]
+) -> None:
+    query = {"client_id": world.google.client_id, "scope": "cameras", **params}
+    response = world.console.get(world.url + "/oauth/authorize", params=query, timeout=30)
+    assert response.status_code == 400
+    assert "invalid_request" in response.text
+
+
+@pytest.mark.parametrize(
+    "request_part",
+    [None, {"type": "IntentRequest"}, {"type": "IntentRequest", "intent": {}},
+     {"type": "LaunchRequest", "timestamp": "not a time"}, {"type": "NoSuchRequest"}],
+)  # fmt: skip
+def test_custom_skill_envelopes_the_sdk_cannot_handle_are_bad_requests(
+    world: World, request_part: Any
+) -> None:
+    envelope = custom_envelope({"type": "LaunchRequest"})
+    envelope["request"] = None if request_part is None else {**envelope["request"], **request_part}
+    response = requests.post(world.url + "/alexa/custom", json=envelope, timeout=30)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "bad_request"
+
+
+def test_custom_skill_without_user_is_a_bad_request(world: World) -> None:
+    envelope = custom_envelope({"type": "LaunchRequest"})
+    del envelope["context"]["System"]["user"]
+    response = requests.post(world.url + "/alexa/custom", json=envelope, timeout=30)
+    assert response.status_code == 400
+
+
+def test_custom_skill_unknown_intent_gets_the_fallback_prompt(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    envelope = custom_envelope({"type": "IntentRequest",
+                                "intent": {"name": "OrderPizzaIntent", "slots": {}}})  # fmt: skip
+    with caplog.at_level("WARNING"):
+        response = requests.post(world.url + "/alexa/custom", json=envelope, timeout=30)
+    assert response.status_code == 200
+    assert "went wrong" not in response.json()["response"]["outputSpeech"]["ssml"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
