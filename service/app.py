@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     db = db or Database(settings.sqlalchemy_url)
     app = Flask("camvoice")
     app.json = UntrustedJSONProvider(app)
+    app.before_request(refuse_unstorable_text)  # first: before any hook reads the database
     app.config.update(
         SECRET_KEY=settings.key(),
         SESSION_COOKIE_HTTPONLY=True,
@@ -76,8 +77,6 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     fulfillment.init_app(app, services)
     skills.init_app(app, services)
     console.init_app(app, services)
-
-    app.before_request(refuse_unstorable_text)
 
     @app.before_request
     def check_csrf() -> None:
