@@ -11,6 +11,7 @@ the limits are counted in the database (FallbackLimiter): a sign-in never fails 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from datetime import datetime, timedelta
@@ -25,19 +26,28 @@ from camvoice.db import Database
 from camvoice.models import Base, utcnow
 
 log = logging.getLogger(__name__)
+KEY_LENGTH = 200
 
 
 class RateLimit(Base):
     __tablename__ = "rate_limits"
 
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
     window_start: Mapped[datetime] = mapped_column()
     count: Mapped[int] = mapped_column(Integer)
 
 
+def stored_key(key: str) -> str:
+    """The key as the table holds it: one longer than the column (an email may have 254
+    characters) is stored as its SHA-256."""
+    if len(key) <= KEY_LENGTH:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
 def retry_after(session: Session, key: str, limit: int, window: timedelta) -> int | None:
     """Seconds until `key` may try again, or None if it is under the limit."""
-    row = session.get(RateLimit, key)
+    row = session.get(RateLimit, stored_key(key))
     if row is None:
         return None
     ends = row.window_start + window
@@ -52,7 +62,7 @@ def record_failure(session: Session, key: str, window: timedelta) -> None:
     now = utcnow()
     expired = RateLimit.window_start <= now - window
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(RateLimit).values(key=key, window_start=now, count=1)
+    stmt = insert(RateLimit).values(key=stored_key(key), window_start=now, count=1)
     stmt = stmt.on_conflict_do_update(
         index_elements=["key"],
         set_={
@@ -67,7 +77,7 @@ def record_failure(session: Session, key: str, window: timedelta) -> None:
 def forgive(session: Session, key: str) -> None:
     """Take back one counted attempt that turned out well."""
     session.execute(
-        update(RateLimit).where(RateLimit.key == key, RateLimit.count > 0)
+        update(RateLimit).where(RateLimit.key == stored_key(key), RateLimit.count > 0)
         .values(count=RateLimit.count - 1)
     )  # fmt: skip
 

@@ -186,11 +186,11 @@ def segment(camera_id: str, token: str, segment: str) -> Response:
     _camera, refusal = check(camera_id, token, Protocol.HLS, audit=False)
     if refusal is not None:
         return refusal  # type: ignore[no-any-return]
-    relays().touch(camera_id)
-    path = relays().folder(camera_id) / segment
-    if not path.exists():
+    try:  # no folder (the relay never ran here) or a segment deleted meanwhile
+        relays().touch(camera_id)
+        return send_file(relays().folder(camera_id) / segment, mimetype="video/mp2t", max_age=60)
+    except FileNotFoundError:
         abort(404, description="segment no longer available")
-    return send_file(path, mimetype="video/mp2t", max_age=60)
 
 
 @bp.get("/snapshots/<camera_id>/<token>.jpg")

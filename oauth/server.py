@@ -14,6 +14,7 @@ from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import InvalidRequestError, grants
+from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -21,7 +22,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from flask import Flask, current_app
 from sqlalchemy import update
 
-from camvoice import audit
+from camvoice import audit, untrusted
 from camvoice.db import Database
 from camvoice.models import Account, utcnow
 from camvoice.services import Services
@@ -48,7 +49,11 @@ def database() -> Database:
 
 def query_client(client_id: str) -> OAuthClient | None:
     """A registered client; the console's own simulator clients are none, so nobody can link
-    with them (their grants are never listed, so a link through them could not be seen)."""
+    with them (their grants are never listed, so a link through them could not be seen).
+
+    An id no database can hold (NUL, from HTTP Basic) names no client: PostgreSQL would fail."""
+    if not untrusted.storable(client_id):
+        return None
     with database().reading() as session:
         client = session.get(OAuthClient, client_id)
     return client if client is not None and not client.simulator else None
@@ -102,6 +107,16 @@ def _revoke_if_replayed_meanwhile(code_hash: str) -> None:
         code = session.get(AuthorizationCode, code_hash)
         if code is not None and code.replayed and code.grant_id:
             revoke_grant(session, code.grant_id, "code_replayed", actor="oauth")
+
+
+def authenticate_basic(query_client: Any, request: Any) -> OAuthClient | None:
+    """Authlib's client_secret_basic, except that a header it cannot parse ("Basic " with
+    nothing after it, credentials that are not UTF-8) authenticates nobody, so the endpoint
+    answers invalid_client, 401 (RFC 6749 5.2), where Authlib would raise ValueError."""
+    try:
+        return authenticate_client_secret_basic(query_client, request)  # type: ignore[no-any-return]
+    except ValueError:  # UnicodeDecodeError included
+        return None
 
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
@@ -315,6 +330,7 @@ def create_server(app: Flask, access_token_ttl: int) -> AuthorizationServer:
             expires_generator=lambda client, grant_type: access_token_ttl,
         ),
     )
+    server.register_client_auth_method("client_secret_basic", authenticate_basic)
     server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
     server.register_grant(RefreshTokenGrant)
     server.register_endpoint(Revocation)

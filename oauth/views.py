@@ -3,6 +3,7 @@ metadata. Protocol work is Authlib's; these views add the pages, CSRF, rate limi
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,9 +81,19 @@ def signed_in_account() -> Account | None:
 # --- authorization endpoint -------------------------------------------------------------------
 
 
+# What RFC 6749 allows in an error_description (%x20-21 / %x23-5B / %x5D-7E).
+ERROR_TEXT = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")
+
+
 @bp.route("/oauth/authorize", methods=["GET", "POST"])
 def authorize() -> Any:
     """Sign-in, then consent, then a redirect with the code (or access_denied)."""
+    for name in ("response_type", "redirect_uri"):
+        # Authlib quotes these in its error descriptions and raises ValueError when one holds
+        # a character RFC 6749 forbids there: refuse them first, as an invalid request.
+        if not ERROR_TEXT.fullmatch(request.values.get(name, "")):
+            return page("error.html", 400, error="invalid_request",
+                        description=f"Unexpected characters in {name}.")  # fmt: skip
     account = signed_in_account()
     try:
         grant = server().get_consent_grant(end_user=account)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, abort, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -17,6 +19,7 @@ import fulfillment
 import media
 import oauth
 import skills
+from camvoice import untrusted
 from camvoice.db import UNAVAILABLE_RETRY_AFTER, Database, unavailable
 from camvoice.redact import RedactingFactory
 from camvoice.services import Services
@@ -30,8 +33,17 @@ log = logging.getLogger(__name__)
 HTML_PREFIXES: tuple[str, ...] = (
     "/oauth/authorize", "/oauth/login", "/oauth/logout", "/console", "/simulator",
 )  # fmt: skip
-# The OAuth endpoints clients call: their errors are RFC 6749's JSON (error, error_description).
-OAUTH_APIS = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
+# OAuth endpoints whose errors are RFC 6749 5.2 JSON, whatever went wrong.
+OAUTH_API_PATHS: tuple[str, ...] = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
+
+
+class UntrustedJSONProvider(DefaultJSONProvider):
+    """Request JSON (`request.get_json`, `flask.json.loads`) parsed by the core's checked
+    `untrusted.loads`: too deep or unstorable text is a ValueError, which each adapter already
+    answers with its protocol's error."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return untrusted.loads(s)
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> Flask:
@@ -41,6 +53,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     configure_logging(settings.log_level)
     db = db or Database(settings.sqlalchemy_url)
     app = Flask("camvoice")
+    app.json = UntrustedJSONProvider(app)
+    app.before_request(refuse_unstorable_text)  # first: before any hook reads the database
     app.config.update(
         SECRET_KEY=settings.key(),
         SESSION_COOKIE_HTTPONLY=True,
@@ -127,6 +141,27 @@ def readyz() -> tuple[Response, int]:
     return jsonify(status="ok" if ok else "unavailable", **checks), 200 if ok else 503
 
 
+def refuse_unstorable_text() -> Response | None:
+    """400 for a path, query or form field the database could not store (NUL, for one).
+
+    Such text is never a valid camera id, email, client id or code, and PostgreSQL refuses NUL
+    where SQLite stores it: refused here, before any adapter looks it up, alike on both. JSON
+    bodies are checked by UntrustedJSONProvider, so each protocol answers in its own shape.
+    """
+    fields = [request.path]
+    for data in (request.args, request.form):
+        fields += [text for pair in data.items(multi=True) for text in pair]
+    if all(untrusted.storable(text) for text in fields):
+        return None
+    message = "The request carries a NUL character or invalid text."
+    if request.path in OAUTH_API_PATHS:  # RFC 6749 5.2
+        response = jsonify(error="invalid_request", error_description=message)
+        response.status_code = 400
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    abort(400, description=message)
+
+
 def wants_html() -> bool:
     return request.path.startswith(HTML_PREFIXES)
 
@@ -161,7 +196,7 @@ def database_error(exc: Exception) -> Response | HTTPException | tuple[Response,
     cause = type(getattr(exc, "orig", None) or exc).__name__
     log.warning("database unavailable on %s %s (%s)", request.method, rule, cause)
     message = "The service is briefly unavailable; retry shortly."
-    if request.path in OAUTH_APIS:
+    if request.path in OAUTH_API_PATHS:
         response = jsonify(error="temporarily_unavailable", error_description=message)
         response.status_code = 503
         response.headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER)

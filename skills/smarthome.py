@@ -167,7 +167,9 @@ def handle(services: Services, message: Any) -> Message:
     if not isinstance(directive, dict) or not isinstance(directive.get("header"), dict):
         return messages.error({}, errors.InvalidDirective("body must be {'directive': {...}}"))
     head = directive["header"]
-    handler = HANDLERS.get((head.get("namespace"), head.get("name")))  # type: ignore[arg-type]
+    key = (head.get("namespace"), head.get("name"))
+    # Only strings are looked up: a list there is unhashable, any other type unknown.
+    handler = HANDLERS.get(key) if all(isinstance(part, str) for part in key) else None  # type: ignore[arg-type]
     if head.get("payloadVersion") != messages.PAYLOAD_VERSION or handler is None:
         return messages.error(
             directive, errors.InvalidDirective("unsupported directive or payload version")

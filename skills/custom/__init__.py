@@ -3,10 +3,12 @@ served by flask-ask-sdk's SkillAdapter at POST /alexa/custom."""
 
 from __future__ import annotations
 
-import json
 import logging
 
+from ask_sdk_core.exceptions import SerializationException
+from ask_sdk_core.skill import CustomSkill
 from ask_sdk_core.skill_builder import SkillBuilder
+from ask_sdk_model import IntentRequest, RequestEnvelope
 from flask import Flask, Response, jsonify, request
 from flask_ask_sdk.skill_adapter import (
     VERIFY_SIGNATURE_APP_CONFIG,
@@ -20,7 +22,7 @@ from skills.custom.handlers import REQUEST_HANDLERS, ErrorHandler
 log = logging.getLogger(__name__)
 
 
-def build_skill(skill_id: str | None) -> object:
+def build_skill(skill_id: str | None) -> CustomSkill:
     builder = SkillBuilder()
     builder.skill_id = skill_id
     for handler in REQUEST_HANDLERS:
@@ -42,17 +44,34 @@ def init_app(app: Flask, settings: Settings) -> None:
     adapter = SkillAdapter(skill=skill, skill_id=settings.alexa_skill_id or "camvoice", app=app)
 
     def custom_skill() -> Response:
-        """Refuse what the SDK would turn into a 500: non-JSON bodies and foreign skills."""
+        """Refuse what the SDK would turn into a 500 or a handler crash: bodies that are not
+        JSON (or too deep, or unstorable: the app's JSON provider gives None), envelopes its
+        models cannot hold or that lack what every handler reads, and foreign skills."""
+        envelope = request.get_json(force=True, silent=True)
         try:
-            envelope = json.loads(request.get_data(cache=True))
             application = envelope["context"]["System"]["application"]["applicationId"]
-        except (ValueError, KeyError, TypeError):
+            parsed = skill.serializer.deserialize(
+                payload=request.get_data(as_text=True), obj_type=RequestEnvelope
+            )
+        except (KeyError, TypeError, SerializationException):
+            return refuse("body is not an Alexa request envelope")
+        if not complete(parsed):
             return refuse("body is not an Alexa request envelope")
         if settings.alexa_skill_id and application != settings.alexa_skill_id:
             return refuse("request is for another skill")
         return adapter.dispatch_request()  # type: ignore[no-any-return]
 
     app.add_url_rule("/alexa/custom", "alexa_custom", custom_skill, methods=["POST"])
+
+
+def complete(envelope: RequestEnvelope) -> bool:
+    """What Alexa always sends and the handlers read: a request, the user, an intent's name."""
+    req, context = envelope.request, envelope.context
+    if req is None or context is None or context.system is None or context.system.user is None:
+        return False
+    return not isinstance(req, IntentRequest) or (
+        req.intent is not None and isinstance(req.intent.name, str)
+    )
 
 
 def refuse(message: str) -> Response:

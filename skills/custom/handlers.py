@@ -224,10 +224,17 @@ class StopHandler(AbstractRequestHandler):
 
 
 class FallbackHandler(AbstractRequestHandler):
+    """AMAZON.FallbackIntent, and (listed after every other intent) an intent this code does
+    not know, such as one from a newer interaction model: the fallback prompt, not an apology
+    for a failure of ours."""
+
     def can_handle(self, handler_input: HandlerInput) -> bool:
-        return is_intent_name("AMAZON.FallbackIntent")(handler_input)
+        return is_request_type("IntentRequest")(handler_input)
 
     def handle(self, handler_input: HandlerInput) -> Response:
+        if not is_intent_name("AMAZON.FallbackIntent")(handler_input):
+            name = handler_input.request_envelope.request.intent.name  # type: ignore[attr-defined]
+            log.warning("no handler for intent %r: answered as a fallback", name[:80])
         return speak_and_ask(handler_input, "fallback")
 
 
