@@ -117,6 +117,15 @@ def revoke_grant(session: Session, grant_id: str, reason: str, *, actor: str) ->
     return True
 
 
+def revoke_account(session: Session, account_id: str, reason: str, *, actor: str) -> int:
+    """Revoke every live link of an account (a disabled account speaks for nobody any more:
+    its assistants' tokens, refreshes and stream URLs stop at once). How many were live."""
+    live = session.scalars(
+        select(Grant.id).where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
+    ).all()
+    return sum(revoke_grant(session, grant_id, reason, actor=actor) for grant_id in live)
+
+
 def grant_is_live(session: Session, grant_id: str) -> bool:
     grant = session.get(Grant, grant_id)
     return grant is not None and grant.revoked_at is None

@@ -170,13 +170,17 @@ def accounts_password(ctx: Context, email: str, password_stdin: bool) -> None:
 @click.argument("email")
 @pass_ctx
 def accounts_disable(ctx: Context, email: str) -> None:
-    """Refuse the account's sign-ins from now on and sign out every session of it."""
+    """Refuse the account's sign-ins from now on, sign out every session of it and revoke its
+    Alexa and Google links."""
     from camvoice.accounts import disable_account
+    from oauth.tokens import revoke_account
 
     require_migrated(ctx)
     with ctx.db.session() as session:
-        ended = disable_account(session, owner_or_fail(session, email))
-    click.echo(f"disabled {email}; {ended} sessions signed out")
+        account = owner_or_fail(session, email)
+        ended = disable_account(session, account)
+        unlinked = revoke_account(session, account.id, "account_disabled", actor="operator")
+    click.echo(f"disabled {email}; {ended} sessions signed out; {unlinked} links revoked")
 
 
 def owner_or_fail(session: Any, email: str) -> Account:

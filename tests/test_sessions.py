@@ -28,7 +28,15 @@ from service.app import create_app
 from service.cli import main
 from tests.conftest import LiveServer
 from tests.media_support import bare_registry, ffmpeg_pids, mint
-from tests.oauth_support import Browser, csrf_of, make_owner
+from tests.oauth_support import (
+    GOOGLE_URIS,
+    Browser,
+    csrf_of,
+    link,
+    make_owner,
+    register,
+    token_request,
+)
 
 OWNER = "owner@example.com"
 NEW_PASSWORD = "a brand new password"
@@ -136,11 +144,13 @@ def test_password_change_and_disable_end_every_session(
     live: LiveServer, db: Database, owner: str, cli_env: dict[str, str], change: str
 ) -> None:
     phone, laptop = sign_in(live), sign_in(live)
+    google = register(db, "Google", GOOGLE_URIS, "google")
+    _, token = link(live, google, OWNER)
     # The operator's command, run in this process (the installed script is tested elsewhere).
     args = ["password", OWNER, "--password-stdin"] if change == "password" else ["disable", OWNER]
     done = CliRunner().invoke(main, ["accounts", *args], env=cli_env, input=NEW_PASSWORD + "\n")
     assert done.exit_code == 0, done.output
-    assert "2 sessions signed out" in done.output
+    assert "3 sessions signed out" in done.output  # the linking browser signed in too
     assert console_of(phone.http, live) == 302
     assert console_of(laptop.http, live) == 302
     browser = Browser(live)
@@ -153,6 +163,17 @@ def test_password_change_and_disable_end_every_session(
         assert browser.sign_in(page, OWNER, NEW_PASSWORD).status_code == 401
         with db.reading() as session:
             assert session.get(Account, owner).disabled_at is not None  # type: ignore[union-attr]
+        # A disabled account speaks for nobody: its links are revoked with it.
+        assert "1 links revoked" in done.output
+        sync = {"requestId": "1", "inputs": [{"intent": "action.devices.SYNC"}]}
+        bearer = {"Authorization": f"Bearer {token['access_token']}"}
+        answer = requests.post(
+            live.url + "/google/fulfillment", json=sync, headers=bearer, timeout=10
+        )
+        assert answer.status_code == 401
+        refresh = token_request(live, google, grant_type="refresh_token",
+                                refresh_token=token["refresh_token"])  # fmt: skip
+        assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
 
 
 class Clock:
