@@ -106,6 +106,13 @@ def accounts() -> None:
     """Camera owners."""
 
 
+def read_password(from_stdin: bool, prompt: str) -> str:
+    """A password from one line of standard input (scripts), or typed twice at a prompt."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(click.prompt(prompt, hide_input=True, confirmation_prompt=True))
+
+
 @accounts.command("create")
 @click.argument("email")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
@@ -115,10 +122,7 @@ def accounts_create(ctx: Context, email: str, password_stdin: bool) -> None:
     from camvoice.accounts import AccountError, create_account
 
     require_migrated(ctx)
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = read_password(password_stdin, "Password")
     try:
         with ctx.db.session() as session:
             account = create_account(session, email, password)
@@ -154,10 +158,7 @@ def accounts_password(ctx: Context, email: str, password_stdin: bool) -> None:
     from camvoice.accounts import AccountError, change_password
 
     require_migrated(ctx)
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    password = read_password(password_stdin, "New password")
     try:
         with ctx.db.session() as session:
             ended = change_password(session, owner_or_fail(session, email), password)
