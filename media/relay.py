@@ -267,10 +267,10 @@ class RelayManager:
         self.touch(camera_id)
         with self.lock:
             self._release_if_killed(camera_id)
-            self._refuse_if_failed(camera_id)
             run = self.running.get(camera_id)
             pending = self.starting.get(camera_id)
             if run is None and pending is None and not self._owned_elsewhere(folder):
+                self._refuse_if_failed(camera_id)  # (another process's relay is served as is)
                 if self._stop.is_set():
                     raise RelayFailed("the relay manager is shut down")
                 self._admit(owner)
