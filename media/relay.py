@@ -9,9 +9,12 @@ owner also asks every few seconds whether each camera may still be relayed at al
 relay of one that may not (Image Encryption on, asleep, offline, removed) without waiting for its
 viewers' fetches (refused from then on) to run out.
 
-A camera that hangs must not hold the web threads: a fetch never waits long for a relay to
-start (one fetch per process waits up to `start_wait` for the first segment, every other one is
-told at once to retry), and one owner's cameras take at most `max_per_owner` of the relays.
+A camera that hangs must not hold the web threads: a relay starts (the source's pre-flight
+check, which talks to the camera, and ffmpeg) in a start pool, never in a request, one start per
+camera shared by every fetch; a fetch never waits long for it (one fetch per process waits up to
+`start_wait` for the first segment, every other one is told at once to retry); a start that fails
+is answered as failed, without a new attempt, for `RETRY_AFTER_FAILURE` seconds; and one owner's
+cameras, starting or running, take at most `max_per_owner` of the relays.
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from camvoice.addresses import AddressPolicy
+from camvoice.addresses import AddressPolicy, AddressRefused
 from camvoice.redact import redact  # ffmpeg echoes its input URL, credentials included
 from media.rtsp_check import SourceRefused, guarded_source
 
@@ -45,6 +48,7 @@ LOCK = "relay.lock"
 LAST_FETCH = "last_fetch"
 OWNER = "owner"  # the camera owner's account id, so every process can count an owner's relays
 START_TIMEOUT = 15.0  # a relay with no segment by then is stopped as failed
+RETRY_AFTER_FAILURE = 5.0  # a failed start is not tried again for this long (per process)
 SEGMENT = re.compile(r"^seg_\d{5,}\.ts$")
 FONT_CANDIDATES = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
@@ -135,6 +139,23 @@ def die_with_parent() -> None:
 
 
 @dataclass
+class Starting:
+    """A start under way in the start pool; every fetch of the camera shares it."""
+
+    owner: str
+    done: threading.Event = field(default_factory=threading.Event)
+    failure: str | None = None  # why it failed, once done
+
+
+@dataclass
+class Failed:
+    """A start that failed recently: fetches are told so until `until` (monotonic)."""
+
+    reason: str
+    until: float
+
+
+@dataclass
 class Running:
     camera_id: str
     folder: Path
@@ -177,6 +198,10 @@ class RelayManager:
         # Fetches waiting for a starting relay hold web threads: one per process at a time.
         self._waiter = threading.BoundedSemaphore(1)
         self.running: dict[str, Running] = {}
+        self.starting: dict[str, Starting] = {}
+        self.failed: dict[str, Failed] = {}
+        self.retry_after_failure = RETRY_AFTER_FAILURE
+        # Held only for bookkeeping, never across the camera's network I/O or ffmpeg's start.
         self.lock = threading.Lock()
         self.may_relay: Callable[[str], bool] | None = None
         self.recheck_interval = 3.0
@@ -185,6 +210,9 @@ class RelayManager:
         os.chmod(self.base, 0o700)
         self._stop = threading.Event()
         self._spawns: queue.Queue[tuple[list[str], Future[subprocess.Popen[bytes]]]] = queue.Queue()
+        # Starts wait on cameras (up to the pre-flight's 2 s): off the request threads, and one
+        # worker per relay slot, so a hung camera's start never queues a healthy camera's.
+        self._starter = ThreadPoolExecutor(max_relays, thread_name_prefix="relay-start")
         threading.Thread(target=self._reap_forever, daemon=True, name="relay-reaper").start()
         threading.Thread(target=self._spawn_forever, daemon=True, name="relay-spawner").start()
         atexit.register(self.shutdown)
@@ -221,10 +249,11 @@ class RelayManager:
     def ensure(self, camera_id: str, source: str, name: str, owner: str) -> Path:
         """The camera's relay folder once it lists a segment; starts the relay if none runs.
 
-        Every fetch shares the one start attempt per camera. While the relay has no segment, one
-        fetch per process waits for it up to `start_wait` seconds (a camera that starts quickly
-        plays on the first fetch) and the others get RelayStarting at once: a camera that never
-        answers holds no web thread for longer than that.
+        Every fetch shares the one start attempt per camera, which runs in the start pool. While
+        the relay has no segment, one fetch per process waits for it up to `start_wait` seconds
+        (a camera that starts quickly plays on the first fetch) and the others get RelayStarting
+        at once: a camera that never answers holds no web thread for longer than that. A start
+        that failed is RelayFailed at once until `retry_after_failure` has passed.
         """
         if not self.ffmpeg:
             raise RelayFailed("no ffmpeg available")
@@ -234,21 +263,39 @@ class RelayManager:
         with self.lock:
             self._release_if_killed(camera_id)
             run = self.running.get(camera_id)
-            if run is None and not self._owned_elsewhere(folder):
+            pending = self.starting.get(camera_id)
+            if run is None and pending is None and not self._owned_elsewhere(folder):
+                self._refuse_if_failed(camera_id)  # (another process's relay is served as is)
+                if self._stop.is_set():
+                    raise RelayFailed("the relay manager is shut down")
                 self._admit(owner)
-                run = self._start(camera_id, source, name, folder, owner)
-        if has_segment(folder):
+                pending = self.starting[camera_id] = Starting(owner)
+                self._starter.submit(self._start, camera_id, source, name, folder, pending)
+        if pending is None and has_segment(folder):
             return folder
         if run is not None and run.process.poll() is not None:
-            # It never played: the reaper releases it within a second, so a camera that drops
-            # ffmpeg at once costs at most one restart a second, however many players ask.
+            # It never played: the reaper releases it within a second and remembers the failure,
+            # so a camera that drops ffmpeg at once costs one start per `retry_after_failure`.
             raise RelayFailed(f"the relay of camera {camera_id} exited")
         if not self._waiter.acquire(blocking=False):
             raise RelayStarting(camera_id)
         try:
-            return self._wait_for_segment(camera_id, folder, self.start_wait)
+            return self._wait_for_segment(camera_id, folder, pending, self.start_wait)
         finally:
             self._waiter.release()
+
+    def _refuse_if_failed(self, camera_id: str) -> None:
+        """RelayFailed while the camera's last start failed recently. Holds self.lock."""
+        failed = self.failed.get(camera_id)
+        if failed is None:
+            return
+        if time.monotonic() < failed.until:
+            raise RelayFailed(f"the relay of camera {camera_id} failed to start: {failed.reason}")
+        del self.failed[camera_id]
+
+    def _remember_failure(self, camera_id: str, reason: str) -> None:
+        """Answer the camera's fetches as failed for a while. Holds self.lock."""
+        self.failed[camera_id] = Failed(reason, time.monotonic() + self.retry_after_failure)
 
     def _release_if_killed(self, camera_id: str) -> None:
         """Release a relay that was playing and whose ffmpeg has exited (killed, or the camera
@@ -281,9 +328,11 @@ class RelayManager:
         return False
 
     def active_owners(self) -> list[str]:
-        """The owner of each relay running in any process (held locks)."""
-        owners = []
+        """The owner of each relay starting here or running in any process (held locks)."""
+        owners = [pending.owner for pending in self.starting.values()]
         for folder in self.base.iterdir():
+            if folder.name in self.starting:
+                continue  # counted above (its lock, taken by the start, is this process's)
             if folder.name in self.running or (folder.is_dir() and self._owned_elsewhere(folder)):
                 try:
                     owners.append((folder / OWNER).read_text())
@@ -292,32 +341,65 @@ class RelayManager:
         return owners
 
     def _start(
+        self, camera_id: str, source: str, name: str, folder: Path, pending: Starting
+    ) -> None:
+        """In the start pool: start the relay, then record how it went for every fetch.
+
+        Only the outcome is recorded under self.lock; the camera is asked without it. A start
+        cancelled meanwhile (stop, shutdown) has its ffmpeg stopped at once.
+        """
+        run, failure = None, None
+        try:
+            run = self._launch(camera_id, source, name, folder, pending.owner)
+        except (SourceRefused, AddressRefused) as exc:
+            # The reason names the rule, never the address; the player is told only "failed".
+            log.warning("relay for camera %s refused its source: %s", camera_id, exc)
+            failure = "its source is refused"
+        except Exception:
+            log.exception("relay for camera %s could not start", camera_id)
+            failure = "it could not start"
+        with self.lock:
+            current = self.starting.get(camera_id) is pending and not self._stop.is_set()
+            if current:
+                del self.starting[camera_id]
+                if run is not None:
+                    self.running[camera_id] = run
+                elif failure is not None:
+                    self._remember_failure(camera_id, failure)
+        pending.failure = failure
+        pending.done.set()
+        if run is not None and not current:
+            self._terminate(run)
+
+    def _launch(
         self, camera_id: str, source: str, name: str, folder: Path, owner: str
     ) -> Running | None:
-        """Lock the folder and start ffmpeg in it; None if another process won the lock."""
-        try:
-            source = guarded_source(self.addresses, source)
-        except SourceRefused as exc:
-            log.warning("relay for camera %s refused its source: %s", camera_id, exc)
-            raise RelayFailed(f"camera {camera_id}'s source is refused") from None
+        """Lock the folder, check the source and start ffmpeg in it; None if another process
+        won the lock. Raises SourceRefused (the lock is released again)."""
         lock = (folder / LOCK).open("wb")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
             return None  # another process won the race; it runs the relay
-        for stale in folder.iterdir():
-            if stale.name not in (LOCK, LAST_FETCH):
-                stale.unlink(missing_ok=True)
-        (folder / OWNER).write_text(owner)
-        (folder / LAST_FETCH).touch()  # this fetch counts, even after a dead relay's cleanup
-        process = self._spawn(hls_command(self.ffmpeg or "ffmpeg", source, name, folder))
+        try:
+            for stale in folder.iterdir():
+                if stale.name not in (LOCK, LAST_FETCH):
+                    stale.unlink(missing_ok=True)
+            (folder / OWNER).write_text(owner)  # other processes count it while it is checked
+            (folder / LAST_FETCH).touch()  # this fetch counts, even after a dead relay's cleanup
+            source = guarded_source(self.addresses, source)
+            process = self._spawn(hls_command(self.ffmpeg or "ffmpeg", source, name, folder))
+        except BaseException:
+            (folder / OWNER).unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+            raise
         threading.Thread(
             target=self._log_stderr, args=(camera_id, process), daemon=True, name="relay-log"
         ).start()
-        run = self.running[camera_id] = Running(camera_id, folder, lock, process)
         log.info("relay started for camera %s (pid %s)", camera_id, process.pid)
-        return run
+        return Running(camera_id, folder, lock, process)
 
     def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
         """Start a process from the long-lived spawner thread.
@@ -350,8 +432,17 @@ class RelayManager:
         for raw in process.stderr:
             log.warning("ffmpeg[%s]: %s", camera_id, redact(raw.decode(errors="replace").rstrip()))
 
-    def _wait_for_segment(self, camera_id: str, folder: Path, wait: float) -> Path:
+    def _wait_for_segment(
+        self, camera_id: str, folder: Path, pending: Starting | None, wait: float
+    ) -> Path:
+        """The folder once it lists a segment, within `wait` seconds: the start under way
+        first (RelayFailed if it failed), then ffmpeg's first segment."""
         deadline = time.monotonic() + wait
+        if pending is not None:
+            if not pending.done.wait(max(0.0, deadline - time.monotonic())):
+                raise RelayStarting(camera_id)
+            if pending.failure is not None:
+                raise RelayFailed(f"the relay of camera {camera_id} did not start")
         while time.monotonic() < deadline:
             if has_segment(folder):
                 return folder
@@ -363,6 +454,7 @@ class RelayManager:
 
     def stop(self, camera_id: str) -> None:
         with self.lock:
+            self.starting.pop(camera_id, None)  # a start under way stops its ffmpeg when done
             run = self.running.pop(camera_id, None)
         if run is not None:
             self._terminate(run)
@@ -403,6 +495,8 @@ class RelayManager:
                         )
                     elif stuck:
                         log.warning("relay for camera %s gave no segment: stopped", camera_id)
+                    if (dead or stuck) and not run.ready:
+                        self._remember_failure(camera_id, "the camera gave no stream")
                     done.append(self.running.pop(camera_id))
         for run in done:
             self._terminate(run)
@@ -418,9 +512,11 @@ class RelayManager:
                 log.exception("relay reaper failed")
 
     def shutdown(self) -> None:
-        self._stop.set()
-        with self.lock:
+        with self.lock:  # so no fetch submits a start between the two
+            self._stop.set()
+            self._starter.shutdown(wait=False, cancel_futures=True)
             runs = list(self.running.values())
             self.running.clear()
+            self.starting.clear()  # starts under way stop their ffmpeg when done
         for run in runs:
             self._terminate(run)

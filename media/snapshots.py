@@ -3,6 +3,8 @@
 A grab runs off the request thread, one at a time per camera however many fetches ask for it,
 in a small pool; a fetch waits for it at most `wait` seconds and then gets the camera's last
 good image (if recent enough) or nothing, so a camera that never answers holds no web thread.
+A grab that failed (source refused, no frame) is not tried again for `RETRY_AFTER_FAILURE`
+seconds: fetches meanwhile are told at once that there is no image.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from camvoice.redact import redact
-from media.relay import RelayManager, demo_input
+from media.relay import RETRY_AFTER_FAILURE, RelayManager, demo_input
 from media.rtsp_check import SourceRefused, guarded_source
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,10 @@ FRESH = 2.0  # an image this recent is served without a new grab
 KEEP = 120.0  # an older image than this is never served
 CACHED = 256  # cameras whose last image this process keeps
 GRABBERS = 4  # grabs at once in this process
+
+
+class SnapshotFailed(Exception):
+    """The camera's last grab failed, recently, and there is no image to show instead."""
 
 
 def grab(relays: RelayManager, camera_id: str, source: str | None, name: str) -> bytes | None:
@@ -69,26 +75,35 @@ class Snapshots:
         self.wait = wait
         self.lock = threading.Lock()
         self.pending: dict[str, Future[None]] = {}
+        self.failed: dict[str, float] = {}  # camera -> until when (monotonic) not to grab again
         self.last: OrderedDict[str, tuple[float, bytes]] = OrderedDict()  # camera -> (when, jpeg)
         self.pool = ThreadPoolExecutor(GRABBERS, thread_name_prefix="snapshot")
 
     def get(self, camera_id: str, source: str | None, name: str) -> tuple[float, bytes] | None:
         """(time taken, JPEG) of the camera, at most KEEP seconds old; None if there is none yet.
 
-        Joins the camera's grab in progress or starts one, and waits for it at most `wait`.
+        Joins the camera's grab in progress or starts one (unless the last one failed less than
+        RETRY_AFTER_FAILURE ago), and waits for it at most `wait`. Raises SnapshotFailed when
+        the grab failed and no image is recent enough to show instead.
         """
         with self.lock:
             last = self.last.get(camera_id)
             if last is not None and time.time() - last[0] < FRESH:
                 return last
             pending = self.pending.get(camera_id)
-            if pending is None:
+            if pending is None and self.failed.get(camera_id, 0.0) <= time.monotonic():
                 pending = self.pool.submit(self._grab, camera_id, source, name)
                 self.pending[camera_id] = pending
-        futures.wait([pending], timeout=self.wait)  # unfinished, it goes on for a later fetch
+        if pending is not None:
+            futures.wait([pending], timeout=self.wait)  # unfinished, it goes on for a later fetch
         with self.lock:
             last = self.last.get(camera_id)
-        return last if last is not None and time.time() - last[0] < KEEP else None
+            failed = camera_id in self.failed and camera_id not in self.pending
+        if last is not None and time.time() - last[0] < KEEP:
+            return last
+        if failed:
+            raise SnapshotFailed(camera_id)
+        return None
 
     def _grab(self, camera_id: str, source: str | None, name: str) -> None:
         image = None
@@ -99,7 +114,10 @@ class Snapshots:
         finally:
             with self.lock:
                 del self.pending[camera_id]
-                if image is not None:
+                if image is None:
+                    self.failed[camera_id] = time.monotonic() + RETRY_AFTER_FAILURE
+                else:
+                    self.failed.pop(camera_id, None)
                     self.last[camera_id] = (time.time(), image)
                     self.last.move_to_end(camera_id)
                     while len(self.last) > CACHED:

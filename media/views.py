@@ -21,7 +21,7 @@ from camvoice.tickets import Protocol, TicketError
 from media import hls_proxy
 from media.relay import PLAYLIST, SEGMENT, RelayBusy, RelayFailed, RelayManager, RelayStarting
 from media.rtsp_check import SourceRefused, checked_source
-from media.snapshots import Snapshots
+from media.snapshots import SnapshotFailed, Snapshots
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,12 @@ def snapshot(camera_id: str, token: str) -> Response:
     camera, refusal = check(camera_id, token, Protocol.JPEG, audit=True)
     if refusal is not None:
         return refusal  # type: ignore[no-any-return]
-    taken = snapshot_grabs().get(camera.id, source_for_relay(camera), camera.name)
+    try:
+        taken = snapshot_grabs().get(camera.id, source_for_relay(camera), camera.name)
+    except SnapshotFailed:  # refused, or no frame: said at once, not retried by every fetch
+        response = jsonify(error="snapshot_unavailable", message="No image from the camera.")
+        response.status_code = 502
+        return response
     if taken is None:
         return retry_later("snapshot_unavailable", "No image from the camera yet; retry soon.", 2)
     when, image = taken

@@ -37,6 +37,7 @@ from camvoice.db import Database
 from camvoice.models import Camera
 from camvoice.settings import Settings
 from camvoice.tickets import Audience, Protocol
+from media.relay import RETRY_AFTER_FAILURE
 from service.app import create_app
 from tests.conftest import VENV_BIN, LiveServer, free_port
 from tests.media_support import bare_registry, ffmpeg_pids, mint
@@ -49,14 +50,25 @@ HELD_AT_MOST = 3.0
 FORWARDER = "hung-camera-forwarder-secret-0123456789"
 
 
+class Heard:
+    """What one client sent the black hole, and whether it is still connected."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()  # when it connected
+        self.data = b""
+        self.connected = True
+
+
 class BlackHole:
-    """A camera that accepts TCP connections and never answers."""
+    """A camera that accepts TCP connections and never answers; it listens, so a test can tell
+    camvoice's pre-flight DESCRIBE (User-Agent: camvoice) from ffmpeg's requests (Lavf)."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = self.sock.getsockname()[1]
         self.source = f"rtsp://127.0.0.1:{self.port}/live"
         self.held: list[socket.socket] = []
+        self.heard: list[Heard] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -66,6 +78,22 @@ class BlackHole:
             except OSError:
                 return  # closed
             self.held.append(conn)
+            heard = Heard()
+            self.heard.append(heard)
+            threading.Thread(target=self._listen, args=(conn, heard), daemon=True).start()
+
+    def _listen(self, conn: socket.socket, heard: Heard) -> None:
+        try:
+            while chunk := conn.recv(4096):
+                heard.data += chunk
+        except OSError:
+            pass
+        heard.connected = False
+
+    def preflights(self, path: str = "/live") -> list[Heard]:
+        """camvoice's own DESCRIBEs of `path` (each on a connection of its own)."""
+        asked = f"DESCRIBE rtsp://127.0.0.1:{self.port}{path} RTSP/1.0".encode()
+        return [h for h in self.heard if h.data.startswith(asked) and b"camvoice" in h.data]
 
     def close(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
@@ -123,16 +151,14 @@ def all_at_once(urls: list[str]) -> list[tuple[float, requests.Response]]:
         return list(pool.map(timed_get, urls))
 
 
-def pids_naming(text: str) -> list[int]:
-    """Live processes whose command line contains `text` (a zombie's command line is empty)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+def until(condition: Callable[[], object], seconds: float) -> bool:
+    """Poll `condition` until it holds or `seconds` pass: whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_playlist_of_a_hung_camera_answers_at_once_from_one_ffmpeg(
@@ -148,7 +174,67 @@ def test_playlist_of_a_hung_camera_answers_at_once_from_one_ffmpeg(
             assert response.status_code == 503, response.text
             assert response.headers["Retry-After"] == "1"
             assert response.json()["error"] == "starting"
-        assert len(ffmpeg_pids(media_settings.media_path / hung.id)) == 1  # one start for all
+        # The start goes on off the request threads: the pre-flight DESCRIBE gets no answer
+        # (2 s), then ffmpeg is started anyway and waits on the camera in its turn.
+        folder = media_settings.media_path / hung.id
+        assert until(lambda: ffmpeg_pids(folder), 15), "no ffmpeg was started"
+        assert len(ffmpeg_pids(folder)) == 1  # one start for all
+        assert len(black_hole.preflights()) == 1
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database plays a part
+def test_a_hung_cameras_start_runs_off_the_request_threads_once_per_backoff(
+    media_settings: Settings, db: Database, black_hole: BlackHole
+) -> None:
+    """The camera's pre-flight DESCRIBE, which it never answers, takes its 2 s in the start pool:
+    forty players at once are all answered within HELD_AT_MOST from that one pre-flight, and a
+    healthy camera of the same process answers while the pre-flight still waits (today's merge
+    held the manager's lock through it: 4 s for a player, 2 s for any other camera). Once ffmpeg
+    has given up on the camera too, fetches are told it failed, at once, and the camera is not
+    asked again until RETRY_AFTER_FAILURE has passed: one pre-flight per backoff period."""
+    hung = add_camera(db, "attacker@example.com", "Porch", black_hole.source)
+    healthy = add_camera(db, "victim@example.com", "Front Door", "demo")
+    app = create_app(media_settings, db)
+    relays = app.extensions["camvoice.relays"]
+    try:
+        with LiveServer(app) as live:
+            hung_url = url_for(media_settings, live.url, hung, Protocol.HLS)
+            healthy_url = url_for(media_settings, live.url, healthy, Protocol.HLS)
+            with ThreadPoolExecutor(40) as pool:
+                burst = [pool.submit(timed_get, hung_url) for _ in range(40)]
+                assert until(black_hole.preflights, 10), "the camera was never asked"
+                preflight = black_hole.preflights()[0]
+                took, answer = timed_get(healthy_url)
+                assert preflight.connected, (
+                    f"the healthy camera waited {took:.2f} s on the hung one"
+                )
+                assert answer.status_code in (200, 503), answer.text
+                answers = [future.result() for future in burst]
+            for took, response in answers:
+                assert took < HELD_AT_MOST
+                assert response.status_code == 503, response.text
+                assert response.json()["error"] == "starting"
+            assert fetch_as_a_player(healthy_url).status_code == 200
+            assert len(black_hole.preflights()) == 1
+
+            # A player keeps asking: ffmpeg gives up on the silent camera (its 5 s timeout); from
+            # then on the failure is answered at once, with no new attempt until the backoff ends.
+            failed_until = None
+            deadline = time.monotonic() + 40
+            while len(black_hole.preflights()) == 1:
+                took, response = timed_get(hung_url)
+                assert took < HELD_AT_MOST
+                assert response.status_code in (502, 503), response.text
+                if hung.id in relays.failed:
+                    failed_until = relays.failed[hung.id].until
+                assert time.monotonic() < deadline, "the camera was not asked again"
+                time.sleep(0.2)
+            assert failed_until is not None, "a second pre-flight before any failure"
+            again = black_hole.preflights()[1]
+            assert again.at >= failed_until  # not before the backoff ended
+            assert again.at - preflight.at >= RETRY_AFTER_FAILURE
+    finally:
+        relays.shutdown()
 
 
 def test_one_owner_cannot_take_every_relay(
@@ -185,7 +271,7 @@ def test_snapshot_of_a_hung_camera_is_one_grab_then_the_last_image(
             assert took < HELD_AT_MOST
             assert response.status_code == 503
             assert response.headers["Retry-After"] == "2"
-        assert len(pids_naming(black_hole.source + "\0")) == 1  # one grab for ten fetches
+        assert len(black_hole.preflights()) == 1  # one grab for ten fetches
 
         # A camera that gave an image and then hangs: its last image, not a stall.
         front_url = url_for(media_settings, live.url, front, Protocol.JPEG)
@@ -196,7 +282,7 @@ def test_snapshot_of_a_hung_camera_is_one_grab_then_the_last_image(
             camera = session.get(Camera, front.id)
             bare_registry().record(session, camera, {"source": hangs_now}, actor="test")
         deadline = time.monotonic() + 20
-        while not pids_naming(hangs_now + "\0"):  # until a grab of the hung source runs
+        while not black_hole.preflights("/front"):  # until a grab of the hung source runs
             took, again = timed_get(front_url)
             assert took < HELD_AT_MOST
             assert again.status_code == 200

@@ -15,7 +15,9 @@ import re
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,7 @@ from camvoice.outbox import Outbox
 from camvoice.settings import Settings
 from camvoice.tickets import Audience, Protocol
 from media import hls_proxy
+from media.relay import RETRY_AFTER_FAILURE
 from media.rtsp_check import SourceRefused, checked_source
 from service.app import create_app
 from service.wiring import build_services
@@ -43,7 +46,7 @@ from tests.conftest import (
     with_relay,
 )
 from tests.fake_ezviz import FakeEzviz
-from tests.media_support import mint, probe_video
+from tests.media_support import mint, play, probe_video
 from tests.oauth_support import make_owner
 
 EVERYTHING_LISTED = "127.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 169.254.0.0/16, fc00::/7, ::1/128"
@@ -175,7 +178,8 @@ def add_camera(db: Database, settings: Settings, source: str) -> Camera:
 
 
 def pulls(settings: Settings, live: LiveServer, camera: Camera) -> dict[str, int]:
-    """What the playlist, the snapshot and the RTSPS relay's question answer for a camera."""
+    """What the playlist, the snapshot and the RTSPS relay's question answer for a camera, each
+    fetched as a player does (again after a 503: the start or grab, off the request, goes on)."""
     hls = mint(settings, camera, Protocol.HLS, Audience.GOOGLE).replace(settings.public_url, "")
     jpeg = mint(settings, camera, Protocol.JPEG, Audience.GOOGLE).replace(settings.public_url, "")
     rtsps = mint(settings, camera, Protocol.RTSPS, Audience.ALEXA)
@@ -185,8 +189,8 @@ def pulls(settings: Settings, live: LiveServer, camera: Camera) -> dict[str, int
     relay = live.post("/media/auth", json=question,
                       headers={"X-Camvoice-Relay-Secret": settings.relay_secret()})  # fmt: skip
     return {
-        "playlist": live.get(hls).status_code,
-        "snapshot": live.get(jpeg).status_code,
+        "playlist": play(live.url + hls).status_code,
+        "snapshot": play(live.url + jpeg).status_code,
         "relay": relay.status_code,
     }
 
@@ -313,14 +317,52 @@ def test_a_camera_that_answers_camvoice_otherwise_still_cannot_redirect_ffmpeg(
         app = create_app(only, db)
         with LiveServer(app) as live:
             hls = mint(only, camera, Protocol.HLS, Audience.GOOGLE).replace(only.public_url, "")
-            assert live.get(hls).status_code == 502
+            assert play(live.url + hls).status_code == 502
             jpeg = mint(only, camera, Protocol.JPEG, Audience.GOOGLE).replace(only.public_url, "")
-            assert live.get(jpeg).status_code == 502
+            assert play(live.url + jpeg).status_code == 502
         app.extensions["camvoice.relays"].shutdown()
         assert any("Lavf" in r for r in liar.requests)  # ffmpeg did ask, and got no redirect
         assert sink.connections() == 0
     finally:
         liar.close()
+
+
+def test_a_refused_start_is_remembered_for_a_while_not_retried_by_every_fetch(
+    settings: Settings, db: Database, tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twenty players at once on a camera whose redirect is refused: its one pre-flight DESCRIBE
+    (in the start pool) is shared, every player is told 502 without the address, and the next
+    fetches are told so at once, asking the camera nothing, until RETRY_AFTER_FAILURE has
+    passed; then one fetch asks again. Snapshots likewise. The log says the source was refused."""
+    camera_server = FakeCamera("127.0.0.2", 302, location=f"rtsp://127.0.0.3:{sink.port}/x")
+    try:
+        only = settings.model_copy(
+            update={"source_networks": "127.0.0.2/32", "media_dir": tmp_path / "m"}
+        )
+        camera = add_camera(db, only, camera_server.url + "/stream")
+        app = create_app(only, db)
+        hls = mint(only, camera, Protocol.HLS, Audience.GOOGLE).replace(only.public_url, "")
+        jpeg = mint(only, camera, Protocol.JPEG, Audience.GOOGLE).replace(only.public_url, "")
+        with LiveServer(app) as live, ThreadPoolExecutor(20) as pool:
+            for path in (hls, jpeg):
+                asked = len(camera_server.requests)
+                answers = list(pool.map(play, [live.url + path] * 20))
+                assert {a.status_code for a in answers} == {502}
+                assert not any("127.0.0" in a.text for a in answers)
+                assert len(camera_server.requests) == asked + 1  # one pre-flight for all
+            started = time.monotonic()
+            while len(camera_server.requests) == 2:  # until the backoff ends
+                assert play(live.url + hls).status_code == 502
+                assert time.monotonic() - started < 30, "the camera was not asked again"
+                time.sleep(0.2)
+            assert time.monotonic() - started >= RETRY_AFTER_FAILURE - 1  # not at once
+            assert len(camera_server.requests) == 3  # one fetch asked again
+        app.extensions["camvoice.relays"].shutdown()
+        assert sink.connections() == 0
+        refusal = f"relay for camera {camera.id} refused its source: the host resolves to a"
+        assert sum(r.getMessage().startswith(refusal) for r in caplog.records) == 2
+    finally:
+        camera_server.close()
 
 
 @pytest.fixture
