@@ -77,7 +77,7 @@ def test_source_credentials_are_sealed_and_only_the_relay_reads_them(
         player = requests.post(live.url + "/media/auth", json=hook, timeout=10)
         relay = requests.post(
             live.url + "/media/auth",
-            json=hook,
+            json={**hook, "want": "source"},
             headers={RELAY_SECRET_HEADER: settings.relay_secret()},
             timeout=10,
         )

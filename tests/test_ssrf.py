@@ -171,7 +171,7 @@ def add_camera(db: Database, settings: Settings, source: str) -> Camera:
         known = find_account(session, "owner@example.com") is not None
     if not known:
         make_owner(db, "owner@example.com")
-    registry = Registry(Outbox(), settings.address_policy())
+    registry = Registry(Outbox(), settings.address_policy(), settings.sealer())
     with db.session() as session:
         owner = find_account(session, "owner@example.com")
         return registry.add(session, owner, "Porch", actor="test", source=source)  # type: ignore[arg-type]
