@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,25 @@ from camvoice.db import Database
 from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
 from service.app import create_app
+
+POLL = 0.05  # seconds between two looks at a condition
+
+
+def until(condition: Callable[[], object], seconds: float) -> bool:
+    """Poll `condition` until it holds or `seconds` pass: whether it held. Tests wait for what
+    they need, never for a fixed time, so a loaded machine only makes them slower."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
+def wait_for(condition: Callable[[], object], what: str, seconds: float = 60) -> None:
+    """Poll `condition` until it holds, failing with `what` after `seconds`."""
+    assert until(condition, seconds), f"timed out waiting for {what}"
+
 
 PG_ADMIN = os.environ.get("CAMVOICE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = os.environ.get("CAMVOICE_REQUIRE_POSTGRES") == "1"
@@ -80,11 +99,11 @@ def drop_pg_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database of each kind."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'camvoice.db'}"
+def migrated_database(kind: str, request: pytest.FixtureRequest, folder: Path) -> Iterator[str]:
+    """The URL of a migrated, empty database of `kind` ("sqlite" in `folder`, or "postgresql"
+    cloned from the session's template and dropped afterwards)."""
+    if kind == "sqlite":
+        url = f"sqlite:///{folder / 'camvoice.db'}"
         db = Database(url)
         db.upgrade()
         db.dispose()
@@ -92,8 +111,16 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     template = request.getfixturevalue("pg_template")
     name = new_pg_database(template)
-    yield _pg_url(name).replace("postgresql://", "postgresql+psycopg://")
-    drop_pg_database(name)
+    try:
+        yield _pg_url(name).replace("postgresql://", "postgresql+psycopg://")
+    finally:
+        drop_pg_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each kind."""
+    yield from migrated_database(request.param, request, tmp_path)
 
 
 @pytest.fixture

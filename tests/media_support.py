@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import requests
@@ -20,18 +19,24 @@ from camvoice.settings import Settings
 from camvoice.streams import Streams
 from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
-from tests.conftest import TEST_SOURCE_NETWORKS
+from tests.conftest import TEST_SOURCE_NETWORKS, until
 
 
 def play(url: str, deadline: float = 30) -> requests.Response:
-    """GET a playlist or snapshot as a player does: again after each 503's Retry-After (a relay
-    still starting, a grab under way), until it answers something else."""
-    give_up = time.monotonic() + deadline
-    while True:
-        response = requests.get(url, timeout=30)
-        if response.status_code != 503 or time.monotonic() > give_up:
-            return response
-        time.sleep(float(response.headers.get("Retry-After", 1)))
+    """GET a playlist or snapshot as a player does: again while it answers 503 (a relay still
+    starting, a grab under way), until it answers something else or `deadline` passes. Every
+    503 must say when to come back (Retry-After); the test polls sooner than that."""
+    answers: list[requests.Response] = []
+
+    def answered() -> bool:
+        answers.append(requests.get(url, timeout=30))
+        if answers[-1].status_code == 503:
+            assert answers[-1].headers.get("Retry-After", "").isdigit(), answers[-1].headers
+            return False
+        return True
+
+    until(answered, deadline)
+    return answers[-1]
 
 
 def probe_video(url: str, extra: list[str] | None = None, timeout: float = 30) -> str:

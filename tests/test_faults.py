@@ -47,7 +47,7 @@ from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 from service.wiring import build_services
 from skills import events
-from tests.conftest import REQUIRE_PG, VENV_BIN, LiveServer, free_port, run_cli
+from tests.conftest import REQUIRE_PG, VENV_BIN, LiveServer, free_port, run_cli, wait_for
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
 from tests.fake_ezviz import FakeEzviz
 from tests.fake_google import FakeGoogle
@@ -66,13 +66,6 @@ from tests.test_outbox import alexa_services, change_reports, linked_camera, tog
 
 FORWARDER = "faults-forwarder-secret-0123456789abcdef"
 DEADLINE = 60.0
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 # --- private servers ------------------------------------------------------------------------
@@ -147,7 +140,7 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
-        wait_until(lambda: self._pings(client), "redis-server to start", 20)
+        wait_for(lambda: self._pings(client), "redis-server to start", 20)
 
     @staticmethod
     def _pings(client: redis.Redis) -> bool:
@@ -273,7 +266,7 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
     stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
-        wait_until(serve.ready, "camvoice serve to be ready", 120)
+        wait_for(serve.ready, "camvoice serve to be ready", 120)
         client = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
         _, token = link(serve, client, DEMO_EMAIL, password=DEMO_PASSWORD)  # type: ignore[arg-type]
         access = token["access_token"]
@@ -291,7 +284,7 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
                     answers.append((kind, time.monotonic(), call()))
                 except requests.RequestException as exc:  # a lost connection is a failure too
                     unexpected.append(f"{kind}: {exc!r}")
-                time.sleep(0.02)
+                stop.wait(0.02)  # pacing the load, not waiting for anything
 
         refresh = {"token": token["refresh_token"]}
 
@@ -313,7 +306,7 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
                 except Exception as exc:  # the database is away: this change never committed
                     if not unavailable(exc):
                         raise
-                time.sleep(0.05)
+                stop.wait(0.05)
 
         threads = [
             threading.Thread(target=keep, args=("alexa", lambda: discover(serve.url, access))),
@@ -336,8 +329,8 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
             assert failed() == []
             return seen("alexa", status, after) >= alexa and seen("oauth", status, after) >= oauth
 
-        wait_until(lambda: load_ran(5, 3), "load to run")
-        wait_until(lambda: len(change_report_ids(db)) >= 10, "camera changes to be published")
+        wait_for(lambda: load_ran(5, 3), "load to run")
+        wait_for(lambda: len(change_report_ids(db)) >= 10, "camera changes to be published")
         # One delivery is held at the gateway while PostgreSQL stops: its outcome must be
         # recorded once the database is back, not left leased to nobody for the whole lease.
         held, release = threading.Event(), threading.Event()
@@ -348,19 +341,19 @@ def test_postgres_restart_mid_load(private_postgres: PrivatePostgres, tmp_path: 
                 release.wait(DEADLINE)
 
         amazon.gateway_hold = hold_one
-        wait_until(held.is_set, "a delivery to reach the gateway")
+        wait_for(held.is_set, "a delivery to reach the gateway")
         private_postgres.stop()
         release.set()
-        wait_until(lambda: load_ran(3, 3, status=503), "requests to meet the outage")
+        wait_for(lambda: load_ran(3, 3, status=503), "requests to meet the outage")
         private_postgres.start()
         restarted = time.monotonic()
-        wait_until(lambda: discover(serve.url, access).status_code == 200,
-                   "service to recover within 5 s of the restart", timeout=5)  # fmt: skip
-        wait_until(lambda: load_ran(3, 3, after=restarted), "load to go on after the restart")
+        wait_for(lambda: discover(serve.url, access).status_code == 200,
+                   "service to recover within 5 s of the restart", seconds=5)  # fmt: skip
+        wait_for(lambda: load_ran(3, 3, after=restarted), "load to go on after the restart")
         stop.set()
         for thread in threads:
             thread.join(30)
-        wait_until(lambda: statuses(db).keys() == {"delivered"}, "the worker to deliver all")
+        wait_for(lambda: statuses(db).keys() == {"delivered"}, "the worker to deliver all")
     finally:
         stop.set()
         amazon.gateway_hold = lambda: None
@@ -466,7 +459,7 @@ def test_alexa_gateway_500_429_and_slow_cost_retries_not_events(
     amazon.gateway_hold = lambda: time.sleep(1.5)
     row, _ = attempt(db, box, last)
     assert (row.status, row.attempts) == ("pending", 4) and "Timeout" in (row.last_error or "")
-    wait_until(lambda: len(change_reports(amazon)) == 1, "the slow gateway to take it")
+    wait_for(lambda: len(change_reports(amazon)) == 1, "the slow gateway to take it")
     # Slow, but in time, on the last attempt allowed: delivered, not dead.
     monkeypatch.undo()
     amazon.gateway_hold = lambda: time.sleep(0.3)

@@ -39,8 +39,8 @@ from camvoice.settings import Settings
 from camvoice.tickets import Audience, Protocol
 from media.relay import RETRY_AFTER_FAILURE
 from service.app import create_app
-from tests.conftest import VENV_BIN, LiveServer, free_port
-from tests.media_support import bare_registry, ffmpeg_pids, mint
+from tests.conftest import VENV_BIN, LiveServer, free_port, until
+from tests.media_support import bare_registry, ffmpeg_pids, mint, play
 from tests.oauth_support import ALEXA_URIS, GOOGLE_URIS, link, make_owner, register
 
 # A fetch is held at most 2 s (the one fetch per process that waits for a first segment); the
@@ -149,16 +149,6 @@ def all_at_once(urls: list[str]) -> list[tuple[float, requests.Response]]:
     """Each URL fetched at the same time (one ticket each, as many players would have)."""
     with ThreadPoolExecutor(len(urls)) as pool:
         return list(pool.map(timed_get, urls))
-
-
-def until(condition: Callable[[], object], seconds: float) -> bool:
-    """Poll `condition` until it holds or `seconds` pass: whether it held."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_playlist_of_a_hung_camera_answers_at_once_from_one_ffmpeg(
@@ -292,15 +282,10 @@ def test_snapshot_of_a_hung_camera_is_one_grab_then_the_last_image(
 
 
 def fetch_as_a_player(url: str, deadline: float = 30) -> requests.Response:
-    """GET `url` until it answers 200, waiting as each 503's Retry-After asks."""
-    give_up = time.monotonic() + deadline
-    while True:
-        response = requests.get(url, timeout=30)
-        if response.status_code != 503:
-            assert response.status_code == 200, response.text
-            return response
-        assert time.monotonic() < give_up, "still 503 at the deadline"
-        time.sleep(float(response.headers["Retry-After"]))
+    """GET `url` as a player does (media_support.play) and insist that it ends in a 200."""
+    response = play(url, deadline)
+    assert response.status_code == 200, response.text
+    return response
 
 
 # --- the real server under a hung camera -----------------------------------------------------

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +34,7 @@ from camvoice.settings import Settings
 from fulfillment.homegraph import HomeGraph
 from service.wiring import build_services
 from skills.events import accept_grant
+from tests.conftest import wait_for
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
 from tests.fake_google import FakeGoogle
 
@@ -189,14 +189,6 @@ def test_crashed_worker_lease_expires_and_event_is_redelivered(db: Database, box
 
 SHORT_LEASE = timedelta(seconds=5)
 DEADLINE = 60.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll until `condition` holds, failing with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def alexa_services(settings: Settings, db: Database, amazon: FakeAmazon) -> Services:
