@@ -29,13 +29,7 @@ from camvoice.settings import load_settings
 from camvoice.tickets import Audience, Protocol
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
-from tests.conftest import (
-    LiveServer,
-    _pg_url,
-    drop_pg_database,
-    new_pg_database,
-    wiring,
-)
+from tests.conftest import LiveServer, migrated_database, wiring
 from tests.oauth_support import (
     ALEXA_URIS,
     GOOGLE_URIS,
@@ -123,27 +117,11 @@ def ticket_paths(world: World, token: str) -> list[str]:
     ]
 
 
-def _database(kind: str, request: pytest.FixtureRequest, folder: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        url = f"sqlite:///{folder / 'camvoice.db'}"
-        db = Database(url)
-        db.upgrade()
-        db.dispose()
-        yield url
-        return
-    template = request.getfixturevalue("pg_template")
-    name = new_pg_database(template)
-    try:
-        yield _pg_url(name).replace("postgresql://", "postgresql+psycopg://")
-    finally:
-        drop_pg_database(name)
-
-
 def build_world(
     kind: str, request: pytest.FixtureRequest, folder: Path, **overrides: Any
 ) -> Iterator[World]:
     """The world on a fresh database of `kind`; `overrides` go into its settings."""
-    for url in _database(kind, request, folder):
+    for url in migrated_database(kind, request, folder):
         settings = load_settings(
             data_dir=folder / "data",
             database_url=url,
