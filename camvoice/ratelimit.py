@@ -24,6 +24,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, utcnow
+from camvoice.settings import Settings
 
 log = logging.getLogger(__name__)
 KEY_LENGTH = 200
@@ -88,6 +89,17 @@ class Limiter(Protocol):
     def record_failure(self, key: str, window: timedelta) -> None: ...
 
     def forgive(self, key: str) -> None: ...
+
+
+def sign_in_limits(settings: Settings, email: str, address: str) -> list[tuple[str, int]]:
+    """The failure limits one sign-in counts against: per account and address (a guesser stops
+    only themselves), per address, and per account from everywhere (far higher, so the owner is
+    slowed down, not locked out, by guesses spread over many addresses)."""
+    return [
+        (f"login:acct-ip:{email}|{address}", settings.login_max_failures_account_address),
+        (f"login:ip:{address}", settings.login_max_failures_ip),
+        (f"login:acct:{email}", settings.login_max_failures_account),
+    ]
 
 
 def attempt(limiter: Limiter, limits: list[tuple[str, int]], window: timedelta) -> int | None:

@@ -21,7 +21,7 @@ from flask import (
 
 from camvoice.accounts import authenticate, normalize_email
 from camvoice.models import Account
-from camvoice.ratelimit import attempt
+from camvoice.ratelimit import attempt, sign_in_limits
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
 from camvoice.sessions import COOKIE
@@ -173,11 +173,7 @@ def login() -> Any:
     target = safe_next(request.form.get("next"))
     window = timedelta(seconds=cfg.login_window)
     address = request.remote_addr or "unknown"
-    keys = [
-        (f"login:acct-ip:{email}|{address}", cfg.login_max_failures_account_address),
-        (f"login:ip:{address}", cfg.login_max_failures_ip),
-        (f"login:acct:{email}", cfg.login_max_failures_account),
-    ]
+    keys = sign_in_limits(cfg, email, address)
     lang = language()
     limiter = services().limiter
     # Counted before the password is checked, forgiven on success; not counted when throttled.
