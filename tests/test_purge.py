@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
+from camvoice import purge
 from camvoice.db import Database
 from camvoice.models import AuditEvent, OutboxEvent, utcnow
 from camvoice.once import UsedOnce
@@ -179,11 +180,13 @@ def test_purge_removes_what_expired_and_keeps_what_is_needed(
     assert remaining(db) == expected(rows)
     assert removed == {
         "outbox.delivered": 5, "outbox.dead": 1, "stream_views": 1, "rate_limits": 1,
-        "audit_events": 5, "signin_sessions": 2, "used_once": 1, "oauth_codes": 1, "oauth_tokens.access": 1, "oauth_tokens.refresh": 2,
+        "audit_events": 5, "signin_sessions": 2, "used_once": 1,
+        "oauth_codes": 1, "oauth_tokens.access": 1, "oauth_tokens.refresh": 2,
     }  # fmt: skip
     # Bounded statements: never more than a batch in one DELETE (5 audit rows took 3).
     assert deletes and max(deletes) <= 2
     assert Counter(deletes)[2] >= 4
+    assert purge.BATCH == 1000  # README: 1,000 rows per statement when the worker purges
     # A second run finds nothing.
     assert set(services.purger.run(db).values()) == {0}
     assert remaining(db) == expected(rows)
