@@ -27,7 +27,7 @@ from camvoice.tickets import Audience, Protocol
 from service.app import create_app
 from service.cli import main
 from tests.conftest import LiveServer
-from tests.media_support import bare_registry, ffmpeg_pids, mint
+from tests.media_support import bare_registry, ffmpeg_pids, mint, play
 from tests.oauth_support import (
     GOOGLE_URIS,
     Browser,
@@ -236,7 +236,7 @@ def streaming(settings: Settings, db: Database, owner: str, tmp_path: Path) -> I
 
 def playing(url: str) -> str:
     """The playlist and one segment are admitted (200); the segment's URL."""
-    playlist = requests.get(url, timeout=30)
+    playlist = play(url)  # again while the relay is starting (503), as a player does
     assert playlist.status_code == 200, playlist.text
     name = next(line for line in playlist.text.splitlines() if line.endswith(".ts"))
     segment = url.rsplit("/", 1)[0] + "/" + name
