@@ -20,6 +20,7 @@ from camvoice.ratelimit import Limiter
 from camvoice.sessions import SessionStore
 from camvoice.settings import Settings
 from camvoice.streams import Streams
+from camvoice.webrtc import NoWebRTC, WebRTC
 
 EXTENSION = "camvoice"  # the key of the Services object in a Flask app's extensions
 
@@ -38,6 +39,8 @@ class Services:
     rtsps_available: Callable[[], bool]
     # What the worker purges: the core's rules and those adapters add (camvoice/purge.py).
     purger: Purger = field(default_factory=Purger)
+    # Live WebRTC sessions: the engine media/ wires into a web or media process.
+    webrtc: WebRTC = field(default_factory=NoWebRTC)
 
     def install(self, app: Any) -> None:
         """Hand this wiring to a web app (anything with Flask's `extensions` dict)."""

@@ -1,9 +1,10 @@
 """Stream tickets: the signed, expiring credential inside every stream URL camvoice hands out.
 
-A ticket binds one camera, one protocol (hls, rtsps, jpeg) and one audience (alexa, google, web),
-names the key that signed it (so keys rotate without breaking tickets in flight), and expires a
-few minutes after minting: long enough for a display to start playing. A viewing session that
-has started is tracked separately (StreamView in streams.py), so a viewer is not cut off mid-view.
+A ticket binds one camera, one protocol (hls, rtsps, jpeg, webrtc) and one audience (alexa,
+google, web), names the key that signed it (so keys rotate without breaking tickets in flight),
+and expires a few minutes after minting: long enough for a display to start playing. A viewing
+session that has started is tracked separately (StreamView in streams.py), so a viewer is not cut
+off mid-view.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Protocol(StrEnum):
     HLS = "hls"
     RTSPS = "rtsps"
     JPEG = "jpeg"
+    WEBRTC = "webrtc"  # the bearer of a WebRTC offer (Google's cameraStreamAuthToken, console)
 
 
 class Audience(StrEnum):
