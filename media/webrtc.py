@@ -192,7 +192,7 @@ class WebRTCEngine:
                 raise MediaBusy("too many live WebRTC sessions")
             self.sessions[session_id] = session
         try:
-            sdp = self._run(self._negotiate(session, prepared.sdp), ANSWER_DEADLINE)
+            sdp = self._run(self._negotiate(session, prepared), ANSWER_DEADLINE)
         except FutureTimeout:
             self._end(session, "answer_timeout")
             raise MediaUnavailable("the answer took too long") from None
@@ -257,7 +257,9 @@ class WebRTCEngine:
             future.cancel()
             raise
 
-    async def _negotiate(self, session: Session, offer: str) -> str:
+    async def _negotiate(self, session: Session, offer: sdp_offer.Prepared) -> str:
+        """Answer on the loop: a sendonly transceiver per kind served (aiortc cannot answer
+        with one the offer has no m-line for), codecs narrowed to what the feed carries."""
         pc = session.pc
 
         @pc.on("connectionstatechange")
@@ -269,9 +271,10 @@ class WebRTCEngine:
 
         video = pc.addTransceiver(session.viewer.video, direction="sendonly")
         video.setCodecPreferences(_codecs("video", ("video/H264", "video/rtx")))
-        audio = pc.addTransceiver(session.viewer.audio, direction="sendonly")
-        audio.setCodecPreferences(_codecs("audio", ("audio/opus",)))
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        if "audio" in offer.kinds:
+            audio = pc.addTransceiver(session.viewer.audio, direction="sendonly")
+            audio.setCodecPreferences(_codecs("audio", ("audio/opus",)))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate
         return str(pc.localDescription.sdp)
 
