@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     rtsps_cert: Path | None = None
     rtsps_key: Path | None = None
     relay_enabled: bool = False
+    # WebRTC networks (camvoice/ice.py): STUN/TURN servers handed to every session, as a JSON
+    # list of {"urls", "username", "credential"}; and a coturn sharing CAMVOICE_TURN_SECRET
+    # (use-auth-secret), whose URLs get a fresh credential per session, valid CAMVOICE_TURN_TTL
+    # seconds (default: CAMVOICE_STREAM_MAX_VIEW).
+    ice_servers: SecretStr = SecretStr("")  # may hold static TURN passwords
+    turn_urls: str = ""
+    turn_secret: SecretStr | None = None
+    turn_ttl: int | None = Field(None, ge=60, le=7 * 86400)
     google_homegraph_key: Path | None = None
     google_homegraph_url: str = "https://homegraph.googleapis.com"
     google_receiver_app_id: str | None = None
@@ -137,6 +145,24 @@ class Settings(BaseSettings):
         from camvoice.addresses import AddressPolicy, parse_networks
 
         return AddressPolicy(parse_networks(self.source_networks))
+
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_servers(cls, value: SecretStr) -> SecretStr:
+        from camvoice.ice import parse_ice_servers
+
+        parse_ice_servers(
+            value.get_secret_value()
+        )  # a ValueError says what is wrong, without the credentials
+        return value
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _turn_urls(cls, value: str) -> str:
+        from camvoice.ice import parse_turn_urls
+
+        parse_turn_urls(value)
+        return value
 
     @field_validator("stream_keys")
     @classmethod
