@@ -148,11 +148,9 @@ def offer(token: str, device_id: str, sdp: object) -> Response:
     if len(sdp.encode()) > MAX_SDP:
         raise SignalError(413, "payload_too_large", f"the SDP is limited to {MAX_SDP} bytes")
     ticket = ticket_of(token, device_id)
-    engine = Services.of(current_app).webrtc
-    # A second offer on one ticket is the player starting over: the first session gives way.
-    engine.end(ticket.id, device_id, "google_reoffer")
     try:
-        answer = engine.answer(token, device_id, sdp, session_id=ticket.id)
+        # A second offer on one ticket (the player starting over) replaces its first session.
+        answer = Services.of(current_app).webrtc.answer(token, device_id, sdp, ticket.id)
     except TicketRefused as refused:
         raise ticket_refused(refused.reason) from None
     except OfferRefused as refused:
