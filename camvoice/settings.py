@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     turn_urls: str = ""
     turn_secret: SecretStr | None = None
     turn_ttl: int | None = Field(None, ge=60, le=7 * 86400)
+    # Media nodes (`camvoice media`) that hold WebRTC sessions for this web process, by camera
+    # (media/nodes.py); unset: `camvoice serve` runs one beside its workers.
+    media_urls: str = ""
     google_homegraph_key: Path | None = None
     google_homegraph_url: str = "https://homegraph.googleapis.com"
     google_receiver_app_id: str | None = None
@@ -162,6 +165,12 @@ class Settings(BaseSettings):
         from camvoice.ice import parse_turn_urls
 
         parse_turn_urls(value)
+        return value
+
+    @field_validator("media_urls")
+    @classmethod
+    def _media_urls(cls, value: str) -> str:
+        parse_media_urls(value)
         return value
 
     @field_validator("stream_keys")
@@ -247,6 +256,18 @@ class Settings(BaseSettings):
             shown[f"CAMVOICE_{name.upper()}"] = text
         shown["database (effective)"] = _mask_url(self.sqlalchemy_url)
         return shown
+
+
+def parse_media_urls(text: str) -> tuple[str, ...]:
+    """CAMVOICE_MEDIA_URLS: comma-separated http(s) base URLs of the media nodes."""
+    urls = tuple(url.strip().rstrip("/") for url in text.split(",") if url.strip())
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("each media node URL must be http:// or https:// with a host")
+    if len(set(urls)) != len(urls):
+        raise ValueError("a media node is listed twice")
+    return urls
 
 
 def _mask_url(url: str) -> str:
