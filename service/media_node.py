@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 
 from camvoice.db import Database
+from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
 from camvoice.webrtc import WebRTC
 from media import node_views
@@ -51,11 +52,15 @@ def media_error(exc: Exception, http_error: Any, unexpected_error: Any) -> Respo
     return http_error(exc) if isinstance(exc, HTTPException) else unexpected_error(exc)
 
 
-def local_engine(services: Any) -> WebRTC:
-    """This process's own engine (media/webrtc.py)."""
-    from camvoice.webrtc import NoWebRTC
+def local_engine(services: Services) -> WebRTC:
+    """This process's own aiortc engine (media/webrtc.py), fed by its own camera feeds."""
+    from media.feeds import Feeds
+    from media.relay import find_ffmpeg
+    from media.webrtc import WebRTCEngine
 
-    return NoWebRTC()  # replaced by the aiortc engine once media/webrtc.py is merged
+    settings = services.settings
+    feeds = Feeds(find_ffmpeg(settings.ffmpeg), settings.address_policy())
+    return WebRTCEngine(settings, services.db, services.streams, services.registry, feeds)
 
 
 def remote_engine(settings: Settings) -> RemoteWebRTC:
