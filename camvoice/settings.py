@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -79,6 +78,15 @@ class Settings(BaseSettings):
     rtsps_cert: Path | None = None
     rtsps_key: Path | None = None
     relay_enabled: bool = False
+    # WebRTC networks (camvoice/ice.py): besides CAMVOICE_ICE_SERVERS, a coturn sharing
+    # CAMVOICE_TURN_SECRET (use-auth-secret), whose URLs get a fresh credential per session,
+    # valid CAMVOICE_TURN_TTL seconds (default: CAMVOICE_STREAM_MAX_VIEW).
+    turn_urls: str = ""
+    turn_secret: SecretStr | None = None
+    turn_ttl: int | None = Field(None, ge=60, le=7 * 86400)
+    # Media nodes (`camvoice media`) that hold WebRTC sessions for this web process, by camera
+    # (media/nodes.py); unset: `camvoice serve` runs one beside its workers.
+    media_urls: str = ""
     google_homegraph_key: Path | None = None
     google_homegraph_url: str = "https://homegraph.googleapis.com"
     google_receiver_app_id: str | None = None
@@ -144,6 +152,28 @@ class Settings(BaseSettings):
 
         return AddressPolicy(parse_networks(self.source_networks))
 
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_servers(cls, value: SecretStr) -> SecretStr:
+        from camvoice.ice import parse_ice_servers
+
+        parse_ice_servers(value.get_secret_value())  # says what is wrong, never a credential
+        return value
+
+    @field_validator("turn_urls")
+    @classmethod
+    def _turn_urls(cls, value: str) -> str:
+        from camvoice.ice import parse_turn_urls
+
+        parse_turn_urls(value)
+        return value
+
+    @field_validator("media_urls")
+    @classmethod
+    def _media_urls(cls, value: str) -> str:
+        parse_media_urls(value)
+        return value
+
     @field_validator("stream_keys")
     @classmethod
     def _stream_keys(cls, value: SecretStr) -> SecretStr:
@@ -161,15 +191,12 @@ class Settings(BaseSettings):
             parse_keys(value.get_secret_value(), "x")
         return value
 
-    @field_validator("ice_servers")
-    @classmethod
-    def _ice_servers(cls, value: SecretStr) -> SecretStr:
-        parse_ice_servers(value.get_secret_value())
-        return value
-
     def ice_server_list(self) -> list[dict[str, Any]]:
-        """The STUN/TURN servers WebRTC peers gather candidates with (TURN credentials held)."""
-        return parse_ice_servers(self.ice_servers.get_secret_value())
+        """The STUN/TURN servers one WebRTC peer gathers candidates with, as RTCIceServer
+        dictionaries, TURN credentials minted for it (camvoice/ice.py): call once per peer."""
+        from camvoice.ice import ice_servers
+
+        return [server.as_json() for server in ice_servers(self)]
 
     @property
     def media_path(self) -> Path:
@@ -239,30 +266,16 @@ class Settings(BaseSettings):
         return shown
 
 
-def parse_ice_servers(text: str) -> list[dict[str, Any]]:
-    """`[{"urls": ["stun:host:3478"], "username": "...", "credential": "..."}]`, checked."""
-    try:
-        servers = json.loads(text or "[]")
-    except ValueError:
-        raise ValueError("must be a JSON list of ICE servers") from None
-    if not isinstance(servers, list):
-        raise ValueError("must be a JSON list of ICE servers")
-    for server in servers:
-        urls = server.get("urls") if isinstance(server, dict) else None
-        if isinstance(urls, str):
-            urls = server["urls"] = [urls]
-        if (
-            not isinstance(urls, list)
-            or not urls
-            or not all(
-                isinstance(u, str) and u.startswith(("stun:", "stuns:", "turn:", "turns:"))
-                for u in urls
-            )
-        ):
-            raise ValueError("each ICE server needs urls starting stun:, stuns:, turn: or turns:")
-        if any(not isinstance(server.get(k, ""), str) for k in ("username", "credential")):
-            raise ValueError("an ICE server's username and credential are strings")
-    return servers
+def parse_media_urls(text: str) -> tuple[str, ...]:
+    """CAMVOICE_MEDIA_URLS: comma-separated http(s) base URLs of the media nodes."""
+    urls = tuple(url.strip().rstrip("/") for url in text.split(",") if url.strip())
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("each media node URL must be http:// or https:// with a host")
+    if len(set(urls)) != len(urls):
+        raise ValueError("a media node is listed twice")
+    return urls
 
 
 def _mask_url(url: str) -> str:
