@@ -1,11 +1,13 @@
-"""Time from minting a stream URL to the first playable media, for HLS and RTSPS.
+"""Time from minting a stream URL to the first playable media, for WebRTC, HLS and RTSPS.
 
 Starts `camvoice serve` (gunicorn) on a scratch SQLite database with one demo camera, then for
-each run: mint a fresh URL, fetch the playlist and its first segment (HLS), or decode the first
-video frame over TLS (RTSPS, when the GStreamer relay is installed). Between runs the relay is
-left to go idle, so every run is a cold start of ffmpeg / the GStreamer pipeline. A run counts
-only if it got what a player needs (a playlist listing an MPEG-TS segment that starts with the
-TS sync byte; a decoded RTSPS video frame); otherwise the run stops with a non-zero exit.
+each run: post a WebRTC offer to the signaling URL and decode the first video frame (aiortc as
+the display, as a Nest Hub does), fetch the playlist and its first segment (HLS), or decode the
+first video frame over TLS (RTSPS, when the GStreamer relay is installed). Between runs the feeds
+are left to go idle, so every run is a cold start of ffmpeg / the GStreamer pipeline; a second
+WebRTC viewer joining a running feed is timed too ("webrtc warm"). A run counts only if it got
+what a player needs (a decoded video frame; a playlist listing an MPEG-TS segment that starts
+with the TS sync byte); otherwise the run stops with a non-zero exit.
 
     .venv/bin/python bench/stream_start.py [--runs 7]
     .venv/bin/python bench/stream_start.py --runs 1   # smoke
@@ -14,6 +16,7 @@ TS sync byte; a decoded RTSPS video frame); otherwise the run stops with a non-z
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import subprocess
@@ -23,7 +26,9 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+import av
 import requests
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from camvoice.accounts import create_account
 from camvoice.cameras import Registry
@@ -80,6 +85,77 @@ def hls_start(url: str) -> float:
     return time.perf_counter() - began
 
 
+async def _webrtc_first_frame(
+    signal_url: str,
+    token: str,
+    camera_id: str,
+    playing: asyncio.Event | None = None,
+    hold: asyncio.Event | None = None,
+) -> float:
+    """Seconds from creating the offer to the first decoded video frame, as a display sees it;
+    `playing` is set at that frame, and with `hold` the display goes on until it is set."""
+    pc = RTCPeerConnection()
+    try:
+        began = time.perf_counter()
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="recvonly")
+        tracks: asyncio.Queue[object] = asyncio.Queue()
+        pc.on("track", tracks.put_nowait)
+        await pc.setLocalDescription(await pc.createOffer())  # gathers: no trickle
+        answered = await asyncio.to_thread(
+            requests.post,
+            signal_url,
+            json={"action": "offer", "deviceId": camera_id, "sdp": pc.localDescription.sdp},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        if answered.status_code != 200:
+            fail(f"WebRTC offer answered HTTP {answered.status_code}: {answered.text[:200]}")
+        await pc.setRemoteDescription(RTCSessionDescription(answered.json()["sdp"], "answer"))
+        while True:
+            track = await asyncio.wait_for(tracks.get(), 30)
+            if getattr(track, "kind", None) == "video":
+                break
+        while not isinstance(await asyncio.wait_for(track.recv(), 30), av.VideoFrame):  # type: ignore[attr-defined]
+            pass
+        took = time.perf_counter() - began
+        if playing is not None:
+            playing.set()
+        if hold is not None:
+            await hold.wait()
+        return took
+    except TimeoutError:
+        fail("WebRTC: no decoded video frame within 30 s")
+    finally:
+        await pc.close()
+
+
+def webrtc_start(signal_url: str, token: str, camera_id: str) -> float:
+    return asyncio.run(_webrtc_first_frame(signal_url, token, camera_id))
+
+
+def webrtc_warm(signal_url: str, tokens: list[str], camera_id: str) -> float:
+    """A second display joining a camera already playing: the feed runs, its GOP is kept."""
+
+    async def both() -> float:
+        playing, hold = asyncio.Event(), asyncio.Event()
+        first = asyncio.create_task(
+            _webrtc_first_frame(signal_url, tokens[0], camera_id, playing, hold)
+        )
+        await asyncio.wait(
+            [first, asyncio.create_task(playing.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        if first.done():
+            first.result()  # it failed: fail() already raised SystemExit
+        try:
+            return await _webrtc_first_frame(signal_url, tokens[1], camera_id)
+        finally:
+            hold.set()
+            await first
+
+    return asyncio.run(both())
+
+
 def rtsps_start(url: str, cert: Path) -> float:
     """Seconds from the TLS handshake to one decoded video frame, as ffprobe-like players see it."""
     began = time.perf_counter()
@@ -129,10 +205,16 @@ def main() -> None:
     server = subprocess.Popen([str(BIN / "camvoice"), "serve", "--port", str(port)], env=env)
     try:
         wait_for(f"http://127.0.0.1:{port}/readyz")
-        results: dict[str, list[float]] = {"hls": [], "rtsps": []}
+        results: dict[str, list[float]] = {"webrtc": [], "webrtc warm": [], "hls": [], "rtsps": []}
+        signal = f"http://127.0.0.1:{port}/webrtc/signal"
         for run in range(args.runs):
             if run:
-                time.sleep(args.idle + 2.5)  # let the HLS relay stop: this run is a cold start
+                time.sleep(args.idle + 2.5)  # let the relays stop: this run is a cold start
+            token = streams.mint(camera, Protocol.WEBRTC, Audience.GOOGLE)
+            results["webrtc"].append(webrtc_start(signal, token, camera.id))
+            # Two displays, two tickets: the signaling URL keys a session by its ticket.
+            tokens = [streams.mint(camera, Protocol.WEBRTC, Audience.GOOGLE) for _ in range(2)]
+            results["webrtc warm"].append(webrtc_warm(signal, tokens, camera.id))
             results["hls"].append(hls_start(streams.mint(camera, Protocol.HLS, Audience.GOOGLE)))
             if relay:
                 url = streams.mint(camera, Protocol.RTSPS, Audience.ALEXA)
@@ -141,11 +223,11 @@ def main() -> None:
         for name, times in results.items():
             if times:
                 print(
-                    f"  {name:6} median {statistics.median(times):.2f}  "
+                    f"  {name:11} median {statistics.median(times):.2f}  "
                     f"min {min(times):.2f}  max {max(times):.2f}"
                 )
             else:
-                print(f"  {name:6} not measured (GStreamer relay not installed)")
+                print(f"  {name:11} not measured (GStreamer relay not installed)")
     finally:
         server.terminate()
         server.wait(15)
