@@ -18,20 +18,17 @@ from sqlalchemy import select
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
 from camvoice.settings import Settings
-from camvoice.webrtc import Answer, MediaBusy, MediaUnavailable, OfferRefused, TicketRefused
+from camvoice.webrtc import Answer
 from skills import messages
+from tests import test_alexa as alexa
 from tests.conftest import LiveServer, wiring
 from tests.oauth_support import make_owner, streams_requested
-from tests.test_alexa import (  # noqa: F401 - fixtures: the signed forwarder's live app
-    alexa_settings,
-    amazon,
-    demo,
-    directive,
-    error_of,
-    send,
-    server,
-    token,
-)
+
+# The live app behind the signed Lambda forwarder, as test_alexa builds it: its fixtures, found
+# here by name, and its way of sending a directive.
+amazon, alexa_settings, server = alexa.amazon, alexa.alexa_settings, alexa.server
+demo, token = alexa.demo, alexa.token
+directive, send = alexa.directive, alexa.send
 
 RTC = "Alexa.RTCSessionController"
 CAPABILITY = {"type": "AlexaInterface", "interface": RTC, "version": "3",
