@@ -18,11 +18,13 @@ from sqlalchemy import select
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
 from camvoice.settings import Settings
-from camvoice.webrtc import Answer
+from camvoice.tickets import Audience, Protocol
+from camvoice.webrtc import Answer, MediaBusy, MediaUnavailable, OfferRefused, TicketRefused
+from service.demo import DEMO_EMAIL, DEMO_PASSWORD
 from skills import messages
 from tests import test_alexa as alexa
 from tests.conftest import LiveServer, wiring
-from tests.oauth_support import make_owner, streams_requested
+from tests.oauth_support import ALEXA_URIS, link, make_owner, register, streams_requested
 
 # The live app behind the signed Lambda forwarder, as test_alexa builds it: its fixtures, found
 # here by name, and its way of sending a directive.
@@ -299,3 +301,127 @@ def test_session_directives_name_the_owners_camera_only(
     assert (session_id, shed) in engine.live
     missing = directive(RTC, "SessionDisconnected", token, front, {})
     assert check_error(send(missing), missing) == ("INVALID_DIRECTIVE", None)
+
+
+# --- the engine's failures, as Alexa hears them ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_type", "mode"),
+    [
+        (OfferRefused("no H.264 video in the offer"), "INVALID_VALUE", None),
+        (MediaBusy("16 live sessions"), "ENDPOINT_BUSY", None),
+        (MediaUnavailable("the camera's source cannot be read"), "ENDPOINT_UNREACHABLE", None),
+        (TicketRefused("blocked:ENCRYPTION_ON"), "NOT_SUPPORTED_IN_CURRENT_MODE", "OTHER"),
+        (
+            TicketRefused("blocked:SLEEPING,ENCRYPTION_ON"),
+            "NOT_SUPPORTED_IN_CURRENT_MODE",
+            "ASLEEP",
+        ),
+        (TicketRefused("link_revoked"), "INVALID_AUTHORIZATION_CREDENTIAL", None),
+        (TicketRefused("no_such_camera"), "NO_SUCH_ENDPOINT", None),
+    ],
+    ids=lambda value: value.reason if isinstance(value, Exception) else None,
+)
+def test_engine_failures_get_alexas_error(
+    server: LiveServer, db: Database, token: str, demo: dict[str, str], engine: RecordingEngine,
+    failure: Exception, error_type: str, mode: str | None,
+) -> None:  # fmt: skip
+    engine.fail = failure
+    message = offer_directive(token, demo["Front Door"])
+    assert check_error(send(message), message) == (error_type, mode)
+    [(call, (_ticket, camera_id, offer, session_id))] = engine.calls
+    assert (call, camera_id, offer) == ("answer", demo["Front Door"], OFFER)
+    assert session_id == message["directive"]["payload"]["sessionId"]
+    assert streams_requested(db) == [("alexa", "webrtc")]
+
+
+def test_offer_reaches_the_engine_unchanged_and_its_answer_comes_back(
+    server: LiveServer, alexa_settings: Settings, token: str, demo: dict[str, str],
+    engine: RecordingEngine,
+) -> None:  # fmt: skip
+    """Through the Lambda forwarder and the app, the SDP text (CRLFs, `s=a 2 z`) is the offer
+    the engine gets; the ticket is a webrtc one for this camera; an offer at the size limit is
+    still served."""
+    front = demo["Front Door"]
+    big = OFFER + "a=x\r\n" * ((64 * 1024 - len(OFFER)) // 5)
+    for sdp in (OFFER, big):
+        message = offer_directive(token, front, offer={"format": "sdp", "value": sdp})
+        assert check_answer(send(message), message) == ANSWER
+        _call, (ticket, camera_id, offer, _session) = engine.calls[-1]
+        assert (camera_id, offer) == (front, sdp)
+        verified = alexa_settings.signer().verify(ticket, front, Protocol.WEBRTC)
+        assert (verified.audience, verified.camera_id) == (Audience.ALEXA, front)
+        assert verified.grant_id is not None  # bound to this link: unlinking ends it
+
+
+# --- an Echo Show played by aiortc, against the real engine ----------------------------------
+
+
+def alexa_answerer(token: str, camera_id: str, seen: list[dict[str, Any]]) -> Any:
+    """What the Echo's cloud does with an offer: InitiateSessionWithOffer through the Lambda
+    forwarder; the answer checked against Amazon's format; the directive kept in `seen`."""
+
+    def answer(offer_sdp: str) -> str:
+        message = offer_directive(token, camera_id, offer={"format": "SDP", "value": offer_sdp})
+        seen.append(message)
+        reply = send(message)
+        if reply["event"]["header"]["name"] == "ErrorResponse":
+            raise AssertionError(check_error(reply, message))
+        return check_answer(reply, message)
+
+    return answer
+
+
+def test_echo_show_plays_the_front_door_over_webrtc(
+    server: LiveServer, db: Database, token: str, demo: dict[str, str]
+) -> None:
+    from tests.webrtc_support import Watcher
+
+    front, seen = demo["Front Door"], []
+    with Watcher(alexa_answerer(token, front, seen), alexa=True) as display:
+        assert display.wait_frames(3), "no video frames decoded"
+        answer = display.answer or ""
+        assert "a=candidate:" in answer  # complete: Alexa does not trickle
+        session_id = seen[0]["directive"]["payload"]["sessionId"]
+        connected = session_directive("SessionConnected", token, front, session_id)
+        check_session_event(send(connected), connected, "SessionConnected")
+        assert display.wait_frames(3)
+        ended = session_directive("SessionDisconnected", token, front, session_id)
+        check_session_event(send(ended), ended, "SessionDisconnected")
+        assert display.wait_ended(10), "SessionDisconnected left the session running"
+    assert streams_requested(db) == [("alexa", "webrtc")]
+
+
+def test_unlinking_ends_a_running_session(
+    server: LiveServer, db: Database, demo: dict[str, str]
+) -> None:
+    """Alexa's link revoked at the token endpoint (RFC 7009, the refresh token): the Echo's
+    session ends within 10 s, and the next offer is refused as a dead credential."""
+    from tests.webrtc_support import Watcher
+
+    client = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
+    oauth, issued = link(server, client, DEMO_EMAIL, password=DEMO_PASSWORD)
+    token, front = str(issued["access_token"]), demo["Front Door"]
+    with Watcher(alexa_answerer(token, front, []), alexa=True) as display:
+        assert display.wait_frames(3), "no video frames decoded"
+        revoked = oauth.revoke_token(server.url + "/oauth/revoke", issued["refresh_token"],
+                                     token_type_hint="refresh_token")  # fmt: skip
+        assert revoked.status_code == 200
+        assert display.wait_ended(10), "the session outlived the link"
+    message = offer_directive(token, front)
+    assert check_error(send(message), message) == ("INVALID_AUTHORIZATION_CREDENTIAL", None)
+
+
+def test_image_encryption_ends_a_running_session(
+    server: LiveServer, token: str, demo: dict[str, str]
+) -> None:
+    from tests.webrtc_support import Watcher
+
+    front = demo["Front Door"]
+    with Watcher(alexa_answerer(token, front, []), alexa=True) as display:
+        assert display.wait_frames(3), "no video frames decoded"
+        wiring(server.app).registry.change(
+            wiring(server.app).db, front, {"image_encryption": True}, actor="owner"
+        )
+        assert display.wait_ended(10), "the session outlived Image Encryption"
