@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     # Relays one owner's cameras may run at once; unset: half of max_relays (at least 1).
     max_relays_per_owner: int | None = Field(None, ge=1)
     ffmpeg: str | None = None
+    # WebRTC (media/webrtc.py): STUN/TURN servers as JSON ([{"urls": [...], "username": ...,
+    # "credential": ...}]), live sessions per web process, and how long one may take to connect.
+    ice_servers: SecretStr = SecretStr("[]")
+    max_webrtc_sessions: int = Field(16, ge=1)
+    webrtc_idle_timeout: float = Field(20.0, gt=0, le=300)
     hls_url_template: str | None = None
     rtsps_url_template: str | None = None
     rtsps_port: int = Field(8554, ge=1, le=65535)
@@ -155,6 +161,16 @@ class Settings(BaseSettings):
             parse_keys(value.get_secret_value(), "x")
         return value
 
+    @field_validator("ice_servers")
+    @classmethod
+    def _ice_servers(cls, value: SecretStr) -> SecretStr:
+        parse_ice_servers(value.get_secret_value())
+        return value
+
+    def ice_server_list(self) -> list[dict[str, Any]]:
+        """The STUN/TURN servers WebRTC peers gather candidates with (TURN credentials held)."""
+        return parse_ice_servers(self.ice_servers.get_secret_value())
+
     @property
     def media_path(self) -> Path:
         """Where relays write HLS segments: private to this service."""
@@ -221,6 +237,32 @@ class Settings(BaseSettings):
             shown[f"CAMVOICE_{name.upper()}"] = text
         shown["database (effective)"] = _mask_url(self.sqlalchemy_url)
         return shown
+
+
+def parse_ice_servers(text: str) -> list[dict[str, Any]]:
+    """`[{"urls": ["stun:host:3478"], "username": "...", "credential": "..."}]`, checked."""
+    try:
+        servers = json.loads(text or "[]")
+    except ValueError:
+        raise ValueError("must be a JSON list of ICE servers") from None
+    if not isinstance(servers, list):
+        raise ValueError("must be a JSON list of ICE servers")
+    for server in servers:
+        urls = server.get("urls") if isinstance(server, dict) else None
+        if isinstance(urls, str):
+            urls = server["urls"] = [urls]
+        if (
+            not isinstance(urls, list)
+            or not urls
+            or not all(
+                isinstance(u, str) and u.startswith(("stun:", "stuns:", "turn:", "turns:"))
+                for u in urls
+            )
+        ):
+            raise ValueError("each ICE server needs urls starting stun:, stuns:, turn: or turns:")
+        if any(not isinstance(server.get(k, ""), str) for k in ("username", "credential")):
+            raise ValueError("an ICE server's username and credential are strings")
+    return servers
 
 
 def _mask_url(url: str) -> str:
