@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import select
@@ -19,9 +20,17 @@ from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
 from camvoice.settings import Settings
 from camvoice.tickets import Audience, Protocol
-from camvoice.webrtc import Answer, MediaBusy, MediaUnavailable, OfferRefused, TicketRefused
+from camvoice.webrtc import (
+    Answer,
+    MediaBusy,
+    MediaUnavailable,
+    NoWebRTC,
+    OfferRefused,
+    TicketRefused,
+)
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD
 from skills import messages
+from skills.smarthome import engine_session
 from tests import test_alexa as alexa
 from tests.conftest import LiveServer, wiring
 from tests.oauth_support import ALEXA_URIS, link, make_owner, register, streams_requested
@@ -31,6 +40,9 @@ from tests.oauth_support import ALEXA_URIS, link, make_owner, register, streams_
 amazon, alexa_settings, server = alexa.amazon, alexa.alexa_settings, alexa.server
 demo, token = alexa.demo, alexa.token
 directive, send = alexa.directive, alexa.send
+
+if TYPE_CHECKING:
+    from media.webrtc import WebRTCEngine
 
 RTC = "Alexa.RTCSessionController"
 CAPABILITY = {"type": "AlexaInterface", "interface": RTC, "version": "3",
@@ -67,6 +79,17 @@ class RecordingEngine:
         known = (session_id, camera_id) in self.live
         self.live.discard((session_id, camera_id))
         return known
+
+
+@pytest.fixture
+def live_engine(server: LiveServer) -> Iterator[WebRTCEngine]:
+    """The app's own aiortc engine, shut down before the app stops."""
+    from media.webrtc import WebRTCEngine
+
+    real = wiring(server.app).webrtc
+    assert isinstance(real, WebRTCEngine)
+    yield real
+    real.shutdown()
 
 
 @pytest.fixture
@@ -156,9 +179,11 @@ def capabilities_of(token: str, name: str, demo_ids: dict[str, str]) -> dict[str
 def test_discovery_advertises_webrtc_beside_rtsps_where_an_engine_answers(
     server: LiveServer, token: str, demo: dict[str, str]
 ) -> None:
-    # No engine wired (the app's default): nothing is promised that cannot be served.
+    # No engine in this process (as in the CLI): nothing is promised that cannot be served.
+    real = wiring(server.app).webrtc
+    wiring(server.app).webrtc = NoWebRTC()
     assert RTC not in capabilities_of(token, "Front Door", demo)
-    wiring(server.app).webrtc = RecordingEngine()
+    wiring(server.app).webrtc = real  # the app's own engine
     interfaces = capabilities_of(token, "Front Door", demo)
     assert list(interfaces) == ["Alexa", "Alexa.CameraStreamController", RTC,
                                 "Alexa.EndpointHealth"]  # fmt: skip
@@ -214,6 +239,7 @@ def test_blocked_cameras_are_refused_before_any_media(
 def test_without_an_engine_the_offer_is_refused_as_not_provisioned(
     server: LiveServer, db: Database, token: str, demo: dict[str, str]
 ) -> None:
+    wiring(server.app).webrtc = NoWebRTC()
     message = offer_directive(token, demo["Front Door"])
     assert check_error(send(message), message) == ("NOT_SUPPORTED_IN_CURRENT_MODE",
                                                    "NOT_PROVISIONED")  # fmt: skip
@@ -277,7 +303,7 @@ def test_session_directives_name_the_owners_camera_only(
     server: LiveServer, db: Database, token: str, demo: dict[str, str], engine: RecordingEngine
 ) -> None:
     front, session_id = demo["Front Door"], new_session_id()
-    engine.live.add((session_id, front))
+    engine.live.add((engine_session(front, session_id), front))
     connected = session_directive("SessionConnected", token, front, session_id)
     check_session_event(send(connected), connected, "SessionConnected")
     # A session this camera does not have is not acknowledged as connected.
@@ -287,18 +313,19 @@ def test_session_directives_name_the_owners_camera_only(
     make_owner(db, "other@example.com", {"Shed": {}})
     with db.session() as session:
         shed = session.scalars(select(Camera).where(Camera.name == "Shed")).one().id
-    engine.live.add((session_id, shed))
+    theirs = (engine_session(shed, session_id), shed)
+    engine.live.add(theirs)
     foreign = session_directive("SessionDisconnected", token, shed, session_id)
     assert check_error(send(foreign), foreign) == ("NO_SUCH_ENDPOINT", None)
-    assert (session_id, shed) in engine.live
+    assert theirs in engine.live
     # The owner's own disconnect reaches the engine with the owned camera's id, and is
     # acknowledged again when the session is already gone.
     for _ in range(2):
         ended = session_directive("SessionDisconnected", token, front, session_id)
         check_session_event(send(ended), ended, "SessionDisconnected")
     assert [args for call, args in engine.calls if call == "end"] == [
-        (session_id, front, "alexa_disconnected")] * 2  # fmt: skip
-    assert (session_id, shed) in engine.live
+        (engine_session(front, session_id), front, "alexa_disconnected")] * 2  # fmt: skip
+    assert theirs in engine.live
     missing = directive(RTC, "SessionDisconnected", token, front, {})
     assert check_error(send(missing), missing) == ("INVALID_DIRECTIVE", None)
 
@@ -332,7 +359,9 @@ def test_engine_failures_get_alexas_error(
     assert check_error(send(message), message) == (error_type, mode)
     [(call, (_ticket, camera_id, offer, session_id))] = engine.calls
     assert (call, camera_id, offer) == ("answer", demo["Front Door"], OFFER)
-    assert session_id == message["directive"]["payload"]["sessionId"]
+    assert session_id == engine_session(
+        demo["Front Door"], message["directive"]["payload"]["sessionId"]
+    )
     assert streams_requested(db) == [("alexa", "webrtc")]
 
 
@@ -353,6 +382,14 @@ def test_offer_reaches_the_engine_unchanged_and_its_answer_comes_back(
         verified = alexa_settings.signer().verify(ticket, front, Protocol.WEBRTC)
         assert (verified.audience, verified.camera_id) == (Audience.ALEXA, front)
         assert verified.grant_id is not None  # bound to this link: unlinking ends it
+    # One sessionId named on two cameras is two sessions to the engine: an offer for one camera
+    # cannot replace (end) the other's, whoever owns it.
+    session_id = new_session_id()
+    for camera in ("Front Door", "Nursery"):
+        message = offer_directive(token, demo[camera], session_id)
+        check_answer(send(message), message)
+    names = [args[3] for call, args in engine.calls[-2:]]
+    assert len(set(names)) == 2 and all(len(name) <= 128 for name in names)
 
 
 # --- an Echo Show played by aiortc, against the real engine ----------------------------------
@@ -374,7 +411,7 @@ def alexa_answerer(token: str, camera_id: str, seen: list[dict[str, Any]]) -> An
 
 
 def test_echo_show_plays_the_front_door_over_webrtc(
-    server: LiveServer, db: Database, token: str, demo: dict[str, str]
+    server: LiveServer, db: Database, token: str, demo: dict[str, str], live_engine: WebRTCEngine
 ) -> None:
     from tests.webrtc_support import Watcher
 
@@ -394,7 +431,7 @@ def test_echo_show_plays_the_front_door_over_webrtc(
 
 
 def test_unlinking_ends_a_running_session(
-    server: LiveServer, db: Database, demo: dict[str, str]
+    server: LiveServer, db: Database, demo: dict[str, str], live_engine: WebRTCEngine
 ) -> None:
     """Alexa's link revoked at the token endpoint (RFC 7009, the refresh token): the Echo's
     session ends within 10 s, and the next offer is refused as a dead credential."""
@@ -414,7 +451,7 @@ def test_unlinking_ends_a_running_session(
 
 
 def test_image_encryption_ends_a_running_session(
-    server: LiveServer, token: str, demo: dict[str, str]
+    server: LiveServer, token: str, demo: dict[str, str], live_engine: WebRTCEngine
 ) -> None:
     from tests.webrtc_support import Watcher
 
