@@ -7,6 +7,7 @@ core's (`Streams.open`), admitted again by the engine and re-checked while the s
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -87,9 +88,16 @@ def answerer(app: Flask, token: str, camera_id: str, session_id: str | None = No
     return answer
 
 
-def test_a_demo_camera_plays_over_webrtc(app: Flask, db: Database) -> None:
+def test_a_demo_camera_plays_over_webrtc(
+    app: Flask, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A complete answer (every candidate, BUNDLE, rtcp-mux, one-way), H.264 frames and Opus
+    audio decoded, the session audited as started and ended, and no SDP or ticket logged even
+    at DEBUG."""
+    caplog.set_level(logging.DEBUG)
     camera = add_camera(db)
-    with Watcher(answerer(app, ticket(app, camera), camera.id)) as display:
+    token = ticket(app, camera)
+    with Watcher(answerer(app, token, camera.id)) as display:
         assert display.wait_frames(5), "no video frames decoded"
         answer = display.answer
         assert answer is not None
@@ -99,11 +107,18 @@ def test_a_demo_camera_plays_over_webrtc(app: Flask, db: Database) -> None:
         assert answer.count("a=sendonly") == 2
         assert "H264/90000" in answer and "opus/48000" in answer
         assert until_audio(display)
+        ice_pwd = re.search(r"a=ice-pwd:(\S+)", answer)
+        assert ice_pwd is not None
+    wait_for(lambda: not engine(app).sessions, "the session to end when the display left", 20)
     with db.reading() as session:
-        started = session.scalars(
-            select(AuditEvent).where(AuditEvent.action == "stream.started")
-        ).all()
-    assert [e.detail.get("protocol") for e in started] == ["webrtc"]
+        events = session.scalars(select(AuditEvent).where(AuditEvent.action.like("stream.%"))).all()
+    assert [(e.action, e.detail.get("protocol")) for e in events] == [
+        ("stream.requested", "webrtc"),
+        ("stream.started", "webrtc"),
+        ("stream.ended", "webrtc"),
+    ]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert ice_pwd[1] not in logged and token not in logged and "a=fingerprint" not in logged
 
 
 def until_audio(display: Watcher) -> bool:
