@@ -29,6 +29,7 @@ import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -63,19 +64,28 @@ T = TypeVar("T")
 # aiortc logs every SDP at DEBUG (ICE passwords in them); aioice every check at INFO.
 QUIET_LOGGERS = {"aiortc": logging.INFO, "aioice": logging.WARNING}
 ANSWER_DEADLINE = 5.0  # negotiation (ICE gathering included); Alexa gives up after 8 s
-QUEUE_LIMIT = 300  # packets waiting for a slow peer before its video restarts at a keyframe
+QUEUE_LIMIT = 600  # packets waiting for a slow peer before its video restarts at a keyframe
+AUDIO_KEPT = 5  # audio packets (20 ms each) kept for a peer that has just connected
 SESSION_ID_MAX = 128
 
 
 class PacketTrack(MediaStreamTrack):
-    """A track whose recv() gives the feed's encoded packets (aiortc packs them as they are)."""
+    """A track whose recv() gives the feed's encoded packets (aiortc packs them as they are).
+
+    Packets wait here until the peer has connected and aiortc asks; then the wait is cut to
+    the newest keyframe (video) or the last few packets (audio), so a slow ICE or DTLS setup
+    does not become lasting latency. A peer that cannot keep up loses what waits and resumes at
+    the next keyframe.
+    """
 
     def __init__(self, kind: str, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self.kind = kind
         self._loop = loop
-        self._queue: asyncio.Queue[av.Packet] = asyncio.Queue()
+        self._packets: deque[av.Packet] = deque()
+        self._arrived = asyncio.Event()
         self._want_keyframe = False
+        self._sending = False
 
     def offer(self, packet: av.Packet) -> None:
         """From the feed's thread: hand the packet into the loop."""
@@ -84,21 +94,40 @@ class PacketTrack(MediaStreamTrack):
     def _put(self, packet: av.Packet) -> None:
         if self.readyState != "live":
             return
-        if self._queue.qsize() >= QUEUE_LIMIT:
-            # A peer that cannot keep up: drop what waits; video resumes at the next keyframe.
-            while not self._queue.empty():
-                self._queue.get_nowait()
+        if len(self._packets) >= QUEUE_LIMIT:
+            self._packets.clear()
             self._want_keyframe = self.kind == "video"
         if self._want_keyframe:
             if not packet.is_keyframe:
                 return
             self._want_keyframe = False
-        self._queue.put_nowait(packet)
+        self._packets.append(packet)
+        self._arrived.set()
+
+    def wake(self) -> None:
+        """On the loop, once stopped: a recv() waiting for a packet raises instead."""
+        self._arrived.set()
+
+    def _catch_up(self) -> None:
+        """Drop what waited before the peer could take it, keeping a decodable start."""
+        if self.kind == "video":
+            keyframes = [i for i, p in enumerate(self._packets) if p.is_keyframe]
+            for _ in range(keyframes[-1] if keyframes else 0):
+                self._packets.popleft()
+        else:
+            while len(self._packets) > AUDIO_KEPT:
+                self._packets.popleft()
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
-        if self.readyState != "live":
-            raise MediaStreamError
-        return await self._queue.get()
+        if not self._sending:
+            self._sending = True
+            self._catch_up()
+        while not self._packets:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._packets.popleft()
 
 
 class SessionViewer:
@@ -187,6 +216,11 @@ class WebRTCEngine:
             old = self.sessions.get(session_id)
             if old is None and len(self.sessions) >= self.max_sessions:
                 raise MediaBusy("too many live WebRTC sessions")
+        if old is not None and (old.camera_id, old.ticket.account_id) != (
+            camera.id,
+            ticket.account_id,
+        ):
+            raise OfferRefused("the session id is in use")
         if old is not None:  # the same caller negotiating again: the new offer replaces it
             self._end(old, "renegotiated")
         viewer = SessionViewer(self.loop)
@@ -296,11 +330,9 @@ class WebRTCEngine:
             if self.sessions.get(session.id) is session:
                 del self.sessions[session.id]
         self.feeds.leave(session.camera_id, session.viewer)
-        session.viewer.video.stop()
-        session.viewer.audio.stop()
         if not self.loop.is_closed():
             try:
-                self._run(session.pc.close(), 5.0)
+                self._run(self._close(session), 5.0)
             except (FutureTimeout, RuntimeError):
                 log.warning("webrtc session %s did not close in time", _short(session.id))
         log.info("webrtc session %s ended: %s", _short(session.id), reason)
@@ -317,6 +349,13 @@ class WebRTCEngine:
                          account_id=ticket.account_id, camera_id=session.camera_id,
                          assistant=ticket.audience.value, protocol=Protocol.WEBRTC.value,
                          reason=reason)  # fmt: skip
+
+    @staticmethod
+    async def _close(session: Session) -> None:
+        for track in (session.viewer.video, session.viewer.audio):
+            track.stop()
+            track.wake()
+        await session.pc.close()
 
     def _watch_forever(self) -> None:
         """Idle, too long and no longer admitted sessions end; every half second."""

@@ -23,6 +23,7 @@ from camvoice.accounts import find_account
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
 from camvoice.services import Services
+from camvoice.sessions import SignInSession
 from camvoice.settings import Settings
 from camvoice.tickets import Audience, Protocol, new_ticket
 from camvoice.webrtc import Answer, MediaBusy, OfferRefused, TicketRefused
@@ -109,14 +110,16 @@ def test_a_demo_camera_plays_over_webrtc(
         assert until_audio(display)
         ice_pwd = re.search(r"a=ice-pwd:(\S+)", answer)
         assert ice_pwd is not None
-    wait_for(lambda: not engine(app).sessions, "the session to end when the display left", 20)
-    with db.reading() as session:
-        events = session.scalars(select(AuditEvent).where(AuditEvent.action.like("stream.%"))).all()
-    assert [(e.action, e.detail.get("protocol")) for e in events] == [
-        ("stream.requested", "webrtc"),
-        ("stream.started", "webrtc"),
-        ("stream.ended", "webrtc"),
-    ]
+
+    def events() -> list[tuple[str, str | None]]:
+        with db.reading() as session:
+            rows = session.scalars(select(AuditEvent).where(AuditEvent.action.like("stream.%")))
+            return [(e.action, e.detail.get("protocol")) for e in rows]
+
+    ended = ("stream.ended", "webrtc")
+    wait_for(lambda: ended in events(), "the session to end when the display left", 20)
+    assert events() == [("stream.requested", "webrtc"), ("stream.started", "webrtc"), ended]
+    assert not engine(app).sessions
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert ice_pwd[1] not in logged and token not in logged and "a=fingerprint" not in logged
 
@@ -366,3 +369,17 @@ def test_sessions_beyond_the_limit_are_told_busy(webrtc_settings: Settings, db: 
             engine(app).answer(ticket(app, camera), camera.id, make_offer())
         assert engine(app).end(first.session_id, camera.id, "done")
         engine(app).answer(ticket(app, camera), camera.id, make_offer())  # room again
+
+
+def test_signing_out_ends_a_console_session(app: Flask, db: Database) -> None:
+    camera = add_camera(db)
+    store = Services.of(app).sessions
+    with db.session() as session:
+        cookie = store.start(session, camera.owner_id)
+    with db.reading() as session:
+        ref = session.scalars(select(SignInSession.id)).one()
+    with Watcher(answerer(app, ticket(app, camera, Audience.WEB, session_ref=ref), camera.id)) as d:
+        assert d.wait_frames(3)
+        with db.session() as session:
+            store.end(session, cookie, everywhere=False)
+        assert d.wait_ended(10), "still playing 10 s after its owner signed out"
