@@ -63,7 +63,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # aiortc logs every SDP at DEBUG (ICE passwords in them); aioice every check at INFO.
 QUIET_LOGGERS = {"aiortc": logging.INFO, "aioice": logging.WARNING}
-ANSWER_DEADLINE = 5.0  # negotiation (ICE gathering included); Alexa gives up after 8 s
+ANSWER_DEADLINE = (
+    6.0  # negotiation; an unreachable STUN/TURN server costs aioice 5 s; Alexa waits 8
+)
 QUEUE_LIMIT = 600  # packets waiting for a slow peer before its video restarts at a keyframe
 AUDIO_KEPT = 5  # audio packets (20 ms each) kept for a peer that has just connected
 SESSION_ID_MAX = 128

@@ -32,7 +32,7 @@ from oauth.models import Grant
 from oauth.tokens import revoke_grant
 from service.app import create_app
 from tests.conftest import until, wait_for
-from tests.media_support import bare_registry, rtsp_camera
+from tests.media_support import H264_AND_PCMA, H265_ONLY, bare_registry, rtsp_camera
 from tests.oauth_support import ALEXA_URIS, make_owner, register
 from tests.test_hung_camera import HELD_AT_MOST, BlackHole
 from tests.webrtc_support import Watcher, alexa_shape, make_offer, without_opus
@@ -177,6 +177,29 @@ def test_a_real_camera_plays_its_own_h264_without_reencoding(
         [args] = feed_processes()
         assert args[args.index("-c:v") + 1] == "copy"
         assert "libx264" not in args
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database plays a part
+def test_a_cameras_pcma_audio_is_heard_as_opus(app: Flask, db: Database, tmp_path: Path) -> None:
+    with rtsp_camera(tmp_path, H264_AND_PCMA) as source:
+        camera = add_camera(db, "Porch", source=source)
+        with Watcher(answerer(app, ticket(app, camera), camera.id)) as display:
+            assert display.wait_frames(3), "no video frames decoded"
+            assert until_audio(display), "no audio frames decoded"
+            [args] = feed_processes()
+            assert args[args.index("-c:v") + 1] == "copy"
+            assert args[args.index("-c:a") + 1] == "libopus"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database plays a part
+def test_a_camera_sending_h265_is_encoded_once(app: Flask, db: Database, tmp_path: Path) -> None:
+    with rtsp_camera(tmp_path, H265_ONLY) as source:
+        camera = add_camera(db, "Garage", source=source)
+        with Watcher(answerer(app, ticket(app, camera), camera.id)) as display:
+            assert display.wait_frames(5), "no video frames decoded"
+            assert display.frame_size == (320, 240)
+            [args] = feed_processes()
+            assert args[args.index("-c:v") + 1] == "libx264"
 
 
 def test_two_viewers_of_a_camera_share_one_ffmpeg(app: Flask, db: Database) -> None:
