@@ -148,8 +148,8 @@ class Session:
     id: str
     camera_id: str
     ticket: Ticket
-    pc: RTCPeerConnection
     viewer: SessionViewer
+    pc: RTCPeerConnection | None = None  # made on the loop (aiortc binds the running loop)
     created: float = field(default_factory=time.monotonic)
     connected_at: float | None = None
     ended: bool = False
@@ -225,9 +225,7 @@ class WebRTCEngine:
             raise OfferRefused("the session id is in use")
         if old is not None:  # the same caller negotiating again: the new offer replaces it
             self._end(old, "renegotiated")
-        viewer = SessionViewer(self.loop)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(self.settings)))
-        session = Session(session_id, camera.id, ticket, pc, viewer)
+        session = Session(session_id, camera.id, ticket, SessionViewer(self.loop))
         with self.lock:
             if len(self.sessions) >= self.max_sessions:
                 raise MediaBusy("too many live WebRTC sessions")
@@ -241,7 +239,7 @@ class WebRTCEngine:
             self._end(session, "offer_refused", started=False)
             log.info("offer for camera %s refused: %s", camera.id, type(exc).__name__)
             raise OfferRefused("the offer cannot be answered") from None
-        self.feeds.join(camera.id, source, camera.name, viewer)
+        self.feeds.join(camera.id, source, camera.name, session.viewer)
         with self.db.session() as db_session:
             self.streams.record_view(db_session, ticket, camera)
         log.info("webrtc session %s started for camera %s", _short(session_id), camera.id)
@@ -298,7 +296,7 @@ class WebRTCEngine:
     async def _negotiate(self, session: Session, offer: sdp_offer.Prepared) -> str:
         """Answer on the loop: a sendonly transceiver per kind served (aiortc cannot answer
         with one the offer has no m-line for), codecs narrowed to what the feed carries."""
-        pc = session.pc
+        pc = session.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(self.settings)))
 
         @pc.on("connectionstatechange")
         def _state() -> None:
@@ -357,7 +355,8 @@ class WebRTCEngine:
         for track in (session.viewer.video, session.viewer.audio):
             track.stop()
             track.wake()
-        await session.pc.close()
+        if session.pc is not None:
+            await session.pc.close()
 
     def _watch_forever(self) -> None:
         """Idle, too long and no longer admitted sessions end; every half second."""

@@ -24,7 +24,7 @@ from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
 from camvoice.services import Services
 from camvoice.sessions import SignInSession
-from camvoice.settings import Settings
+from camvoice.settings import ConfigError, Settings, load_settings
 from camvoice.tickets import Audience, Protocol, new_ticket
 from camvoice.webrtc import Answer, MediaBusy, OfferRefused, TicketRefused
 from media.webrtc import WebRTCEngine
@@ -406,3 +406,20 @@ def test_signing_out_ends_a_console_session(app: Flask, db: Database) -> None:
         with db.session() as session:
             store.end(session, cookie, everywhere=False)
         assert d.wait_ended(10), "still playing 10 s after its owner signed out"
+
+
+def test_ice_servers_are_checked_when_settings_load() -> None:
+    servers = (
+        '[{"urls": "turn:turn.example.com:3478?transport=tcp", "username": "u", "credential": "c"}]'
+    )
+    loaded = load_settings(ice_servers=servers)
+    assert loaded.ice_server_list()[0]["urls"] == ["turn:turn.example.com:3478?transport=tcp"]
+    assert "c" not in loaded.masked()["CAMVOICE_ICE_SERVERS"]
+    for bad in [
+        '{"urls": "stun:x"}',
+        '[{"urls": "http://x"}]',
+        "[{]",
+        '[{"urls": ["stun:x"], "username": 1}]',
+    ]:
+        with pytest.raises(ConfigError, match="CAMVOICE_ICE_SERVERS"):
+            load_settings(ice_servers=bad)
