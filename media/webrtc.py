@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import secrets
 import threading
@@ -403,7 +404,17 @@ class WebRTCEngine:
             self._end(session, "shutdown")
         self.feeds.shutdown()
         if self._started:
+            with contextlib.suppress(FutureTimeout, RuntimeError):
+                self._run(_cancel_pending(), 5.0)
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _cancel_pending() -> None:
+    """What aiortc left running (connection attempts of peers that never connected)."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _codecs(kind: str, mime_types: tuple[str, ...]) -> list[Any]:
