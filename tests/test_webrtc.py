@@ -22,9 +22,11 @@ from sqlalchemy import select
 from camvoice.accounts import find_account
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
+from camvoice.readiness import Blocker
 from camvoice.services import Services
 from camvoice.sessions import SignInSession
 from camvoice.settings import ConfigError, Settings, load_settings
+from camvoice.streams import blockers_for
 from camvoice.tickets import Audience, Protocol, new_ticket
 from camvoice.webrtc import Answer, MediaBusy, OfferRefused, TicketRefused
 from media.webrtc import WebRTCEngine
@@ -423,3 +425,11 @@ def test_ice_servers_are_checked_when_settings_load() -> None:
     ]:
         with pytest.raises(ConfigError, match="CAMVOICE_ICE_SERVERS"):
             load_settings(ice_servers=bad)
+
+
+def test_a_camera_clouds_hls_camera_cannot_be_offered_webrtc() -> None:
+    """EZVIZ's cloud gives HLS only: its cameras get no webrtc ticket (nor pass a re-check)."""
+    cloud = Camera(id="c1", owner_id="o1", name="Hall", source="ezviz", backend="ezviz",
+                   online=True, image_encryption=False, audio=True, sleep_mode=False)  # fmt: skip
+    assert blockers_for(cloud, Audience.GOOGLE, Protocol.WEBRTC) == [Blocker.NO_STREAM]
+    assert blockers_for(cloud, Audience.GOOGLE, Protocol.HLS) == []
