@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from aiortc.sdp import SessionDescription
 from flask import Flask
 from sqlalchemy import select
 
@@ -29,6 +30,7 @@ from camvoice.settings import ConfigError, Settings, load_settings
 from camvoice.streams import blockers_for
 from camvoice.tickets import Audience, Protocol, new_ticket
 from camvoice.webrtc import Answer, MediaBusy, OfferRefused, TicketRefused
+from media import sdp_offer
 from media.webrtc import WebRTCEngine
 from oauth.models import Grant
 from oauth.tokens import revoke_grant
@@ -433,3 +435,17 @@ def test_a_camera_clouds_hls_camera_cannot_be_offered_webrtc() -> None:
                    online=True, image_encryption=False, audio=True, sleep_mode=False)  # fmt: skip
     assert blockers_for(cloud, Audience.GOOGLE, Protocol.WEBRTC) == [Blocker.NO_STREAM]
     assert blockers_for(cloud, Audience.GOOGLE, Protocol.HLS) == []
+
+
+def test_static_payload_types_get_their_rtpmap_lines_before_aiortc_reads_the_offer() -> None:
+    """aiortc knows a codec only from its rtpmap line: Alexa's PT 0 and 8 get theirs (RFC 3551),
+    so an fmtp line naming one cannot trip its parser."""
+    video, audio = alexa_shape(make_offer()).split("m=audio", 1)
+    offer = video + "m=audio" + audio.replace("a=rtcp-mux", "a=rtcp-mux\r\na=fmtp:0 ptime=20", 1)
+    with pytest.raises(StopIteration):
+        SessionDescription.parse(offer)  # what aiortc would make of it as it is
+    prepared = sdp_offer.prepare(offer)
+    audio = prepared.sdp.split("m=audio", 1)[1]
+    assert "a=rtpmap:0 PCMU/8000" in audio and "a=rtpmap:8 PCMA/8000" in audio
+    assert prepared.kinds == {"video", "audio"} and not prepared.rejected
+    assert SessionDescription.parse(prepared.sdp).media[1].rtp.codecs
