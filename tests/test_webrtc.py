@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -449,3 +450,18 @@ def test_static_payload_types_get_their_rtpmap_lines_before_aiortc_reads_the_off
     assert "a=rtpmap:0 PCMU/8000" in audio and "a=rtpmap:8 PCMA/8000" in audio
     assert prepared.kinds == {"video", "audio"} and not prepared.rejected
     assert SessionDescription.parse(prepared.sdp).media[1].rtp.codecs
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database plays a part
+def test_a_feed_whose_ffmpeg_dies_is_restarted_and_the_display_plays_on(
+    app: Flask, db: Database
+) -> None:
+    camera = add_camera(db)
+    with Watcher(answerer(app, ticket(app, camera), camera.id)) as display:
+        assert display.wait_frames(3)
+        feed = engine(app).feeds.running(camera.id)
+        assert feed is not None and feed.process is not None
+        os.kill(feed.process.pid, signal.SIGKILL)
+        wait_for(lambda: feed.starts == 2, "the feed to start again", 20)
+        assert display.wait_frames(5), "the display got no frames from the restarted feed"
+        assert not display.ended
