@@ -139,8 +139,11 @@ def test_load_fails_on_requests_failed_under_load() -> None:
 
 
 def test_stream_start_smoke() -> None:
-    """One cold start of each path, each checked to reach playable media."""
+    """One cold start of each path (and a second WebRTC display joining a running feed), each
+    checked to reach playable media: a decoded frame, a playlist and its MPEG-TS segment."""
     out = smoke("stream_start.py", "--runs", "1")
+    for name in ("webrtc", "webrtc warm"):
+        assert re.search(rf"^\s+{name}\s+median [\d.]+\s+min [\d.]+\s+max [\d.]+$", out, re.M), out
     assert re.search(r"^\s+hls\s+median [\d.]+\s+min [\d.]+\s+max [\d.]+$", out, re.M), out
     rtsps = r"^\s+rtsps\s+(median [\d.]+\s+min|not measured \(GStreamer relay not installed\))"
     assert re.search(rtsps, out, re.M), out
