@@ -21,7 +21,8 @@ from flask import (
 from sqlalchemy import select
 
 from camvoice import audit
-from camvoice.cameras import CameraError, CameraGone, NoSuchCamera
+from camvoice.cameras import CameraError, CameraGone, NoSuchCamera, protocols
+from camvoice.ice import ice_servers
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
@@ -51,6 +52,7 @@ FIXES: dict[str, dict[str, bool]] = {
     "wake": {"sleep_mode": False},
 }
 ASSISTANTS = ("alexa_smart_home", "alexa_custom", "google")
+MAX_OFFER = 64 * 1024  # a browser's offer is a few kB
 EXAMPLES = [
     "show the front door camera",
     "show the garage camera",
@@ -156,21 +158,38 @@ def link_ezviz() -> Response:
 
 @bp.get("/console/cameras/<camera_id>/live")
 def live(camera_id: str) -> str:
+    """WebRTC first (sub-second), with an HLS URL minted beside it for the page to fall back
+    on; HLS alone for a source that cannot be served over WebRTC (a camera cloud's HLS)."""
     account = owner()
     with services().db.reading() as db_session:
         camera = services().registry.owned_camera(db_session, account.id, camera_id)
     if camera is None:
         abort(404)
-    hls = None
+    streams, settings = services().streams, services().settings
+    webrtc = hls = None
     try:
-        opened = services().streams.open(services().db, camera, Audience.WEB, Protocol.HLS,
-                                         session_ref=g.session_ref)  # fmt: skip
-        camera, hls = opened.camera, local(opened.url, services().settings)
+        if Protocol.WEBRTC in protocols(camera):
+            opened = streams.open(services().db, camera, Audience.WEB, Protocol.WEBRTC,
+                                  session_ref=g.session_ref, fallback="hls")  # fmt: skip
+            webrtc = {"signal": local(opened.url, settings), "ticket": opened.token}
+            hls_url = streams.mint(opened.camera, Protocol.HLS, Audience.WEB,
+                                   session_ref=g.session_ref)  # fmt: skip
+        else:
+            opened = streams.open(services().db, camera, Audience.WEB, Protocol.HLS,
+                                  session_ref=g.session_ref)  # fmt: skip
+            hls_url = opened.url
+        camera, hls = opened.camera, local(hls_url, settings)
     except CameraGone:  # removed by its backend
         abort(404)
     except StreamRefused:
         pass  # the page says why, from the camera's readiness
-    return page("live.html", account=account, camera=camera, hls=hls)
+    return page("live.html", account=account, camera=camera, webrtc=webrtc, hls=hls,
+                ice_servers=browser_ice_servers())  # fmt: skip
+
+
+def browser_ice_servers() -> list[dict[str, Any]]:
+    """The STUN/TURN servers a page's peer connection uses, TURN credentials minted for it."""
+    return [server.as_json() for server in ice_servers(services().settings)]
 
 
 @bp.get("/console/links")
@@ -212,13 +231,18 @@ def simulator() -> str:
         "examples": EXAMPLES,
         "assistant": "alexa_smart_home",
         "utterance": EXAMPLES[0],
+        "ice_servers": browser_ice_servers(),  # the simulated Echo Show's own
     }
     if request.method == "POST":
         assistant = request.form.get("assistant", "")
         utterance = request.form.get("utterance", "")[:200]
         if assistant not in ASSISTANTS or not utterance.strip():
             abort(400, description="pick an assistant and type what you would say")
-        outcome, camera = simulate(services(), account.id, assistant, utterance, language())
+        offer = request.form.get("offer", "") or None
+        if offer is not None and len(offer) > MAX_OFFER:
+            abort(400, description="that offer is too long for an SDP offer")
+        outcome, camera = simulate(services(), account.id, assistant, utterance, language(),
+                                   offer)  # fmt: skip
         web_hls = None
         if assistant == "alexa_smart_home" and outcome.snapshot and camera is not None:
             # The page cannot play RTSPS: it shows the same camera over HLS for the web.
@@ -231,6 +255,7 @@ def simulator() -> str:
             "assistant": assistant,
             "utterance": utterance,
             "outcome": outcome,
+            "camera": camera,
             "request_json": json.dumps(outcome.request, indent=2, ensure_ascii=False),
             "response_json": json.dumps(outcome.response, indent=2, ensure_ascii=False),
             "web_hls": web_hls,
