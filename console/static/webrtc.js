@@ -45,11 +45,10 @@
   // connection fails or no frame came in time. Counts rendered frames on the element
   // (camvoiceFrames) and keeps the figure the tests report: offer sent -> first frame.
   function play(pc, video, sentAt) {
-    var stream = new MediaStream();
     video.camvoicePeer = pc;
     video.camvoiceFrames = 0;
-    pc.addEventListener("track", function (event) { stream.addTrack(event.track); });
-    video.srcObject = stream;
+    // The receivers' tracks exist from addTransceiver on: no race with the "track" event.
+    video.srcObject = new MediaStream(pc.getReceivers().map(function (r) { return r.track; }));
     video.muted = true;
     video.play().catch(function () {});
     return new Promise(function (resolve, reject) {
