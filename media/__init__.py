@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 def init_app(app: Flask, services: Services) -> None:
     """Register the media endpoints and this process's relay manager."""
+    from media import signaling
     from media.relay import RelayManager, find_ffmpeg
     from media.snapshots import Snapshots
     from media.views import bp
@@ -36,3 +37,4 @@ def init_app(app: Flask, services: Services) -> None:
     app.extensions["camvoice.relays"] = relays
     app.extensions["camvoice.snapshots"] = Snapshots(relays)
     app.register_blueprint(bp)
+    app.register_blueprint(signaling.bp)
