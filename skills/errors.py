@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from camvoice.readiness import BLOCKERS, Blocker, explain
+from camvoice.webrtc import MediaBusy, OfferRefused, TicketRefused, WebRTCError
 
 
 class AlexaError(Exception):
@@ -33,6 +34,12 @@ class NoSuchEndpoint(AlexaError):
 
 class EndpointUnreachable(AlexaError):
     error_type = "ENDPOINT_UNREACHABLE"
+
+
+class EndpointBusy(AlexaError):
+    """Busy with other work: Alexa may ask again later (too many live sessions now)."""
+
+    error_type = "ENDPOINT_BUSY"
 
 
 class InvalidCredential(AlexaError):
@@ -79,3 +86,34 @@ def for_blocker(blocker: Blocker) -> AlexaError:
     if info.alexa_error == NotSupportedInCurrentMode.error_type:
         return NotSupportedInCurrentMode(message, info.alexa_mode or "OTHER")
     return BY_TYPE.get(info.alexa_error, InternalError)(message)
+
+
+def for_ticket(reason: str) -> AlexaError:
+    """The error for a stream ticket the media engine refused (the core's TicketError reason).
+
+    A camera that became blocked since the directive was checked gets its table's error; a link
+    revoked in between is a real token failure. Anything else (a ticket just minted cannot have
+    expired) is our fault, not the caller's."""
+    kind, _, detail = reason.partition(":")
+    first = detail.split(",")[0]
+    if kind == "blocked" and first in {blocker.value for blocker in Blocker}:
+        return for_blocker(Blocker(first))
+    if kind == "link_revoked":
+        return InvalidCredential("the link this stream was asked for is revoked")
+    if kind == "no_such_camera":
+        return NoSuchEndpoint("no such camera for this account")
+    return InternalError(f"stream ticket refused: {reason}")
+
+
+def for_webrtc(exc: WebRTCError) -> AlexaError:
+    """The error for a WebRTC engine failure while answering an offer.
+
+    An offer the engine cannot serve is a value that is not valid for this endpoint; a full
+    engine is busy (ask later); an engine that cannot read the camera leaves it unreachable."""
+    if isinstance(exc, OfferRefused):
+        return InvalidValue(f"the SDP offer cannot be served: {exc.reason}")
+    if isinstance(exc, MediaBusy):
+        return EndpointBusy(f"too many live sessions: {exc.reason}")
+    if isinstance(exc, TicketRefused):
+        return for_ticket(exc.reason)
+    return EndpointUnreachable(f"the camera's video cannot be read now: {exc.reason}")

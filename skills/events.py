@@ -203,6 +203,7 @@ def make_handler(services: Services) -> Any:
                     settings,
                     messages.advertises_streams(services),
                     events_flow(session, settings, account_id),
+                    messages.advertises_webrtc(services),
                 )
                 if camera
                 else None

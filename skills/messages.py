@@ -12,6 +12,7 @@ from camvoice.models import Camera
 from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.tickets import Protocol
+from camvoice.webrtc import NoWebRTC
 from skills.errors import AlexaError
 
 PAYLOAD_VERSION = "3"
@@ -147,15 +148,45 @@ class CameraStreamController(AlexaInterface):
         }
 
 
+class RTCSessionController(AlexaInterface):
+    """Alexa.RTCSessionController: Alexa's SDP offer in, our complete SDP answer out (Alexa
+    does not trickle ICE). Camera to Echo only: no talk-back yet, so no full-duplex audio."""
+
+    interface = "Alexa.RTCSessionController"
+    SDP = "SDP"  # the one `format` of an offer and an answer
+
+    def capability(self) -> dict[str, Any]:
+        return {**super().capability(), "configuration": {"isFullDuplexAudioSupported": False}}
+
+    @classmethod
+    def answer(cls, sdp: str) -> dict[str, Any]:
+        """The AnswerGeneratedForSession payload: the answer and nothing else."""
+        return {"answer": {"format": cls.SDP, "value": sdp}}
+
+    @staticmethod
+    def session(session_id: str) -> dict[str, Any]:
+        """The SessionConnected / SessionDisconnected payload."""
+        return {"sessionId": session_id}
+
+
+def advertises_webrtc(services: Services) -> bool:
+    """RTCSessionController goes into Discovery only where an engine can answer offers."""
+    return not isinstance(services.webrtc, NoWebRTC)
+
+
 def advertises_streams(services: Services) -> bool:
     """CameraStreamController goes into Discovery only when a relay serves RTSPS on port 443,
     the one port Echo devices connect to."""
     return services.settings.rtsps_url_port() == 443 and services.rtsps_available()
 
 
-def capabilities(camera: Camera, streams: bool, proactive: bool) -> list[AlexaInterface]:
+def capabilities(
+    camera: Camera, streams: bool, proactive: bool, webrtc: bool = False
+) -> list[AlexaInterface]:
     """The interfaces a camera's endpoint lists; `streams` False when no RTSPS can be served
-    (no relay, or none on port 443), `proactive` False when no ChangeReport will be sent."""
+    (no relay, or none on port 443), `proactive` False when no ChangeReport will be sent,
+    `webrtc` False when no engine answers offers (or the source cannot feed one: a camera
+    cloud's HLS)."""
     found: list[AlexaInterface] = [AlexaInterface()]
     if (
         streams
@@ -163,12 +194,16 @@ def capabilities(camera: Camera, streams: bool, proactive: bool) -> list[AlexaIn
         and CameraStreamController.resolution_of(camera) is not None
     ):
         found.append(CameraStreamController(camera))
+    if webrtc and Protocol.WEBRTC in protocols(camera):
+        found.append(RTCSessionController())
     found.append(EndpointHealth(proactive))
     return found
 
 
-def endpoint(camera: Camera, settings: Settings, streams: bool, proactive: bool) -> dict[str, Any]:
-    """One camera as a discovery endpoint (see `capabilities` for `streams` and `proactive`)."""
+def endpoint(
+    camera: Camera, settings: Settings, streams: bool, proactive: bool, webrtc: bool = False
+) -> dict[str, Any]:
+    """One camera as a discovery endpoint (see `capabilities` for the flags)."""
     manufacturer = clean_text(settings.manufacturer, "camvoice")
     attributes = {"manufacturer": manufacturer}
     known = {"model": camera.model, "firmwareVersion": camera.firmware,
@@ -184,7 +219,7 @@ def endpoint(camera: Camera, settings: Settings, streams: bool, proactive: bool)
         "displayCategories": ["CAMERA"],
         "additionalAttributes": attributes,
         "capabilities": [
-            interface.capability() for interface in capabilities(camera, streams, proactive)
+            interface.capability() for interface in capabilities(camera, streams, proactive, webrtc)
         ],
     }
 

@@ -7,6 +7,7 @@ readiness rules and their error mapping come from the core's table.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +20,15 @@ from camvoice.models import Camera
 from camvoice.services import Services
 from camvoice.streams import StreamRefused, blockers_for, reason_of, record_refusal
 from camvoice.tickets import Audience, Protocol
+from camvoice.webrtc import WebRTCError
 from oauth.tokens import Failure, Principal, authenticate_bearer
 from skills import errors, messages
 from skills.events import LwaError, accept_grant, events_flow
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT_SECONDS = 30
+MAX_SDP_BYTES = 64 * 1024  # real offers are a few KiB; anything near this is not one
+SESSION_ID = re.compile(r"[\x21-\x7e]{1,256}")  # Alexa's ids are UUID-like: printable ASCII
 
 Message = dict[str, Any]
 
@@ -67,6 +71,7 @@ class Request:
 def discover(req: Request) -> Message:
     scope = req.payload.get("scope")
     streams = messages.advertises_streams(req.services)
+    webrtc = messages.advertises_webrtc(req.services)
     with req.services.db.session() as session:
         try:
             principal = req.principal(
@@ -80,7 +85,7 @@ def discover(req: Request) -> Message:
         settings = req.services.settings
         proactive = events_flow(session, settings, principal.account_id)
         endpoints = [
-            messages.endpoint(c, settings, streams, proactive)
+            messages.endpoint(c, settings, streams, proactive, webrtc)
             for c in cameras[: messages.MAX_ENDPOINTS]
         ]
         audit.record(session, "alexa.discover", actor="alexa", account_id=principal.account_id,
@@ -126,6 +131,97 @@ def initialize_camera_streams(req: Request) -> Message:
     )  # fmt: skip
 
 
+def session_id_of(payload: dict[str, Any]) -> str:
+    session_id = payload.get("sessionId")
+    if not isinstance(session_id, str) or not SESSION_ID.fullmatch(session_id):
+        raise errors.InvalidDirective("payload.sessionId must be 1 to 256 printable characters")
+    return session_id
+
+
+def offer_of(payload: dict[str, Any]) -> str:
+    """The SDP text of payload.offer, refused before any media is started when it cannot be."""
+    offer = payload.get("offer")
+    if not isinstance(offer, dict) or not isinstance(offer.get("value"), str):
+        raise errors.InvalidDirective("payload.offer must be {format: SDP, value: <SDP text>}")
+    form, value = offer.get("format"), offer["value"]
+    if not isinstance(form, str) or form.upper() != messages.RTCSessionController.SDP:
+        raise errors.InvalidValue("payload.offer.format must be SDP")
+    if not value.strip():
+        raise errors.InvalidValue("payload.offer.value is empty")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_SDP_BYTES:
+        raise errors.InvalidValue(f"payload.offer.value is over {MAX_SDP_BYTES} bytes")
+    return value
+
+
+def initiate_session(req: Request) -> Message:
+    """InitiateSessionWithOffer: readiness first, then a webrtc ticket, then the engine's
+    complete answer, sent back as the directive's synchronous AnswerGeneratedForSession."""
+    services = req.services
+    with services.db.session() as session:
+        principal, camera = req.endpoint_owner(session)
+        known = blockers_for(camera, Audience.ALEXA, Protocol.WEBRTC)
+        if known:  # the owner hears why first, whatever else is wrong
+            record_refusal(session, camera, Audience.ALEXA, reason_of(known),
+                           protocol=Protocol.WEBRTC.value)  # fmt: skip
+    if known:
+        raise errors.for_blocker(known[0])
+    session_id, offer = session_id_of(req.payload), offer_of(req.payload)
+    if not messages.advertises_webrtc(services):
+        with services.db.session() as session:
+            record_refusal(session, camera, Audience.ALEXA, "no_webrtc_engine",
+                           protocol=Protocol.WEBRTC.value)  # fmt: skip
+        raise errors.NotSupportedInCurrentMode("no WebRTC engine is configured", "NOT_PROVISIONED")
+    try:
+        opened = services.streams.open(
+            services.db, camera, Audience.ALEXA, Protocol.WEBRTC, principal.grant_id
+        )
+        if opened.token is None:  # open() gives a webrtc stream its ticket: never here
+            raise errors.InternalError("no ticket for the WebRTC stream")
+        answer = services.webrtc.answer(opened.token, camera.id, offer, session_id=session_id)
+    except CameraGone:
+        raise errors.NoSuchEndpoint("no such camera for this account") from None
+    except StreamRefused as refused:
+        raise errors.for_blocker(refused.blockers[0]) from None
+    except WebRTCError as exc:
+        log.info("WebRTC offer for camera %s refused: %s", camera.id, exc.reason)
+        raise errors.for_webrtc(exc) from None
+    controller = messages.RTCSessionController
+    return messages.response(controller.interface, "AnswerGeneratedForSession", req.directive,
+                             controller.answer(answer.sdp))  # fmt: skip
+
+
+def session_connected(req: Request) -> Message:
+    """SessionConnected: the Echo's media flows. Nothing rests on it arriving (the engine ends
+    idle and failed sessions itself); a session this camera does not have is refused."""
+    with req.services.db.session() as session:
+        _principal, camera = req.endpoint_owner(session)
+    session_id = session_id_of(req.payload)
+    try:
+        known = req.services.webrtc.connected(session_id, camera.id)
+    except WebRTCError as exc:
+        raise errors.for_webrtc(exc) from None
+    if not known:
+        raise errors.InvalidValue("no such live session of this camera")
+    controller = messages.RTCSessionController
+    return messages.response(controller.interface, "SessionConnected", req.directive,
+                             controller.session(session_id))  # fmt: skip
+
+
+def session_disconnected(req: Request) -> Message:
+    """SessionDisconnected: tear the session down. Only the owner's camera's session can be
+    named (the engine matches the camera too); one already gone is acknowledged all the same."""
+    with req.services.db.session() as session:
+        _principal, camera = req.endpoint_owner(session)
+    session_id = session_id_of(req.payload)
+    try:
+        req.services.webrtc.end(session_id, camera.id, "alexa_disconnected")
+    except WebRTCError as exc:
+        raise errors.for_webrtc(exc) from None
+    controller = messages.RTCSessionController
+    return messages.response(controller.interface, "SessionDisconnected", req.directive,
+                             controller.session(session_id))  # fmt: skip
+
+
 def report_state(req: Request) -> Message:
     with req.services.db.session() as session:
         _principal, camera = req.endpoint_owner(session)
@@ -156,6 +252,9 @@ def accept(req: Request) -> Message:
 HANDLERS: dict[tuple[str, str], Callable[[Request], Message]] = {
     ("Alexa.Discovery", "Discover"): discover,
     ("Alexa.CameraStreamController", "InitializeCameraStreams"): initialize_camera_streams,
+    ("Alexa.RTCSessionController", "InitiateSessionWithOffer"): initiate_session,
+    ("Alexa.RTCSessionController", "SessionConnected"): session_connected,
+    ("Alexa.RTCSessionController", "SessionDisconnected"): session_disconnected,
     ("Alexa", "ReportState"): report_state,
     ("Alexa.Authorization", "AcceptGrant"): accept,
 }
