@@ -36,7 +36,7 @@ def test_simulator_tokens_are_short_lived_unlisted_and_cleaned_up(
         account_id = seed(session, Registry(Outbox())).id
     browser = Browser(live)
     browser.sign_in(browser.open(live.url + "/oauth/login"), DEMO_EMAIL, DEMO_PASSWORD)
-    assert "cameraStreamAccessUrl" in say(browser, "google", "show the front door camera")
+    assert "cameraStreamAccessUrl" in say(browser, "google", "show the front door camera on the TV")
 
     with db.session() as session:
         [client] = session.scalars(select(OAuthClient)).all()
@@ -61,8 +61,25 @@ def test_simulator_tokens_are_short_lived_unlisted_and_cleaned_up(
     # An expired simulator token is deleted by the next utterance, not kept forever.
     with db.session() as session:
         session.execute(update(Token).values(expires_at=token.issued_at - timedelta(seconds=1)))
-    say(browser, "google", "show the front door camera")
+    say(browser, "google", "show the front door camera on the TV")
     with db.session() as session:
         tokens = session.scalars(select(Token)).all()
         assert len(tokens) == 1 and tokens[0].token_hash != token.token_hash
         assert len(session.scalars(select(Grant)).all()) == 1  # one grant, reused
+
+
+def test_simulator_without_a_browser_offer(live: LiveServer, db: Database) -> None:
+    """With no script (no offer in the form) the Alexa path is an Echo's RTSP one,
+    InitializeCameraStreams; an offer too long to be one is refused, not sent."""
+    with db.session() as session:
+        seed(session, Registry(Outbox()))
+    browser = Browser(live)
+    browser.sign_in(browser.open(live.url + "/oauth/login"), DEMO_EMAIL, DEMO_PASSWORD)
+    page = say(browser, "alexa_smart_home", "Alexa, show the front door")
+    assert "InitializeCameraStreams" in page and "InitiateSessionWithOffer" not in page
+    form = browser.open(live.url + "/simulator")
+    answer = browser.http.post(live.url + "/simulator", data={
+        "csrf_token": csrf_of(form.text), "assistant": "alexa_smart_home",
+        "utterance": "show the front door", "offer": "v=0\r\n" + "a=x\r\n" * 20_000,
+    }, timeout=30)  # fmt: skip
+    assert answer.status_code == 400
