@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     # Relays one owner's cameras may run at once; unset: half of max_relays (at least 1).
     max_relays_per_owner: int | None = Field(None, ge=1)
     ffmpeg: str | None = None
+    # WebRTC (media/webrtc.py): STUN/TURN servers as JSON ([{"urls": [...], "username": ...,
+    # "credential": ...}]), live sessions per web process, and how long one may take to connect.
+    ice_servers: SecretStr = SecretStr("[]")
+    max_webrtc_sessions: int = Field(16, ge=1)
+    webrtc_idle_timeout: float = Field(20.0, gt=0, le=300)
     hls_url_template: str | None = None
     rtsps_url_template: str | None = None
     rtsps_port: int = Field(8554, ge=1, le=65535)
@@ -73,14 +78,15 @@ class Settings(BaseSettings):
     rtsps_cert: Path | None = None
     rtsps_key: Path | None = None
     relay_enabled: bool = False
-    # WebRTC networks (camvoice/ice.py): STUN/TURN servers handed to every session, as a JSON
-    # list of {"urls", "username", "credential"}; and a coturn sharing CAMVOICE_TURN_SECRET
-    # (use-auth-secret), whose URLs get a fresh credential per session, valid CAMVOICE_TURN_TTL
-    # seconds (default: CAMVOICE_STREAM_MAX_VIEW).
-    ice_servers: SecretStr = SecretStr("")  # may hold static TURN passwords
+    # WebRTC networks (camvoice/ice.py): besides CAMVOICE_ICE_SERVERS, a coturn sharing
+    # CAMVOICE_TURN_SECRET (use-auth-secret), whose URLs get a fresh credential per session,
+    # valid CAMVOICE_TURN_TTL seconds (default: CAMVOICE_STREAM_MAX_VIEW).
     turn_urls: str = ""
     turn_secret: SecretStr | None = None
     turn_ttl: int | None = Field(None, ge=60, le=7 * 86400)
+    # Media nodes (`camvoice media`) that hold WebRTC sessions for this web process, by camera
+    # (media/nodes.py); unset: `camvoice serve` runs one beside its workers.
+    media_urls: str = ""
     google_homegraph_key: Path | None = None
     google_homegraph_url: str = "https://homegraph.googleapis.com"
     google_receiver_app_id: str | None = None
@@ -151,9 +157,7 @@ class Settings(BaseSettings):
     def _ice_servers(cls, value: SecretStr) -> SecretStr:
         from camvoice.ice import parse_ice_servers
 
-        parse_ice_servers(
-            value.get_secret_value()
-        )  # a ValueError says what is wrong, without the credentials
+        parse_ice_servers(value.get_secret_value())  # says what is wrong, never a credential
         return value
 
     @field_validator("turn_urls")
@@ -162,6 +166,12 @@ class Settings(BaseSettings):
         from camvoice.ice import parse_turn_urls
 
         parse_turn_urls(value)
+        return value
+
+    @field_validator("media_urls")
+    @classmethod
+    def _media_urls(cls, value: str) -> str:
+        parse_media_urls(value)
         return value
 
     @field_validator("stream_keys")
@@ -180,6 +190,13 @@ class Settings(BaseSettings):
         if value.get_secret_value().strip():
             parse_keys(value.get_secret_value(), "x")
         return value
+
+    def ice_server_list(self) -> list[dict[str, Any]]:
+        """The STUN/TURN servers one WebRTC peer gathers candidates with, as RTCIceServer
+        dictionaries, TURN credentials minted for it (camvoice/ice.py): call once per peer."""
+        from camvoice.ice import ice_servers
+
+        return [server.as_json() for server in ice_servers(self)]
 
     @property
     def media_path(self) -> Path:
@@ -247,6 +264,18 @@ class Settings(BaseSettings):
             shown[f"CAMVOICE_{name.upper()}"] = text
         shown["database (effective)"] = _mask_url(self.sqlalchemy_url)
         return shown
+
+
+def parse_media_urls(text: str) -> tuple[str, ...]:
+    """CAMVOICE_MEDIA_URLS: comma-separated http(s) base URLs of the media nodes."""
+    urls = tuple(url.strip().rstrip("/") for url in text.split(",") if url.strip())
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("each media node URL must be http:// or https:// with a host")
+    if len(set(urls)) != len(urls):
+        raise ValueError("a media node is listed twice")
+    return urls
 
 
 def _mask_url(url: str) -> str:

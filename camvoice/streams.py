@@ -76,12 +76,15 @@ def record_refusal(
 @dataclass(frozen=True)
 class OpenStream:
     """A stream handed out: the camera as checked, its URL, a snapshot URL when the source can
-    give one (a camera cloud's HLS cannot), and when both expire."""
+    give one (a camera cloud's HLS cannot), and when both expire. For WebRTC the URL is the
+    signaling endpoint and `token` the ticket to offer with (None for the other protocols,
+    whose URLs carry their ticket)."""
 
     camera: Camera
     url: str
     image_url: str | None
     expires_at: datetime
+    token: str | None = None
 
 
 class StreamView(Base):
@@ -164,9 +167,14 @@ class Streams:
         if blockers:
             raise StreamRefused(blockers)
         ttl = self.settings.stream_ticket_ttl
+        url = self.mint(camera, protocol, audience, grant_id, session_ref)
+        token = None
+        if protocol is Protocol.WEBRTC:  # the ticket travels as a bearer token, not in the URL
+            url, token = self.signaling_url(), url
         return OpenStream(
             camera=camera,
-            url=self.mint(camera, protocol, audience, grant_id, session_ref),
+            url=url,
+            token=token,
             image_url=(
                 self.mint(camera, Protocol.JPEG, audience, grant_id, session_ref)
                 if Protocol.JPEG in protocols(camera)
@@ -191,14 +199,13 @@ class Streams:
         grant_id: str | None = None,
         session_ref: str | None = None,
     ) -> str:
-        """A signed, short-lived URL for a camera that passed its readiness rules."""
-        if blockers_for(camera, audience, protocol):
-            raise ValueError("refusing to mint a stream URL for a blocked camera")
+        """A signed, short-lived URL for a camera that passed its readiness rules; for WebRTC the
+        ticket alone (an offer's bearer token: never put in a URL, where logs would keep it)."""
+        token = self.ticket(camera, protocol, audience, grant_id, session_ref)
         settings = self.settings
-        ticket = new_ticket(camera.id, camera.owner_id, protocol, audience,
-                            settings.stream_ticket_ttl, grant_id, session_ref)  # fmt: skip
-        token = settings.signer().sign(ticket)
         base = settings.public_url
+        if protocol is Protocol.WEBRTC:
+            return token
         if protocol is Protocol.HLS:
             template = settings.hls_url_template or "{base}/streams/{camera_id}/{ticket}/index.m3u8"
         elif protocol is Protocol.RTSPS:
@@ -210,6 +217,25 @@ class Streams:
         else:
             template = "{base}/snapshots/{camera_id}/{ticket}.jpg"
         return template.format(base=base, camera_id=camera.id, ticket=token)
+
+    def ticket(
+        self,
+        camera: Camera,
+        protocol: Protocol,
+        audience: Audience,
+        grant_id: str | None = None,
+        session_ref: str | None = None,
+    ) -> str:
+        """A signed, short-lived ticket for a camera that passed its readiness rules."""
+        if blockers_for(camera, audience, protocol):
+            raise ValueError("refusing to mint a stream ticket for a blocked camera")
+        ticket = new_ticket(camera.id, camera.owner_id, protocol, audience,
+                            self.settings.stream_ticket_ttl, grant_id, session_ref)  # fmt: skip
+        return self.settings.signer().sign(ticket)
+
+    def signaling_url(self) -> str:
+        """Where WebRTC offers are posted (with the ticket as a bearer token)."""
+        return f"{self.settings.public_url}/webrtc/signal"
 
     def may_relay(self, session: Session, camera_id: str) -> bool:
         """Whether any audience may still be shown this camera over HLS.
@@ -239,12 +265,24 @@ class Streams:
     ) -> tuple[Camera, Ticket]:
         """Check one fetch; raises TicketError with the reason when it must be refused."""
         ticket = self.settings.signer().verify(token, camera_id, protocol)
-        now = utcnow()
         view = session.get(StreamView, ticket.id)
         if ticket.expired:
+            now = utcnow()
             max_view = timedelta(seconds=self.settings.stream_max_view)
             if view is None or now - view.last_seen > VIEW_GAP or now - view.started_at > max_view:
                 raise TicketError("expired")
+        camera = self.recheck(session, ticket)
+        self.record_view(session, ticket, camera, view)
+        return camera, ticket
+
+    def recheck(self, session: Session, ticket: Ticket, touch: bool = True) -> Camera:
+        """Would this (verified) ticket still be admitted? The camera when so, else TicketError.
+
+        What `admit` checks once the signature is: the camera exists and is the ticket's owner's,
+        it passes the audience's readiness rules, and the link (grant) or console sign-in session
+        the ticket was minted for is still on. A long-lived session (a WebRTC peer connection)
+        calls it every few seconds; `touch` counts that as use of the sign-in session.
+        """
         camera = session.get(Camera, ticket.camera_id)
         if camera is None or camera.owner_id != ticket.account_id:
             raise TicketError("no_such_camera")
@@ -253,8 +291,15 @@ class Streams:
             raise TicketError("blocked:" + reason_of(blockers))
         if ticket.grant_id and not self.grant_is_live(session, ticket.grant_id):
             raise TicketError("link_revoked")
-        if ticket.session_ref and not self.session_is_live(session, ticket.session_ref, True):
+        if ticket.session_ref and not self.session_is_live(session, ticket.session_ref, touch):
             raise TicketError("signed_out")
+        return camera
+
+    def record_view(
+        self, session: Session, ticket: Ticket, camera: Camera, view: StreamView | None = None
+    ) -> None:
+        """The ticket's viewing session: started (audited once) or kept alive."""
+        view = view or session.get(StreamView, ticket.id)
         if view is None:
             if self._start_view(session, ticket, camera):
                 audit.record(
@@ -266,9 +311,8 @@ class Streams:
                     assistant=ticket.audience.value,
                     protocol=ticket.protocol.value,
                 )
-        elif now - view.last_seen > LAST_SEEN_RESOLUTION:
-            view.last_seen = now
-        return camera, ticket
+        elif utcnow() - view.last_seen > LAST_SEEN_RESOLUTION:
+            view.last_seen = utcnow()
 
     @staticmethod
     def _start_view(session: Session, ticket: Ticket, camera: Camera) -> bool:

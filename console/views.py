@@ -22,7 +22,6 @@ from sqlalchemy import select
 
 from camvoice import audit
 from camvoice.cameras import CameraError, CameraGone, NoSuchCamera, protocols
-from camvoice.ice import ice_servers
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
@@ -189,7 +188,7 @@ def live(camera_id: str) -> str:
 
 def browser_ice_servers() -> list[dict[str, Any]]:
     """The STUN/TURN servers a page's peer connection uses, TURN credentials minted for it."""
-    return [server.as_json() for server in ice_servers(services().settings)]
+    return services().settings.ice_server_list()
 
 
 @bp.get("/console/links")

@@ -138,6 +138,45 @@ def die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+class Spawner:
+    """Starts child processes from one long-lived thread, each with PR_SET_PDEATHSIG.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends; request threads and
+    start pools come and go, so ffmpeg must be forked by a thread that lives as long as its
+    manager.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._spawns: queue.Queue[tuple[list[str], int, Future[subprocess.Popen[bytes]]]] = (
+            queue.Queue()
+        )
+        threading.Thread(target=self._spawn_forever, daemon=True, name=name).start()
+
+    def spawn(
+        self, command: list[str], stdout: int = subprocess.DEVNULL
+    ) -> subprocess.Popen[bytes]:
+        """The started process: stdin closed, stderr a pipe, stdout as asked."""
+        done: Future[subprocess.Popen[bytes]] = Future()
+        self._spawns.put((command, stdout, done))
+        return done.result(timeout=10)
+
+    def _spawn_forever(self) -> None:
+        while True:
+            command, stdout, done = self._spawns.get()
+            try:
+                done.set_result(
+                    subprocess.Popen(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=stdout,
+                        stderr=subprocess.PIPE,
+                        preexec_fn=die_with_parent,  # prctl must run in the child
+                    )
+                )
+            except Exception as exc:
+                done.set_exception(exc)
+
+
 @dataclass
 class Starting:
     """A start under way in the start pool; every fetch of the camera shares it."""
@@ -209,12 +248,11 @@ class RelayManager:
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.base, 0o700)
         self._stop = threading.Event()
-        self._spawns: queue.Queue[tuple[list[str], Future[subprocess.Popen[bytes]]]] = queue.Queue()
+        self._spawner = Spawner("relay-spawner")
         # Starts wait on cameras (up to the pre-flight's 2 s): off the request threads, and one
         # worker per relay slot, so a hung camera's start never queues a healthy camera's.
         self._starter = ThreadPoolExecutor(max_relays, thread_name_prefix="relay-start")
         threading.Thread(target=self._reap_forever, daemon=True, name="relay-reaper").start()
-        threading.Thread(target=self._spawn_forever, daemon=True, name="relay-spawner").start()
         atexit.register(self.shutdown)
 
     def watch(self, may_relay: Callable[[str], bool], interval: float) -> None:
@@ -389,7 +427,9 @@ class RelayManager:
             (folder / OWNER).write_text(owner)  # other processes count it while it is checked
             (folder / LAST_FETCH).touch()  # this fetch counts, even after a dead relay's cleanup
             source = guarded_source(self.addresses, source)
-            process = self._spawn(hls_command(self.ffmpeg or "ffmpeg", source, name, folder))
+            process = self._spawner.spawn(
+                hls_command(self.ffmpeg or "ffmpeg", source, name, folder)
+            )
         except BaseException:
             (folder / OWNER).unlink(missing_ok=True)
             fcntl.flock(lock, fcntl.LOCK_UN)
@@ -400,32 +440,6 @@ class RelayManager:
         ).start()
         log.info("relay started for camera %s (pid %s)", camera_id, process.pid)
         return Running(camera_id, folder, lock, process)
-
-    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
-        """Start a process from the long-lived spawner thread.
-
-        PR_SET_PDEATHSIG fires when the *thread* that forked the child ends; request threads
-        come and go, so ffmpeg must be forked by a thread that lives as long as this manager.
-        """
-        done: Future[subprocess.Popen[bytes]] = Future()
-        self._spawns.put((command, done))
-        return done.result(timeout=10)
-
-    def _spawn_forever(self) -> None:
-        while True:
-            command, done = self._spawns.get()
-            try:
-                done.set_result(
-                    subprocess.Popen(
-                        command,
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                        preexec_fn=die_with_parent,  # prctl must run in the child
-                    )
-                )
-            except Exception as exc:
-                done.set_exception(exc)
 
     def _log_stderr(self, camera_id: str, process: subprocess.Popen[bytes]) -> None:
         assert process.stderr is not None

@@ -25,6 +25,7 @@ from camvoice.redact import RedactingFactory
 from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
 from service import private_files
+from service.media_node import remote_engine
 from service.wiring import build_services, redis_client
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=0, x_host=0)  # type: ignore[method-assign]
 
     media.init_app(app, services)
+    if settings.media_urls:  # WebRTC sessions live on media nodes (service/media_node.py)
+        services.webrtc = remote_engine(settings)
     oauth.init_app(app, services)
     fulfillment.init_app(app, services)
     skills.init_app(app, services)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -501,7 +505,7 @@ def backends_remove(ctx: Context, kind: str, owner: str) -> None:
 def serve(ctx: Context, host: str, port: int, workers: int) -> None:
     """Serve the web app under gunicorn (and the RTSPS relay when enabled)."""
     require_migrated(ctx)
-    with rtsps_relay(ctx.settings, port):
+    with rtsps_relay(ctx.settings, port), media_node(ctx.settings):
         run_gunicorn(host, port, workers)
 
 
@@ -538,7 +542,7 @@ def demo(ctx: Context, host: str, port: int) -> None:
     click.echo(f"camvoice demo on http://{host}:{port}")
     click.echo(f"  sign in as {DEMO_EMAIL} / {DEMO_PASSWORD} ({count} cameras)")
     click.echo(f"  then open http://{host}:{port}/simulator and say: show the front door camera")
-    with rtsps_relay(settings, port):
+    with rtsps_relay(settings, port), media_node(settings):
         run_gunicorn(host, port, workers=2)
 
 
@@ -563,6 +567,65 @@ def rtsps_relay(settings: Settings, port: int) -> Iterator[None]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@contextmanager
+def media_node(settings: Settings) -> Iterator[None]:
+    """Without CAMVOICE_MEDIA_URLS, one `camvoice media` child on loopback holds every WebRTC
+    session of this instance: gunicorn's workers each forward to it, so one camera watched
+    through two workers is still pulled once. Its address reaches the workers through the
+    environment they inherit."""
+    if settings.media_urls:
+        yield
+        return
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "media", "--host", "127.0.0.1", "--port", str(port)]
+    )
+    os.environ["CAMVOICE_MEDIA_URLS"] = f"http://127.0.0.1:{port}"
+    if not wait_listening(port, child, 60):
+        click.echo("warning: the media node did not start; WebRTC offers will fail", err=True)
+    try:
+        yield
+    finally:
+        os.environ.pop("CAMVOICE_MEDIA_URLS", None)
+        child.terminate()
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def wait_listening(port: int, child: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Whether the child listens on `port` within `seconds` (and has not exited)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+@click.option("--threads", default=16, show_default=True, type=int)
+@pass_ctx
+def media(ctx: Context, host: str, port: int, threads: int) -> None:
+    """Run a media node: WebRTC sessions for web processes listing it in CAMVOICE_MEDIA_URLS.
+
+    One process by design (its sessions live in memory); run more nodes to scale out."""
+    require_migrated(ctx)
+    run_gunicorn(host, port, 1, "service.media_node:create_media_app", threads)
 
 
 @main.command()
@@ -659,8 +722,10 @@ def purge(ctx: Context, as_json: bool) -> None:
     emit(removed, as_json, lambda d: "\n".join(f"{k}\t{v}" for k, v in d.items()))
 
 
-def run_gunicorn(host: str, port: int, workers: int) -> None:
-    """Run the app under gunicorn; each worker process builds its own app and engine."""
+def run_gunicorn(
+    host: str, port: int, workers: int, factory: str = "service.app:create_app", threads: int = 4
+) -> None:
+    """Run an app (`module:function` building it) under gunicorn; each worker builds its own."""
     from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):  # type: ignore[misc]
@@ -668,16 +733,15 @@ def run_gunicorn(host: str, port: int, workers: int) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", 4)
+            self.cfg.set("threads", threads)
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)  # access lines would carry query strings (tickets)
             self.cfg.set("control_socket_disable", True)  # one per user: clashes side by side
 
         def load(self) -> Any:
-            from service.app import create_app
-
-            return create_app()
+            module, function = factory.split(":")
+            return getattr(importlib.import_module(module), function)()
 
     Server().run()
 
@@ -692,3 +756,6 @@ def _register_adapter_commands() -> None:
 
 
 _register_adapter_commands()
+
+if __name__ == "__main__":  # `python -m service.cli`: how `serve` starts its media node
+    main()
