@@ -30,7 +30,7 @@ from camvoice.settings import Settings
 from camvoice.webrtc import NoWebRTC
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
-from tests.conftest import LiveServer, with_relay
+from tests.conftest import LiveServer, wait_for, with_relay
 from tests.oauth_support import streams_requested
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,8 +53,10 @@ def server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[LiveSer
     with db.session() as session:
         seed(session, Registry(Outbox()))
     app = create_app(configured, db)
+    engine = Services.of(app).webrtc
     with LiveServer(app) as live:
         yield live
+    engine.shutdown()  # type: ignore[attr-defined]
     app.extensions["camvoice.relays"].shutdown()
 
 
@@ -135,9 +137,12 @@ def test_console_in_a_real_browser(server: LiveServer, db: Database, browser: An
     assert webrtc_renders(page, "#live")
     assert path_label(page) == "webrtc" and page.inner_text("#path") == "Live (WebRTC)"
     assert streams_requested(db) == [("web", "webrtc")]
+    engine = Services.of(server.app).webrtc
+    assert len(engine.sessions) == 1  # type: ignore[attr-defined]
 
-    # Activity shows the fix.
+    # Activity shows the fix; leaving the live view ended its session (the page said "end").
     page.goto(server.url + "/console/activity")
+    wait_for(lambda: not engine.sessions, "the left live view's session to end", 15)  # type: ignore[attr-defined]
     assert page.locator("#activity", has_text="camera.changed").count() == 1
 
 

@@ -32,18 +32,22 @@
 
   // A peer connection that receives video and audio, and its complete offer.
   function offered(ice) {
+    var started = performance.now();
     var pc = new RTCPeerConnection({ iceServers: ice, bundlePolicy: "max-bundle" });
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addTransceiver("audio", { direction: "recvonly" });
     return pc.createOffer()
       .then(function (offer) { return pc.setLocalDescription(offer); })
       .then(function () { return gathered(pc); })
-      .then(function () { return { pc: pc, sdp: pc.localDescription.sdp }; });
+      .then(function () {
+        return { pc: pc, sdp: pc.localDescription.sdp, gatherMs: performance.now() - started };
+      });
   }
 
   // Play what `pc` receives in `video`; resolves at the first rendered frame, rejects when the
   // connection fails or no frame came in time. Counts rendered frames on the element
-  // (camvoiceFrames) and keeps the figure the tests report: offer sent -> first frame.
+  // (camvoiceFrames) and keeps two figures: offer sent -> first frame (firstFrameMs), and page
+  // navigation -> first frame (sinceLoadMs).
   function play(pc, video, sentAt) {
     video.camvoicePeer = pc;
     video.camvoiceFrames = 0;
@@ -57,6 +61,7 @@
         if (video.camvoiceFrames++ === 0) {
           clearTimeout(timer);
           video.dataset.firstFrameMs = String(Math.round(performance.now() - sentAt));
+          video.dataset.sinceLoadMs = String(Math.round(performance.now()));
           resolve(pc);
         }
         if (video.requestVideoFrameCallback) {
@@ -137,6 +142,7 @@
     offered(iceServers(video))
       .then(function (offer) {
         peer = offer.pc;
+        video.dataset.gatherMs = String(Math.round(offer.gatherMs));
         var sentAt = performance.now();
         return signal.offer(offer.sdp).then(function (answer) {
           return peer.setRemoteDescription({ type: "answer", sdp: answer });
