@@ -82,13 +82,15 @@
     });
   }
 
-  // The label that says which path plays: its data-webrtc, data-hls, data-ended texts.
+  // The label that says which path plays, in the page's language: its data-text-webrtc,
+  // data-text-hls and data-text-ended.
+  var TEXTS = { webrtc: "textWebrtc", hls: "textHls", ended: "textEnded" };
   function labeller(video) {
     var label = document.getElementById(video.dataset.label || "");
     return function (path) {
       if (label) {
         label.dataset.path = path;
-        label.textContent = label.dataset[path] || path;
+        label.textContent = label.dataset[TEXTS[path]] || path;
       }
     };
   }
