@@ -55,6 +55,7 @@ class Outcome:
     hls: str | None = None
     snapshot: str | None = None
     answer: str | None = None  # the SDP answer to the page's offer (Alexa)
+    session_id: str | None = None  # the Alexa session it answers
     webrtc: dict[str, Any] | None = None  # signaling URL, token and ICE servers (Google)
     error: str | None = None
     speech: str | None = None
@@ -102,7 +103,7 @@ def smart_home(directive: dict[str, Any], settings: Settings) -> tuple[int, dict
     return reply.status_code, reply.get_json(silent=True) or {}
 
 
-def directive_of(namespace: str, name: str, camera: Camera, token: str,
+def directive_of(namespace: str, name: str, endpoint_id: str, token: str,
                  payload: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     return {
         "directive": {
@@ -113,7 +114,10 @@ def directive_of(namespace: str, name: str, camera: Camera, token: str,
                 "messageId": str(uuid.uuid4()),
                 "correlationToken": uuid.uuid4().hex,
             },
-            "endpoint": {"scope": {"type": "BearerToken", "token": token}, "endpointId": camera.id},
+            "endpoint": {
+                "scope": {"type": "BearerToken", "token": token},
+                "endpointId": endpoint_id,
+            },
             "payload": payload,
         }
     }
@@ -121,7 +125,7 @@ def directive_of(namespace: str, name: str, camera: Camera, token: str,
 
 def alexa_smart_home(camera: Camera, token: str, settings: Settings) -> Outcome:
     """An Echo without WebRTC: InitializeCameraStreams, RTSP."""
-    directive = directive_of("Alexa.CameraStreamController", "InitializeCameraStreams", camera,
+    directive = directive_of("Alexa.CameraStreamController", "InitializeCameraStreams", camera.id,
                              token, {"cameraStreams": [{
                                  "protocol": "RTSP",
                                  "resolution": {"width": 1280, "height": 720},
@@ -141,11 +145,12 @@ def alexa_smart_home(camera: Camera, token: str, settings: Settings) -> Outcome:
 
 def alexa_rtc(camera: Camera, token: str, offer: str, settings: Settings) -> Outcome:
     """An Echo Show: InitiateSessionWithOffer with the page's offer, the answer for the page."""
-    directive = directive_of("Alexa.RTCSessionController", "InitiateSessionWithOffer", camera,
-                             token, {"sessionId": str(uuid.uuid4()),
+    session_id = str(uuid.uuid4())
+    directive = directive_of("Alexa.RTCSessionController", "InitiateSessionWithOffer", camera.id,
+                             token, {"sessionId": session_id,
                                      "offer": {"format": "SDP", "value": offer}})  # fmt: skip
     status, response = smart_home(directive, settings)
-    outcome = Outcome(request=masked(directive), response=masked(response))
+    outcome = Outcome(request=masked(directive), response=masked(response), session_id=session_id)
     event = response.get("event", {})
     answer = (event.get("payload") or {}).get("answer") or {}
     if event.get("header", {}).get("name") == "AnswerGeneratedForSession" and answer.get("value"):
@@ -153,6 +158,22 @@ def alexa_rtc(camera: Camera, token: str, offer: str, settings: Settings) -> Out
     else:
         outcome.error = (event.get("payload") or {}).get("type") or f"HTTP {status}"
     return outcome
+
+
+SESSION_EVENTS = {"connected": "SessionConnected", "disconnected": "SessionDisconnected"}
+
+
+def alexa_session_event(
+    services: Services, account_id: str, camera_id: str, session_id: str, event: str
+) -> int:
+    """What an Echo Show says of its session: SessionConnected once media flows,
+    SessionDisconnected when it stops watching. The handler's HTTP status."""
+    with services.db.session() as session:
+        token, _grant = simulator_token(session, account_id, "alexa")
+    directive = directive_of("Alexa.RTCSessionController", SESSION_EVENTS[event], camera_id,
+                             token, {"sessionId": session_id})  # fmt: skip
+    status, _response = smart_home(directive, services.settings)
+    return status
 
 
 def google(camera: Camera, token: str, settings: Settings, chromecast: bool) -> Outcome:

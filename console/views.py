@@ -29,7 +29,7 @@ from camvoice.sessions import COOKIE
 from camvoice.streams import StreamRefused
 from camvoice.tickets import Audience, Protocol
 from console.i18n import TEXT
-from console.simulator import local, simulate
+from console.simulator import SESSION_EVENTS, alexa_session_event, local, simulate
 from oauth.tokens import live_links, owns_link, revoke_grant
 
 bp = Blueprint(
@@ -166,6 +166,7 @@ def live(camera_id: str) -> str:
         abort(404)
     streams, settings = services().streams, services().settings
     webrtc = hls = None
+    reasons: list[str] = []
     try:
         if Protocol.WEBRTC in protocols(camera):
             opened = streams.open(services().db, camera, Audience.WEB, Protocol.WEBRTC,
@@ -180,10 +181,10 @@ def live(camera_id: str) -> str:
         camera, hls = opened.camera, local(hls_url, settings)
     except CameraGone:  # removed by its backend
         abort(404)
-    except StreamRefused:
-        pass  # the page says why, from the camera's readiness
+    except StreamRefused as refused:  # the page says why
+        reasons = [explain(blocker, language()) for blocker in refused.blockers]
     return page("live.html", account=account, camera=camera, webrtc=webrtc, hls=hls,
-                ice_servers=browser_ice_servers())  # fmt: skip
+                reasons=reasons, ice_servers=browser_ice_servers())  # fmt: skip
 
 
 def browser_ice_servers() -> list[dict[str, Any]]:
@@ -260,3 +261,20 @@ def simulator() -> str:
             "web_hls": web_hls,
         }
     return page("simulator.html", **context)
+
+
+@bp.post("/simulator/session")
+def simulator_session() -> Response:
+    """The simulated Echo Show's SessionConnected / SessionDisconnected (its page posts them,
+    with the form's CSRF token), sent through the smart-home handler as Alexa sends them."""
+    account = owner()
+    event = request.form.get("event", "")
+    camera_id, session_id = request.form.get("camera", ""), request.form.get("session", "")
+    if (
+        event not in SESSION_EVENTS
+        or not 0 < len(camera_id) <= 64
+        or not 0 < len(session_id) <= 256
+    ):
+        abort(400, description="name the event, the camera and the session")
+    status = alexa_session_event(services(), account.id, camera_id, session_id, event)
+    return Response(status=204 if status == 200 else 502)

@@ -18,12 +18,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.models import Camera
 from camvoice.outbox import Outbox
 from camvoice.services import Services
 from camvoice.settings import Settings
@@ -125,6 +128,14 @@ def test_console_in_a_real_browser(server: LiveServer, db: Database, browser: An
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "console.png"), full_page=True)
 
+    # Garage cannot be watched yet: its live view says why, and plays nothing.
+    with db.reading() as session:
+        garage = session.scalars(select(Camera).where(Camera.name == "Garage")).one()
+    page.goto(server.url + f"/console/cameras/{garage.id}/live")
+    assert "Image Encryption is on" in page.inner_text("#reasons")
+    assert page.locator("video").count() == 0
+    page.goto(server.url + "/console")
+
     # Fix Garage: the confirmation is required, then it turns ready.
     form = page.locator("form.confirm", has_text="Garage")
     form.locator("input[name=confirm]").check()
@@ -144,6 +155,21 @@ def test_console_in_a_real_browser(server: LiveServer, db: Database, browser: An
     page.goto(server.url + "/console/activity")
     wait_for(lambda: not engine.sessions, "the left live view's session to end", 15)  # type: ignore[attr-defined]
     assert page.locator("#activity", has_text="camera.changed").count() == 1
+
+
+class EndsHeard:
+    """The engine, with every end() it is asked for heard (which session, why)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.ended: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def end(self, session_id: str, camera_id: str, reason: str) -> bool:
+        self.ended.append((session_id, reason))
+        return bool(self.engine.end(session_id, camera_id, reason))
 
 
 def simulate(page: Any, live: LiveServer, assistant: str, utterance: str) -> None:
@@ -259,8 +285,19 @@ def test_simulator_plays_webrtc_as_echo_show_and_nest_hub(
 ) -> None:
     """An Echo Show's offer goes out in InitiateSessionWithOffer through the smart-home
     handler and the page plays the answer; a Nest Hub's GetCameraStream asks for WebRTC and the
-    page signals with the token Google got. Both render frames; no credential is shown."""
+    page signals with the token Google got. Both render frames; no credential is shown. Leaving
+    the Echo Show's page sends SessionDisconnected, which ends its session."""
+    services = Services.of(server.app)
+    engine = services.webrtc
+    services.webrtc = spy = EndsHeard(engine)
     page = browser.new_page(locale="en-US")
+    told: list[tuple[str, int]] = []  # what the page said of the Echo Show's session, answered
+
+    def heard(response: Any) -> None:
+        if response.url.endswith("/simulator/session"):
+            told.append((parse_qs(response.request.post_data or "")["event"][0], response.status))
+
+    page.on("response", heard)
     sign_in(page, server)
 
     simulate(page, server, "alexa_smart_home", "Alexa, show the front door")
@@ -270,8 +307,14 @@ def test_simulator_plays_webrtc_as_echo_show_and_nest_hub(
     assert path_label(page) == "webrtc"
     shown = page.inner_text("#request") + page.inner_text("#response")
     assert "a=ice-pwd:***" in shown and "a=ice-pwd:" not in shown.replace("a=ice-pwd:***", "")
+    session = page.eval_on_selector("#stream", "el => el.dataset.session")
+    assert session in engine.sessions  # type: ignore[attr-defined]
+    wait_for(lambda: ("connected", 204) in told, "SessionConnected once frames render", 15)
 
     simulate(page, server, "google", "show the front door camera")
+    wait_for(lambda: (session, "alexa_disconnected") in spy.ended,
+             "SessionDisconnected from the left page", 15)  # fmt: skip
+    wait_for(lambda: session not in engine.sessions, "the Echo Show's session to end", 15)  # type: ignore[attr-defined]
     assert '"StreamToChromecast": false' in page.inner_text("#request")
     assert '"cameraStreamProtocol": "webrtc"' in page.inner_text("#response")
     assert '"cameraStreamAuthToken": "***"' in page.inner_text("#response")

@@ -171,6 +171,18 @@
       });
   }
 
+  // An Echo Show tells Alexa when its session's media flows and when it stops watching: the
+  // simulator's page posts the same (with its form's CSRF token), and the directive goes out.
+  function echoSays(video) {
+    var token = document.querySelector("#simulate input[name=csrf_token]").value;
+    return function (event, keepalive) {
+      var data = new URLSearchParams({ csrf_token: token, camera: video.dataset.camera,
+        session: video.dataset.session, event: event });
+      fetch(video.dataset.sessionUrl, { method: "POST", body: data, credentials: "same-origin",
+        keepalive: keepalive }).catch(function () {});
+    };
+  }
+
   // The simulator's Alexa path: the offer must exist before the directive is sent, so the form
   // goes with it (fetch, the page's own CSRF field), and the page's result replaces this one
   // while the peer connection lives on to play the answer it carries (video[data-answer]).
@@ -201,9 +213,18 @@
           return null;
         }
         var say = labeller(video);
+        var tell = echoSays(video);
         return peer.setRemoteDescription({ type: "answer", sdp: video.dataset.answer })
           .then(function () { return play(peer, video, sentAt); })
-          .then(function (pc) { say("webrtc"); watch(pc, say); })
+          .then(function (pc) {
+            say("webrtc");
+            watch(pc, say);
+            tell("connected", false);
+            window.addEventListener("pagehide", function () {
+              tell("disconnected", true);
+              pc.close();
+            });
+          })
           .catch(function (error) {
             video.dataset.webrtcError = String(error && error.message || error);
             say("ended");
