@@ -165,15 +165,18 @@ SESSION_EVENTS = {"connected": "SessionConnected", "disconnected": "SessionDisco
 
 def alexa_session_event(
     services: Services, account_id: str, camera_id: str, session_id: str, event: str
-) -> int:
+) -> str | None:
     """What an Echo Show says of its session: SessionConnected once media flows,
-    SessionDisconnected when it stops watching. The handler's HTTP status."""
+    SessionDisconnected when it stops watching. None, or the handler's error type."""
     with services.db.session() as session:
         token, _grant = simulator_token(session, account_id, "alexa")
     directive = directive_of("Alexa.RTCSessionController", SESSION_EVENTS[event], camera_id,
                              token, {"sessionId": session_id})  # fmt: skip
-    status, _response = smart_home(directive, services.settings)
-    return status
+    status, response = smart_home(directive, services.settings)
+    event_sent = response.get("event") or {}
+    if status == 200 and event_sent.get("header", {}).get("name") == SESSION_EVENTS[event]:
+        return None
+    return (event_sent.get("payload") or {}).get("type") or f"HTTP {status}"
 
 
 def google(camera: Camera, token: str, settings: Settings, chromecast: bool) -> Outcome:

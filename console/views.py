@@ -276,5 +276,7 @@ def simulator_session() -> Response:
         or not 0 < len(session_id) <= 256
     ):
         abort(400, description="name the event, the camera and the session")
-    status = alexa_session_event(services(), account.id, camera_id, session_id, event)
-    return Response(status=204 if status == 200 else 502)
+    error = alexa_session_event(services(), account.id, camera_id, session_id, event)
+    if error is not None:
+        abort(400, description=f"Alexa's handler answered {error}")
+    return Response(status=204)
