@@ -7,6 +7,7 @@ Field names follow Google's cloud-to-cloud reference exactly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,19 +15,21 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from camvoice import audit
-from camvoice.cameras import CameraGone
+from camvoice.cameras import CameraGone, protocols
+from camvoice.ice import ice_servers
 from camvoice.models import Camera
 from camvoice.readiness import BLOCKERS, Blocker
 from camvoice.services import Services
-from camvoice.streams import StreamRefused, blockers_for, reason_of, record_refusal
+from camvoice.streams import OpenStream, StreamRefused, blockers_for, reason_of, record_refusal
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Principal, revoke_grant
 
 CAMERA_TYPE = "action.devices.types.CAMERA"
 CAMERA_STREAM = "action.devices.traits.CameraStream"
 GET_CAMERA_STREAM = "action.devices.commands.GetCameraStream"
-# What the media path really serves, in order of preference (SYNC advertises exactly this).
-OUR_PROTOCOLS = {"hls": Protocol.HLS}
+# What the media path really serves, in order of preference: WebRTC (sub-second, Nest displays)
+# where the camera's source allows it, HLS for every camera (the only one a Cast receiver plays).
+OUR_PROTOCOLS = {"webrtc": Protocol.WEBRTC, "hls": Protocol.HLS}
 
 
 class BadRequest(ValueError):
@@ -85,10 +88,26 @@ def sync_device(ctx: Context, camera: Camera) -> dict[str, Any]:
         "willReportState": ctx.homegraph,
         "deviceInfo": device_info(manufacturer, camera),
         "attributes": {
-            "cameraStreamSupportedProtocols": list(OUR_PROTOCOLS),
-            "cameraStreamNeedAuthToken": False,  # the signed URL is the credential
+            "cameraStreamSupportedProtocols": advertised(camera),
+            "cameraStreamNeedAuthToken": needs_auth_token(camera),
         },
     }
+
+
+def advertised(camera: Camera) -> list[str]:
+    """SYNC's protocols for a camera: WebRTC when its source can be served so (a camera
+    cloud's HLS cannot), then HLS, which every camera keeps for Chromecast."""
+    return [
+        name
+        for name, protocol in OUR_PROTOCOLS.items()
+        if protocol is Protocol.HLS or protocol in protocols(camera)
+    ]
+
+
+def needs_auth_token(camera: Camera) -> bool:
+    """WebRTC's signaling URL is shared, so its ticket travels as cameraStreamAuthToken; an
+    HLS-only camera's signed URL is its own credential and needs none."""
+    return "webrtc" in advertised(camera)
 
 
 def device_info(manufacturer: str, camera: Camera) -> dict[str, str]:
@@ -151,7 +170,17 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
     if execution["command"] != GET_CAMERA_STREAM:
         return error(camera_id, "functionNotSupported")
     params = execution["params"]
-    chosen = next((p for p in OUR_PROTOCOLS if p in params["SupportedStreamProtocols"]), None)
+    to_chromecast = params.get("StreamToChromecast") is True
+    chosen = next(
+        (
+            name
+            for name in advertised(camera)
+            # A Cast receiver plays HLS, not WebRTC: a Chromecast keeps HLS.
+            if name in params["SupportedStreamProtocols"]
+            and not (to_chromecast and name == "webrtc")
+        ),
+        None,
+    )
     if chosen is None:
         # Nothing to play it with: no camera-cloud call. A blocked camera still says why.
         known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
@@ -164,21 +193,44 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
     try:
         opened = ctx.services.streams.open(
             ctx.services.db, camera, Audience.GOOGLE, OUR_PROTOCOLS[chosen],
-            ctx.principal.grant_id, to_chromecast=bool(params.get("StreamToChromecast")),
+            ctx.principal.grant_id, to_chromecast=to_chromecast,
         )  # fmt: skip
     except CameraGone:
         return error(camera_id, "deviceNotFound")
     except StreamRefused as refused:
         return blocked(camera_id, refused.blockers[0])
+    if chosen == "webrtc":
+        states = webrtc_states(ctx, opened)
+    else:
+        states = {
+            "online": True,
+            "cameraStreamAccessUrl": opened.url,
+            "cameraStreamProtocol": chosen,
+        }
+        if needs_auth_token(camera):
+            # Promised in SYNC: without one Google would hand the owner's OAuth access token to
+            # the receiver. The HLS ticket (already in the URL) is camera-bound and short-lived.
+            states["cameraStreamAuthToken"] = opened.token
+        receiver = ctx.services.settings.google_receiver_app_id
+        if receiver and to_chromecast:  # a Cast receiver plays it
+            states["cameraStreamReceiverAppId"] = receiver
+    return {"ids": [camera_id], "status": "SUCCESS", "states": states}
+
+
+def webrtc_states(ctx: Context, opened: OpenStream) -> dict[str, Any]:
+    """A Nest display's answer: where to post its offer, the ticket to post it with, and the
+    STUN/TURN servers when configured (Google takes them as a string holding a JSON array).
+    No cameraStreamOffer: the display makes the offer and camvoice answers it."""
     states: dict[str, Any] = {
         "online": True,
-        "cameraStreamAccessUrl": opened.url,
-        "cameraStreamProtocol": chosen,
+        "cameraStreamProtocol": "webrtc",
+        "cameraStreamSignalingUrl": opened.url,
+        "cameraStreamAuthToken": opened.token,
     }
-    receiver = ctx.services.settings.google_receiver_app_id
-    if receiver and params.get("StreamToChromecast") is True:  # a Cast receiver plays it
-        states["cameraStreamReceiverAppId"] = receiver
-    return {"ids": [camera_id], "status": "SUCCESS", "states": states}
+    servers = ice_servers(ctx.services.settings)  # TURN credentials minted for this stream
+    if servers:
+        states["cameraStreamIceServers"] = json.dumps([s.as_json() for s in servers])
+    return states
 
 
 def blocked(camera_id: str, blocker: Blocker) -> dict[str, Any]:

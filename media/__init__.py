@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 def init_app(app: Flask, services: Services) -> None:
     """Register the media endpoints and this process's relay manager."""
+    from media import signaling
     from media.feeds import Feeds
     from media.relay import RelayManager, find_ffmpeg
     from media.snapshots import Snapshots
@@ -38,6 +39,7 @@ def init_app(app: Flask, services: Services) -> None:
     app.extensions["camvoice.relays"] = relays
     app.extensions["camvoice.snapshots"] = Snapshots(relays)
     app.register_blueprint(bp)
+    app.register_blueprint(signaling.bp)
     # WebRTC sessions of this web process (the CLI and the worker keep NoWebRTC).
     feeds = Feeds(find_ffmpeg(settings.ffmpeg), settings.address_policy())
     services.webrtc = WebRTCEngine(

@@ -102,8 +102,8 @@ def test_sync_lists_every_camera_with_camera_stream(server: LiveServer, google, 
         "model": "C6N demo",
         "swVersion": "1.0.0",
     }
-    assert front["attributes"] == {
-        "cameraStreamSupportedProtocols": ["hls"], "cameraStreamNeedAuthToken": False,
+    assert front["attributes"] == {  # WebRTC's signaling takes the ticket as its auth token
+        "cameraStreamSupportedProtocols": ["webrtc", "hls"], "cameraStreamNeedAuthToken": True,
     }  # fmt: skip
 
 
