@@ -289,3 +289,52 @@ def healthy(url: str, proc: subprocess.Popen[bytes]) -> bool:
         return requests.get(url + "/healthz", timeout=2).ok
     except requests.RequestException:
         return False
+
+
+def test_serve_runs_one_media_node_for_its_workers(base: Settings, tmp_path: Path) -> None:
+    """`camvoice serve` without CAMVOICE_MEDIA_URLS: one `camvoice media` child on loopback holds
+    every session, so two displays, whichever of the two workers took their offer, share one
+    upstream pull, and it runs under that child, not under a web worker."""
+    from tests.conftest import VENV_BIN, free_port, wait_for
+    from tests.test_webrtc import add_camera
+    from tests.webrtc_support import Watcher
+
+    app = create_app(base)
+    services = app.extensions["camvoice"]
+    camera = add_camera(services.db)
+    port = free_port()
+    assert base.database_url is not None
+    env = {**os.environ, "CAMVOICE_DATA_DIR": str(tmp_path / "serve"), "CAMVOICE_SECRET_KEY": KEY,
+           "CAMVOICE_DATABASE_URL": base.database_url.get_secret_value(),
+           "CAMVOICE_SOURCE_NETWORKS": TEST_SOURCE_NETWORKS}  # fmt: skip
+    env.pop("CAMVOICE_MEDIA_URLS", None)
+    serve = subprocess.Popen(
+        [str(VENV_BIN / "camvoice"), "serve", "--port", str(port), "--workers", "2"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: healthy(url, serve), "camvoice serve", 120)
+        # the node's gunicorn master first (a child of serve), then its one worker
+        # one node (its gunicorn master, a child of serve, comes first; then its worker)
+        nodes = [(pid, line) for pid, line in descendants(serve.pid) if "cli media" in line]
+        assert len({line for _, line in nodes}) == 1, descendants(serve.pid)
+        node_url = "http://127.0.0.1:" + nodes[0][1].split("--port ")[1].split()[0]
+        wait_for(lambda: healthy(node_url, serve), "its media node", 90)
+
+        def offer_to_serve(offer: str) -> str:
+            opened = services.streams.open(services.db, camera, Audience.GOOGLE, Protocol.WEBRTC)
+            body = {"action": "offer", "deviceId": camera.id, "sdp": offer}
+            headers = {"Authorization": f"Bearer {opened.token}"}
+            answer = requests.post(url + "/webrtc/signal", json=body, headers=headers, timeout=20)
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["sdp"])
+
+        with Watcher(offer_to_serve) as first, Watcher(offer_to_serve) as second:
+            assert first.wait_frames(3) and second.wait_frames(3), "no frames via `serve`"
+            pulls = [pid for pid, line in descendants(serve.pid) if "ffmpeg" in line.split()[0]]
+            assert len(pulls) == 1, descendants(serve.pid)
+            assert pulls[0] in {pid for pid, _ in descendants(nodes[0][0])}
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(30)
