@@ -338,3 +338,25 @@ def test_serve_runs_one_media_node_for_its_workers(base: Settings, tmp_path: Pat
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(30)
+
+
+def test_no_media_node_reachable_is_a_clean_503_at_the_signaling_url(base: Settings) -> None:
+    """A web instance whose media nodes are all down answers Google's offer with 503
+    `unavailable` (MediaUnavailable), never a 500, and its `end` is still {}."""
+    from tests.conftest import free_port
+    from tests.test_webrtc import add_camera
+    from tests.webrtc_support import make_offer
+
+    down = f"http://127.0.0.1:{free_port()},http://127.0.0.1:{free_port()}"  # nobody listens
+    app = create_app(base.model_copy(update={"media_urls": down}))
+    services = app.extensions["camvoice"]
+    camera = add_camera(services.db)
+    opened = services.streams.open(services.db, camera, Audience.GOOGLE, Protocol.WEBRTC)
+    headers = {"Authorization": f"Bearer {opened.token}"}
+    with LiveServer(app) as live:
+        body = {"action": "offer", "deviceId": camera.id, "sdp": make_offer()}
+        refused = live.post("/webrtc/signal", json=body, headers=headers)
+        assert refused.status_code == 503 and refused.json()["error"] == "unavailable"
+        ended = live.post("/webrtc/signal", json={"action": "end", "deviceId": camera.id},
+                          headers=headers)  # fmt: skip
+        assert ended.status_code == 200 and ended.json() == {}
