@@ -34,6 +34,9 @@ AUTH_SCHEME = re.compile(r"(?i)\b(bearer|basic|digest)\s+[A-Za-z0-9._~+/=\-]+")
 TICKET_PATH = re.compile(r"(?i)(/(?:streams|snapshots|cam)/[^/\s]+/)[^/\s?#]+")
 # A stream ticket or a JWT on its own: base64url JSON ("eyJ...") with a signature after a dot.
 SIGNED_TOKEN = re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-.]{8,}")
+# An SDP's ICE password (aiortc logs whole offers and answers at DEBUG): it authenticates the
+# connectivity checks of a live session.
+ICE_PWD = re.compile(r"(?i)(a=ice-pwd:)[^\s]+")
 
 
 def redact(text: str) -> str:
@@ -43,6 +46,7 @@ def redact(text: str) -> str:
     text = JSON_SECRET.sub(lambda m: f'{m.group(1)}"{MASK}"', text)
     text = AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {MASK}", text)
     text = TICKET_PATH.sub(lambda m: f"{m.group(1)}{MASK}", text)
+    text = ICE_PWD.sub(lambda m: f"{m.group(1)}{MASK}", text)
     return SIGNED_TOKEN.sub(MASK, text)
 
 

@@ -76,9 +76,9 @@ def record_refusal(
 @dataclass(frozen=True)
 class OpenStream:
     """A stream handed out: the camera as checked, its URL, a snapshot URL when the source can
-    give one (a camera cloud's HLS cannot), and when both expire. For WebRTC the URL is the
-    signaling endpoint and `token` the ticket to offer with (None for the other protocols,
-    whose URLs carry their ticket)."""
+    give one (a camera cloud's HLS cannot), and when both expire. `token` is the stream's
+    ticket: for WebRTC the URL is the signaling endpoint and the ticket its bearer token; other
+    URLs carry it, and Google takes it again as cameraStreamAuthToken."""
 
     camera: Camera
     url: str
@@ -167,13 +167,10 @@ class Streams:
         if blockers:
             raise StreamRefused(blockers)
         ttl = self.settings.stream_ticket_ttl
-        url = self.mint(camera, protocol, audience, grant_id, session_ref)
-        token = None
-        if protocol is Protocol.WEBRTC:  # the ticket travels as a bearer token, not in the URL
-            url, token = self.signaling_url(), url
+        token = self.ticket(camera, protocol, audience, grant_id, session_ref)
         return OpenStream(
             camera=camera,
-            url=url,
+            url=self.url(camera, protocol, token),
             token=token,
             image_url=(
                 self.mint(camera, Protocol.JPEG, audience, grant_id, session_ref)
@@ -202,10 +199,15 @@ class Streams:
         """A signed, short-lived URL for a camera that passed its readiness rules; for WebRTC the
         ticket alone (an offer's bearer token: never put in a URL, where logs would keep it)."""
         token = self.ticket(camera, protocol, audience, grant_id, session_ref)
+        return token if protocol is Protocol.WEBRTC else self.url(camera, protocol, token)
+
+    def url(self, camera: Camera, protocol: Protocol, token: str) -> str:
+        """Where a ticket is played: the signaling URL for WebRTC (the ticket is its bearer
+        token), otherwise a URL that carries the ticket."""
         settings = self.settings
         base = settings.public_url
         if protocol is Protocol.WEBRTC:
-            return token
+            return self.signaling_url()
         if protocol is Protocol.HLS:
             template = settings.hls_url_template or "{base}/streams/{camera_id}/{ticket}/index.m3u8"
         elif protocol is Protocol.RTSPS:

@@ -84,6 +84,10 @@ class Feed:
     idle_since: float | None = None  # monotonic, since the last viewer left
     stopped: threading.Event = field(default_factory=threading.Event)
     starts: int = 0  # how many ffmpeg were started (tests: one for many viewers)
+    # Timestamps continue across a restart of ffmpeg (which starts its own again near 0):
+    # viewers' RTP timestamps must not jump back. Shifted once here, before the fan-out.
+    last_pts: int = 0
+    offset: int | None = None
 
 
 class Feeds:
@@ -169,6 +173,7 @@ class Feeds:
             if feed.stopped.is_set():
                 return
             feed.gop = []
+            feed.offset = None
             spawner = self._spawner_started()
         process = spawner.spawn(
             feed_command(self.ffmpeg, source, feed.name), stdout=subprocess.PIPE
@@ -194,6 +199,7 @@ class Feeds:
                 kind = packet.stream.type
                 if kind not in ("video", "audio"):
                     continue
+                self._shift(feed, packet)
                 with self.lock:
                     if kind == "video":
                         if packet.is_keyframe:
@@ -205,6 +211,19 @@ class Feeds:
                 for viewer in viewers:
                     viewer.deliver(kind, packet)
         log.warning("feed for camera %s ended (ffmpeg exited)", feed.camera_id)
+
+    @staticmethod
+    def _shift(feed: Feed, packet: av.Packet) -> None:
+        """Continue the feed's timeline: this pull's first packet comes a frame after the last
+        one of the previous pull (both kinds shifted alike, so they stay in sync)."""
+        assert packet.pts is not None and packet.time_base is not None
+        ticks = int(1 / packet.time_base)  # per second (MPEG-TS: 90 kHz)
+        if feed.offset is None:
+            feed.offset = feed.last_pts + ticks // 15 - packet.pts if feed.starts > 1 else 0
+        packet.pts += feed.offset
+        if packet.dts is not None:
+            packet.dts += feed.offset
+        feed.last_pts = max(feed.last_pts, packet.pts)
 
     def _end_process(self, feed: Feed) -> None:
         with self.lock:

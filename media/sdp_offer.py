@@ -42,6 +42,7 @@ class Prepared:
 
     sdp: str
     rejected: list[tuple[int, Section]] = field(default_factory=list)  # (m-line index, section)
+    kinds: frozenset[str] = frozenset()  # the media served: "video", and "audio" if offered so
 
 
 def _sections(sdp: str) -> tuple[list[str], list[Section]]:
@@ -111,7 +112,7 @@ def prepare(offer: str) -> Prepared:
             line = " ".join(["a=group:BUNDLE", *mids])
         kept_session.append(line)
     served = [line for s in sections if s.served for line in s.lines]
-    return Prepared("\r\n".join([*kept_session, *served]) + "\r\n", rejected)
+    return Prepared("\r\n".join([*kept_session, *served]) + "\r\n", rejected, frozenset(seen))
 
 
 def complete(answer: str, prepared: Prepared) -> str:

@@ -45,6 +45,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from camvoice import audit
 from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.models import Camera
@@ -59,6 +60,8 @@ from media.feeds import Feeds
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# aiortc logs every SDP at DEBUG (ICE passwords in them); aioice every check at INFO.
+QUIET_LOGGERS = {"aiortc": logging.INFO, "aioice": logging.WARNING}
 ANSWER_DEADLINE = 5.0  # negotiation (ICE gathering included); Alexa gives up after 8 s
 QUEUE_LIMIT = 300  # packets waiting for a slow peer before its video restarts at a keyframe
 SESSION_ID_MAX = 128
@@ -152,6 +155,8 @@ class WebRTCEngine:
         self._stop = threading.Event()
         self.loop = asyncio.new_event_loop()
         self._started = False  # the loop's threads start with the first offer: most apps get none
+        for name, floor in QUIET_LOGGERS.items():  # whatever the root logger's level
+            logging.getLogger(name).setLevel(max(logging.getLogger(name).level, floor))
 
     def _start(self) -> None:
         with self.lock:
@@ -192,15 +197,12 @@ class WebRTCEngine:
                 raise MediaBusy("too many live WebRTC sessions")
             self.sessions[session_id] = session
         try:
-            sdp = self._run(self._negotiate(session, prepared.sdp), ANSWER_DEADLINE)
+            sdp = self._run(self._negotiate(session, prepared), ANSWER_DEADLINE)
         except FutureTimeout:
-            self._end(session, "answer_timeout")
+            self._end(session, "answer_timeout", started=False)
             raise MediaUnavailable("the answer took too long") from None
-        except OfferRefused:
-            self._end(session, "offer_refused")
-            raise
         except Exception as exc:  # aiortc's parser and negotiation raise many kinds
-            self._end(session, "offer_refused")
+            self._end(session, "offer_refused", started=False)
             log.info("offer for camera %s refused: %s", camera.id, type(exc).__name__)
             raise OfferRefused("the offer cannot be answered") from None
         self.feeds.join(camera.id, source, camera.name, viewer)
@@ -257,7 +259,9 @@ class WebRTCEngine:
             future.cancel()
             raise
 
-    async def _negotiate(self, session: Session, offer: str) -> str:
+    async def _negotiate(self, session: Session, offer: sdp_offer.Prepared) -> str:
+        """Answer on the loop: a sendonly transceiver per kind served (aiortc cannot answer
+        with one the offer has no m-line for), codecs narrowed to what the feed carries."""
         pc = session.pc
 
         @pc.on("connectionstatechange")
@@ -269,9 +273,10 @@ class WebRTCEngine:
 
         video = pc.addTransceiver(session.viewer.video, direction="sendonly")
         video.setCodecPreferences(_codecs("video", ("video/H264", "video/rtx")))
-        audio = pc.addTransceiver(session.viewer.audio, direction="sendonly")
-        audio.setCodecPreferences(_codecs("audio", ("audio/opus",)))
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        if "audio" in offer.kinds:
+            audio = pc.addTransceiver(session.viewer.audio, direction="sendonly")
+            audio.setCodecPreferences(_codecs("audio", ("audio/opus",)))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate
         return str(pc.localDescription.sdp)
 
@@ -281,7 +286,9 @@ class WebRTCEngine:
         """From the loop: end off the loop (ending joins the loop, and leaves the feed)."""
         threading.Thread(target=self._end, args=(session, reason), daemon=True).start()
 
-    def _end(self, session: Session, reason: str) -> None:
+    def _end(self, session: Session, reason: str, started: bool = True) -> None:
+        """Tear the session down; a started one (answered) is audited as ended, with why.
+        Never on the loop's thread (it waits for the loop)."""
         with self.lock:
             if session.ended:
                 return
@@ -297,6 +304,19 @@ class WebRTCEngine:
             except (FutureTimeout, RuntimeError):
                 log.warning("webrtc session %s did not close in time", _short(session.id))
         log.info("webrtc session %s ended: %s", _short(session.id), reason)
+        if started:
+            try:
+                self._audit_end(session, reason)
+            except Exception:  # at exit the database may be gone: the session ends all the same
+                log.exception("webrtc session %s: its end was not audited", _short(session.id))
+
+    def _audit_end(self, session: Session, reason: str) -> None:
+        ticket = session.ticket
+        with self.db.session() as db_session:
+            audit.record(db_session, "stream.ended", actor=ticket.audience.value,
+                         account_id=ticket.account_id, camera_id=session.camera_id,
+                         assistant=ticket.audience.value, protocol=Protocol.WEBRTC.value,
+                         reason=reason)  # fmt: skip
 
     def _watch_forever(self) -> None:
         """Idle, too long and no longer admitted sessions end; every half second."""

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -19,7 +21,7 @@ from camvoice.settings import Settings
 from camvoice.streams import Streams
 from camvoice.tickets import Audience, Protocol
 from media.relay import find_ffmpeg
-from tests.conftest import TEST_SOURCE_NETWORKS, until
+from tests.conftest import TEST_SOURCE_NETWORKS, free_port, require_gstreamer, until
 
 
 def play(url: str, deadline: float = 30) -> requests.Response:
@@ -120,3 +122,49 @@ def mint(
 ) -> str:
     """A stream URL as the core mints it for a camera that passed its readiness rules."""
     return Streams(settings, bare_registry()).mint(camera, protocol, audience, grant_id)
+
+
+@contextmanager
+def rtsp_camera(tmp_path: Path) -> Iterator[str]:
+    """A real camera: H.264 (x264, 320x240, 15 fps, no audio) over plain RTSP from GStreamer's
+    server on 127.0.0.2, its URL. Skips the test without GStreamer. A module's fixture:
+
+        @pytest.fixture
+        def real_camera(tmp_path: Path) -> Iterator[str]:
+            with rtsp_camera(tmp_path) as url:
+                yield url
+    """
+    require_gstreamer()
+    port = free_port()
+    script = tmp_path / "camera.py"
+    script.write_text(PLAIN_RTSP_CAMERA)
+    process = subprocess.Popen(["/usr/bin/python3", str(script), "127.0.0.2", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+        yield f"rtsp://127.0.0.2:{port}/stream"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+# A real camera: GStreamer's RTSP server, run by the system Python (Debian's gi bindings).
+PLAIN_RTSP_CAMERA = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address(sys.argv[1])
+server.set_service(sys.argv[2])
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch("( videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=15/1"
+                   " ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 pt=96 )")
+factory.set_shared(True)
+server.get_mount_points().add_factory("/stream", factory)
+server.attach(None)
+print("ready", flush=True)
+GLib.MainLoop().run()
+"""

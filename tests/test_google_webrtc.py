@@ -5,6 +5,7 @@ aiortc playing the Nest Hub."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +27,11 @@ from service.demo import DEMO_EMAIL, seed
 from tests.conftest import LiveServer, wait_for, wiring
 from tests.oauth_support import GOOGLE_URIS, make_owner, register
 from tests.test_google import execute, fulfill, token_for
-from tests.webrtc_support import Watcher
+from tests.webrtc_support import Watcher, make_offer
 
 GSTATIC = "https://www.gstatic.com"
 PUBLIC = "http://127.0.0.1:8080"
 STUN = {"urls": ["stun:stun.example.net:3478"]}
-# Enough of an offer to pass the signaling checks; a refused token never reaches the engine.
-OFFER_STUB = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 
 
 @pytest.fixture
@@ -44,7 +43,11 @@ def demo(db: Database) -> dict[str, str]:
 @pytest.fixture
 def server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[LiveServer]:
     configured = settings.model_copy(
-        update={"media_dir": tmp_path / "media", "ice_servers": SecretStr(json.dumps([STUN]))}
+        update={
+            "media_dir": tmp_path / "media",
+            "ice_servers": SecretStr(json.dumps([STUN])),
+            "max_webrtc_sessions": 1,  # a second viewer meets MediaBusy
+        }
     )
     app = create_app(configured, db)
     with LiveServer(app) as live:
@@ -222,7 +225,8 @@ def test_refused_tokens_get_401_or_403_and_no_answer(
         front, ticket.account_id, Protocol.WEBRTC, Audience.GOOGLE, -60, ticket.grant_id))  # fmt: skip
     hls = settings.signer().sign(new_ticket(
         front, ticket.account_id, Protocol.HLS, Audience.GOOGLE, 300, ticket.grant_id))  # fmt: skip
-    offer = {"action": "offer", "deviceId": front, "sdp": OFFER_STUB}
+    offer = {"action": "offer", "deviceId": front, "sdp": make_offer()}
+    engine = wiring(server.app).webrtc
     cases = {
         "missing": (None, offer, 401),
         "garbage": ("not-a-ticket", offer, 401),
@@ -234,13 +238,17 @@ def test_refused_tokens_get_401_or_403_and_no_answer(
     for what, (bearer, body, status) in cases.items():
         response = signal(server, bearer, body)
         assert response.status_code == status, what
-        assert "sdp" not in response.json(), what
+        assert "sdp" not in response.json() and not engine.sessions, what
         if status == 401:
             assert response.headers["WWW-Authenticate"].startswith("Bearer"), what
+    # A good ticket with an offer the engine cannot serve: 400, and no session either.
+    refused = signal(server, good, {**offer, "sdp": "v=0\r\nthis is not SDP\r\n"})
+    assert (refused.status_code, refused.json()["error"]) == (400, "offer_refused")
+    assert not engine.sessions
     # Unlinked in the Google Home app: the ticket minted for that link is dead too.
     assert fulfill(server, token, {"intent": "action.devices.DISCONNECT"}).status_code == 200
     revoked = signal(server, good, offer)
-    assert revoked.status_code == 401 and "sdp" not in revoked.json()
+    assert revoked.status_code == 401 and "sdp" not in revoked.json() and not engine.sessions
     # `end` checks the signature and the camera before touching any session.
     assert signal(server, "not-a-ticket", {"action": "end", "deviceId": front}).status_code == 401
     assert signal(server, good, {"action": "end", "deviceId": garage}).status_code == 403
@@ -270,8 +278,9 @@ def nest_hub_player(live: LiveServer, states: dict[str, Any], camera_id: str) ->
 
 
 def test_nest_hub_plays_ends_and_is_cut_when_audio_turns_off(
-    server: LiveServer, db: Database, google, demo
+    server: LiveServer, db: Database, google, demo, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.DEBUG)
     token = token_for(server, google, DEMO_EMAIL)
     front = demo["Front Door"]
     engine = wiring(server.app).webrtc
@@ -279,7 +288,14 @@ def test_nest_hub_plays_ends_and_is_cut_when_audio_turns_off(
     with nest_hub_player(server, states, front) as display:
         assert display.wait_frames(3), "no decoded video over WebRTC"
         assert "a=candidate:" in (display.answer or "")  # complete: Google does not trickle
-        ended = signal(server, states["cameraStreamAuthToken"], {"action": "end", "deviceId": front})
+        # A second display while the one session allowed here plays: try again later.
+        other = stream_states(server, token, nest_hub([front]))["cameraStreamAuthToken"]
+        busy = signal(server, other, {"action": "offer", "deviceId": front, "sdp": make_offer()})
+        assert (busy.status_code, busy.json()["error"]) == (503, "busy")
+        assert int(busy.headers["Retry-After"]) > 0 and len(engine.sessions) == 1
+        ended = signal(
+            server, states["cameraStreamAuthToken"], {"action": "end", "deviceId": front}
+        )
         assert (ended.status_code, ended.json()) == (200, {})
         assert display.wait_ended(), "the session outlived Google's end"
     wait_for(lambda: not engine.sessions, "the engine to drop the ended session", 10)
@@ -294,7 +310,14 @@ def test_nest_hub_plays_ends_and_is_cut_when_audio_turns_off(
             registry.record(session, session.get(Camera, front), {"audio": False}, actor="test")
         assert display.wait_ended(10), "audio off did not end the Google session within 10 s"
     with db.session() as session:
-        reasons = session.scalars(
-            select(AuditEvent.detail).where(AuditEvent.camera_id == front)
+        started = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.camera_id == front, AuditEvent.action == "stream.started"
+            )
         ).all()
-    assert reasons  # the session's start and end are on the owner's record
+    # Neither the ticket nor the SDP's ICE password is in any log line.
+    passwords = [line for line in (display.answer or "").split("\r\n") if "ice-pwd" in line]
+    assert passwords and not any(p.split(":", 1)[1] in caplog.text for p in passwords)
+    assert states["cameraStreamAuthToken"] not in caplog.text
+    # Each session is on the owner's record as Google's, over WebRTC.
+    assert [(e.assistant, e.detail["protocol"]) for e in started] == [("google", "webrtc")] * 2

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -39,14 +38,12 @@ from service.app import create_app
 from service.wiring import build_services
 from tests.conftest import (
     LiveServer,
-    free_port,
-    require_gstreamer,
     run_cli,
     running_relay,
     with_relay,
 )
 from tests.fake_ezviz import FakeEzviz
-from tests.media_support import mint, play, probe_video
+from tests.media_support import mint, play, probe_video, rtsp_camera
 from tests.oauth_support import make_owner
 
 EVERYTHING_LISTED = "127.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 169.254.0.0/16, fc00::/7, ::1/128"
@@ -367,23 +364,16 @@ def test_a_refused_start_is_remembered_for_a_while_not_retried_by_every_fetch(
 
 @pytest.fixture
 def real_camera(tmp_path: Path) -> Iterator[str]:
-    """H.264 over plain RTSP from GStreamer's server on 127.0.0.2: its URL."""
-    require_gstreamer()
-    port = free_port()
-    script = tmp_path / "camera.py"
-    script.write_text(PLAIN_RTSP_CAMERA)
-    process = subprocess.Popen(["/usr/bin/python3", str(script), "127.0.0.2", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
-        yield f"rtsp://127.0.0.2:{port}/stream"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with rtsp_camera(tmp_path) as url:
+        yield url
 
 
 def test_a_real_camera_plays_through_the_guards(
-    settings: Settings, db: Database, tmp_path: Path, real_camera: str, sink: Sink
+    settings: Settings,
+    db: Database,
+    tmp_path: Path,
+    real_camera: str,
+    sink: Sink,
 ) -> None:
     """HLS (ffmpeg) and RTSPS (GStreamer's rtspsrc, which follows redirects as ffmpeg does)
     play a real camera through their guards; a camera that answers camvoice 200 and the RTSPS
@@ -405,27 +395,6 @@ def test_a_real_camera_plays_through_the_guards(
         assert sink.connections() == 0
     finally:
         liar.close()
-
-
-PLAIN_RTSP_CAMERA = """
-import sys
-import gi
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer
-Gst.init(None)
-server = GstRtspServer.RTSPServer()
-server.set_address(sys.argv[1])
-server.set_service(sys.argv[2])
-factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch("( videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=15/1"
-                   " ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 pt=96 )")
-factory.set_shared(True)
-server.get_mount_points().add_factory("/stream", factory)
-server.attach(None)
-print("ready", flush=True)
-GLib.MainLoop().run()
-"""
 
 
 def test_redirects_within_the_policy_are_followed_with_digest_credentials() -> None:

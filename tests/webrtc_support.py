@@ -15,8 +15,8 @@ Usage (the test is synchronous; the client runs its own asyncio loop in a thread
 `make_offer()` is just an offer (for refusal tests). `Watcher(answer, alexa=True)` sends the offer in Alexa's shape (`alexa_shape`). `display.answer`
 is the answer SDP; `display.error` what `answer` raised (Watcher.start re-raises it);
 `display.frames`, `display.audio_frames` count decoded frames; `display.state` is the client's
-connectionState. `Watcher(answer, connect=False)` offers but never connects (ICE never completes
-from camvoice's side: its candidates are dropped), for idle-timeout tests.
+connectionState. `Watcher(answer, connect=False)` offers without candidates (and no
+end-of-candidates) and never applies the answer: ICE never starts, for idle-timeout tests.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import av
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from tests.conftest import until
@@ -110,8 +110,10 @@ class Watcher:
         alexa: bool = False,
         shape: Callable[[str], str] | None = None,
         connect: bool = True,
+        configuration: RTCConfiguration | None = None,
     ) -> None:
         self._answer = answer
+        self._configuration = configuration  # ICE servers and policy (test_turn.py: relay)
         self._shape = shape or (alexa_shape if alexa else (lambda sdp: sdp))
         self._connect = connect
         self.answer: str | None = None
@@ -138,7 +140,7 @@ class Watcher:
         return self.answer
 
     async def _start(self) -> None:
-        pc = self.pc = RTCPeerConnection()
+        pc = self.pc = RTCPeerConnection(self._configuration)
         pc.addTransceiver("video", direction="recvonly")
         pc.addTransceiver("audio", direction="recvonly")
 
@@ -152,17 +154,19 @@ class Watcher:
 
         await pc.setLocalDescription(await pc.createOffer())
         self.offer = self._shape(pc.localDescription.sdp)
+        if not self._connect:  # no candidate, none to come: camvoice has nobody to check
+            self.offer = "\r\n".join(
+                line
+                for line in self.offer.split("\r\n")
+                if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+            )
         try:
             self.answer = await self.loop.run_in_executor(None, self._answer, self.offer)
         except BaseException as exc:  # handed to the test thread
             self.error = exc
             return
-        answer = self.answer
-        if not self._connect:  # camvoice's candidates dropped: ICE cannot complete
-            answer = "\r\n".join(
-                line for line in answer.split("\r\n") if not line.startswith("a=candidate:")
-            )
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        if self._connect:  # else the answer is not applied: this side never checks either
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer, type="answer"))
 
     async def _consume(self, track: MediaStreamTrack) -> None:
         try:
