@@ -4,9 +4,10 @@ A feed is one ffmpeg that pulls the camera and writes MPEG-TS to a pipe, and one
 demuxes it with PyAV and hands each packet to every viewer that joined. Nothing is decoded here:
 a real camera's H.264 is copied as it comes (`-c:v copy`, its SPS/PPS repeated in-band before
 each keyframe so a viewer that joins later can decode), and aiortc packs those packets into RTP
-as they are. Only the demo camera is encoded (libx264, constrained baseline: the profile aiortc
-offers). Audio is transcoded once per camera to Opus 48 kHz, WebRTC's codec; a camera without
-audio gives video only.
+as they are. Only the demo camera, and a camera found to send another codec (H.265, MJPEG), are
+encoded (libx264, constrained baseline: the profile aiortc offers), once for every viewer.
+Audio is transcoded once per camera to Opus 48 kHz, WebRTC's codec; a camera without audio
+gives video only.
 
 The video packets since the last keyframe (the current GOP) are kept, so a viewer that joins a
 running feed gets a keyframe at once instead of waiting up to a GOP for the next one.
@@ -41,12 +42,13 @@ GRACE = 3.0  # a feed without viewers runs this long, for a viewer that reconnec
 RESTART_AFTER = 2.0  # a feed whose ffmpeg exited is started again after this pause
 MAX_GOP = 600  # packets kept for a joining viewer; a camera with a longer GOP keeps the last ones
 
-# The demo camera is encoded as WebRTC players decode it everywhere: constrained baseline
-# (aiortc offers only profile-level-id 42e01f/42001f), no B-frames, a keyframe every second.
-DEMO_VIDEO = [
+# The demo camera, and a camera that sends anything but H.264 (H.265, MJPEG), are encoded as
+# WebRTC players decode it everywhere: constrained baseline (aiortc offers only profile-level-id
+# 42e01f/42001f), no B-frames, a keyframe every second.
+ENCODE_VIDEO = [
     "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
     "-profile:v", "baseline", "-pix_fmt", "yuv420p", "-bf", "0",
-    "-g", "15", "-keyint_min", "15", "-sc_threshold", "0", "-b:v", "800k",
+    "-force_key_frames", "expr:gte(t,n_forced*1)", "-sc_threshold", "0", "-b:v", "1000k",
 ]  # fmt: skip
 
 
@@ -56,13 +58,15 @@ class Viewer(typing.Protocol):
     def deliver(self, kind: str, packet: av.Packet) -> None: ...
 
 
-def feed_command(ffmpeg: str, source: str, name: str) -> list[str]:
-    """ffmpeg pulling `source` into MPEG-TS on stdout: H.264 copied (demo: encoded), Opus."""
+def feed_command(ffmpeg: str, source: str, name: str, encode: bool = False) -> list[str]:
+    """ffmpeg pulling `source` into MPEG-TS on stdout: H.264 copied (the demo, or with `encode`:
+    encoded), audio as Opus."""
     inputs, video = source_args(source, name)
-    if source == "demo":
-        video, audio_map = DEMO_VIDEO, "1:a:0?"
+    audio_map = "1:a:0?" if source == "demo" else "0:a:0?"
+    if source == "demo" or encode:
+        video = ENCODE_VIDEO
     else:
-        video, audio_map = [*video, "-bsf:v", "dump_extra=freq=keyframe"], "0:a:0?"
+        video = [*video, "-bsf:v", "dump_extra=freq=keyframe"]
     return [
         ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "warning", *inputs,
         "-map", "0:v:0", "-map", audio_map, *video,
@@ -84,6 +88,7 @@ class Feed:
     idle_since: float | None = None  # monotonic, since the last viewer left
     stopped: threading.Event = field(default_factory=threading.Event)
     starts: int = 0  # how many ffmpeg were started (tests: one for many viewers)
+    encode: bool = False  # the camera sends no H.264: encoded once here, for every viewer
     # Timestamps continue across a restart of ffmpeg (which starts its own again near 0):
     # viewers' RTP timestamps must not jump back. Shifted once here, before the fan-out.
     last_pts: int = 0
@@ -146,6 +151,7 @@ class Feeds:
     def _run(self, feed: Feed) -> None:
         """The feed's thread: check the source, pull it, start again while viewers remain."""
         while not feed.stopped.is_set():
+            encoding = feed.encode
             try:
                 self._pull(feed)
             except (SourceRefused, AddressRefused) as exc:
@@ -155,6 +161,8 @@ class Feeds:
                 log.exception("feed for camera %s failed", feed.camera_id)
             finally:
                 self._end_process(feed)
+            if feed.encode != encoding:
+                continue  # found to need encoding: again at once
             if feed.stopped.wait(RESTART_AFTER):
                 break
             with self.lock:
@@ -176,7 +184,7 @@ class Feeds:
             feed.offset = None
             spawner = self._spawner_started()
         process = spawner.spawn(
-            feed_command(self.ffmpeg, source, feed.name), stdout=subprocess.PIPE
+            feed_command(self.ffmpeg, source, feed.name, feed.encode), stdout=subprocess.PIPE
         )
         with self.lock:
             feed.process = process
@@ -191,6 +199,11 @@ class Feeds:
         # Small probe: the PMT names the streams at once; nothing is decoded here.
         options = {"probesize": "32768", "analyzeduration": "0"}
         with av.open(process.stdout, format="mpegts", options=options) as container:
+            codecs = {stream.codec_context.name for stream in container.streams.video}
+            if codecs and "h264" not in codecs and not feed.encode:
+                log.warning("camera %s sends %s, not H.264: encoding it", feed.camera_id, *codecs)
+                feed.encode = True
+                return
             for packet in container.demux():
                 if feed.stopped.is_set():
                     return

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Coroutine
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -62,20 +64,31 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # aiortc logs every SDP at DEBUG (ICE passwords in them); aioice every check at INFO.
 QUIET_LOGGERS = {"aiortc": logging.INFO, "aioice": logging.WARNING}
-ANSWER_DEADLINE = 5.0  # negotiation (ICE gathering included); Alexa gives up after 8 s
-QUEUE_LIMIT = 300  # packets waiting for a slow peer before its video restarts at a keyframe
+ANSWER_DEADLINE = (
+    6.0  # negotiation; an unreachable STUN/TURN server costs aioice 5 s; Alexa waits 8
+)
+QUEUE_LIMIT = 600  # packets waiting for a slow peer before its video restarts at a keyframe
+AUDIO_KEPT = 5  # audio packets (20 ms each) kept for a peer that has just connected
 SESSION_ID_MAX = 128
 
 
 class PacketTrack(MediaStreamTrack):
-    """A track whose recv() gives the feed's encoded packets (aiortc packs them as they are)."""
+    """A track whose recv() gives the feed's encoded packets (aiortc packs them as they are).
+
+    Packets wait here until the peer has connected and aiortc asks; then the wait is cut to
+    the newest keyframe (video) or the last few packets (audio), so a slow ICE or DTLS setup
+    does not become lasting latency. A peer that cannot keep up loses what waits and resumes at
+    the next keyframe.
+    """
 
     def __init__(self, kind: str, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self.kind = kind
         self._loop = loop
-        self._queue: asyncio.Queue[av.Packet] = asyncio.Queue()
+        self._packets: deque[av.Packet] = deque()
+        self._arrived = asyncio.Event()
         self._want_keyframe = False
+        self._sending = False
 
     def offer(self, packet: av.Packet) -> None:
         """From the feed's thread: hand the packet into the loop."""
@@ -84,21 +97,40 @@ class PacketTrack(MediaStreamTrack):
     def _put(self, packet: av.Packet) -> None:
         if self.readyState != "live":
             return
-        if self._queue.qsize() >= QUEUE_LIMIT:
-            # A peer that cannot keep up: drop what waits; video resumes at the next keyframe.
-            while not self._queue.empty():
-                self._queue.get_nowait()
+        if len(self._packets) >= QUEUE_LIMIT:
+            self._packets.clear()
             self._want_keyframe = self.kind == "video"
         if self._want_keyframe:
             if not packet.is_keyframe:
                 return
             self._want_keyframe = False
-        self._queue.put_nowait(packet)
+        self._packets.append(packet)
+        self._arrived.set()
+
+    def wake(self) -> None:
+        """On the loop, once stopped: a recv() waiting for a packet raises instead."""
+        self._arrived.set()
+
+    def _catch_up(self) -> None:
+        """Drop what waited before the peer could take it, keeping a decodable start."""
+        if self.kind == "video":
+            keyframes = [i for i, p in enumerate(self._packets) if p.is_keyframe]
+            for _ in range(keyframes[-1] if keyframes else 0):
+                self._packets.popleft()
+        else:
+            while len(self._packets) > AUDIO_KEPT:
+                self._packets.popleft()
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
-        if self.readyState != "live":
-            raise MediaStreamError
-        return await self._queue.get()
+        if not self._sending:
+            self._sending = True
+            self._catch_up()
+        while not self._packets:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._packets.popleft()
 
 
 class SessionViewer:
@@ -117,8 +149,8 @@ class Session:
     id: str
     camera_id: str
     ticket: Ticket
-    pc: RTCPeerConnection
     viewer: SessionViewer
+    pc: RTCPeerConnection | None = None  # made on the loop (aiortc binds the running loop)
     created: float = field(default_factory=time.monotonic)
     connected_at: float | None = None
     ended: bool = False
@@ -187,11 +219,14 @@ class WebRTCEngine:
             old = self.sessions.get(session_id)
             if old is None and len(self.sessions) >= self.max_sessions:
                 raise MediaBusy("too many live WebRTC sessions")
+        if old is not None and (old.camera_id, old.ticket.account_id) != (
+            camera.id,
+            ticket.account_id,
+        ):
+            raise OfferRefused("the session id is in use")
         if old is not None:  # the same caller negotiating again: the new offer replaces it
             self._end(old, "renegotiated")
-        viewer = SessionViewer(self.loop)
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(self.settings)))
-        session = Session(session_id, camera.id, ticket, pc, viewer)
+        session = Session(session_id, camera.id, ticket, SessionViewer(self.loop))
         with self.lock:
             if len(self.sessions) >= self.max_sessions:
                 raise MediaBusy("too many live WebRTC sessions")
@@ -205,7 +240,7 @@ class WebRTCEngine:
             self._end(session, "offer_refused", started=False)
             log.info("offer for camera %s refused: %s", camera.id, type(exc).__name__)
             raise OfferRefused("the offer cannot be answered") from None
-        self.feeds.join(camera.id, source, camera.name, viewer)
+        self.feeds.join(camera.id, source, camera.name, session.viewer)
         with self.db.session() as db_session:
             self.streams.record_view(db_session, ticket, camera)
         log.info("webrtc session %s started for camera %s", _short(session_id), camera.id)
@@ -262,7 +297,7 @@ class WebRTCEngine:
     async def _negotiate(self, session: Session, offer: sdp_offer.Prepared) -> str:
         """Answer on the loop: a sendonly transceiver per kind served (aiortc cannot answer
         with one the offer has no m-line for), codecs narrowed to what the feed carries."""
-        pc = session.pc
+        pc = session.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(self.settings)))
 
         @pc.on("connectionstatechange")
         def _state() -> None:
@@ -296,11 +331,9 @@ class WebRTCEngine:
             if self.sessions.get(session.id) is session:
                 del self.sessions[session.id]
         self.feeds.leave(session.camera_id, session.viewer)
-        session.viewer.video.stop()
-        session.viewer.audio.stop()
         if not self.loop.is_closed():
             try:
-                self._run(session.pc.close(), 5.0)
+                self._run(self._close(session), 5.0)
             except (FutureTimeout, RuntimeError):
                 log.warning("webrtc session %s did not close in time", _short(session.id))
         log.info("webrtc session %s ended: %s", _short(session.id), reason)
@@ -317,6 +350,14 @@ class WebRTCEngine:
                          account_id=ticket.account_id, camera_id=session.camera_id,
                          assistant=ticket.audience.value, protocol=Protocol.WEBRTC.value,
                          reason=reason)  # fmt: skip
+
+    @staticmethod
+    async def _close(session: Session) -> None:
+        for track in (session.viewer.video, session.viewer.audio):
+            track.stop()
+            track.wake()
+        if session.pc is not None:
+            await session.pc.close()
 
     def _watch_forever(self) -> None:
         """Idle, too long and no longer admitted sessions end; every half second."""
@@ -363,7 +404,17 @@ class WebRTCEngine:
             self._end(session, "shutdown")
         self.feeds.shutdown()
         if self._started:
+            with contextlib.suppress(FutureTimeout, RuntimeError):
+                self._run(_cancel_pending(), 5.0)
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+async def _cancel_pending() -> None:
+    """What aiortc left running (connection attempts of peers that never connected)."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _codecs(kind: str, mime_types: tuple[str, ...]) -> list[Any]:

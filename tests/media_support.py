@@ -124,10 +124,20 @@ def mint(
     return Streams(settings, bare_registry()).mint(camera, protocol, audience, grant_id)
 
 
+# What a test camera sends (GStreamer launch lines; the payloaders are pay0, pay1...).
+TEST_PICTURE = "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=15/1"
+H264_ONLY = f"{TEST_PICTURE} ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 pt=96"
+H265_ONLY = f"{TEST_PICTURE} ! x265enc tune=zerolatency key-int-max=15 ! rtph265pay name=pay0 pt=96"
+H264_AND_PCMA = (
+    f"{H264_ONLY} audiotestsrc is-live=true ! audio/x-raw,rate=8000,channels=1 ! alawenc"
+    " ! rtppcmapay name=pay1 pt=8"
+)
+
+
 @contextmanager
-def rtsp_camera(tmp_path: Path) -> Iterator[str]:
-    """A real camera: H.264 (x264, 320x240, 15 fps, no audio) over plain RTSP from GStreamer's
-    server on 127.0.0.2, its URL. Skips the test without GStreamer. A module's fixture:
+def rtsp_camera(tmp_path: Path, sends: str = H264_ONLY) -> Iterator[str]:
+    """A real camera over plain RTSP from GStreamer's server on 127.0.0.2, its URL; by default
+    H.264 (x264, 320x240, 15 fps) and no audio. Skips the test without GStreamer. A fixture:
 
         @pytest.fixture
         def real_camera(tmp_path: Path) -> Iterator[str]:
@@ -138,7 +148,7 @@ def rtsp_camera(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     script = tmp_path / "camera.py"
     script.write_text(PLAIN_RTSP_CAMERA)
-    process = subprocess.Popen(["/usr/bin/python3", str(script), "127.0.0.2", str(port)],
+    process = subprocess.Popen(["/usr/bin/python3", str(script), "127.0.0.2", str(port), sends],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         assert process.stdout is not None and process.stdout.readline() == b"ready\n"
@@ -160,8 +170,7 @@ server = GstRtspServer.RTSPServer()
 server.set_address(sys.argv[1])
 server.set_service(sys.argv[2])
 factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch("( videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=15/1"
-                   " ! x264enc tune=zerolatency key-int-max=15 ! rtph264pay name=pay0 pt=96 )")
+factory.set_launch("( " + sys.argv[3] + " )")
 factory.set_shared(True)
 server.get_mount_points().add_factory("/stream", factory)
 server.attach(None)

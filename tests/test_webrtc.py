@@ -22,8 +22,11 @@ from sqlalchemy import select
 from camvoice.accounts import find_account
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
+from camvoice.readiness import Blocker
 from camvoice.services import Services
-from camvoice.settings import Settings
+from camvoice.sessions import SignInSession
+from camvoice.settings import ConfigError, Settings, load_settings
+from camvoice.streams import blockers_for
 from camvoice.tickets import Audience, Protocol, new_ticket
 from camvoice.webrtc import Answer, MediaBusy, OfferRefused, TicketRefused
 from media.webrtc import WebRTCEngine
@@ -31,7 +34,7 @@ from oauth.models import Grant
 from oauth.tokens import revoke_grant
 from service.app import create_app
 from tests.conftest import until, wait_for
-from tests.media_support import bare_registry, rtsp_camera
+from tests.media_support import H264_AND_PCMA, H265_ONLY, bare_registry, rtsp_camera
 from tests.oauth_support import ALEXA_URIS, make_owner, register
 from tests.test_hung_camera import HELD_AT_MOST, BlackHole
 from tests.webrtc_support import Watcher, alexa_shape, make_offer, without_opus
@@ -109,14 +112,16 @@ def test_a_demo_camera_plays_over_webrtc(
         assert until_audio(display)
         ice_pwd = re.search(r"a=ice-pwd:(\S+)", answer)
         assert ice_pwd is not None
-    wait_for(lambda: not engine(app).sessions, "the session to end when the display left", 20)
-    with db.reading() as session:
-        events = session.scalars(select(AuditEvent).where(AuditEvent.action.like("stream.%"))).all()
-    assert [(e.action, e.detail.get("protocol")) for e in events] == [
-        ("stream.requested", "webrtc"),
-        ("stream.started", "webrtc"),
-        ("stream.ended", "webrtc"),
-    ]
+
+    def events() -> list[tuple[str, str | None]]:
+        with db.reading() as session:
+            rows = session.scalars(select(AuditEvent).where(AuditEvent.action.like("stream.%")))
+            return [(e.action, e.detail.get("protocol")) for e in rows]
+
+    ended = ("stream.ended", "webrtc")
+    wait_for(lambda: ended in events(), "the session to end when the display left", 20)
+    assert events() == [("stream.requested", "webrtc"), ("stream.started", "webrtc"), ended]
+    assert not engine(app).sessions
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert ice_pwd[1] not in logged and token not in logged and "a=fingerprint" not in logged
 
@@ -174,6 +179,29 @@ def test_a_real_camera_plays_its_own_h264_without_reencoding(
         [args] = feed_processes()
         assert args[args.index("-c:v") + 1] == "copy"
         assert "libx264" not in args
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database plays a part
+def test_a_cameras_pcma_audio_is_heard_as_opus(app: Flask, db: Database, tmp_path: Path) -> None:
+    with rtsp_camera(tmp_path, H264_AND_PCMA) as source:
+        camera = add_camera(db, "Porch", source=source)
+        with Watcher(answerer(app, ticket(app, camera), camera.id)) as display:
+            assert display.wait_frames(3), "no video frames decoded"
+            assert until_audio(display), "no audio frames decoded"
+            [args] = feed_processes()
+            assert args[args.index("-c:v") + 1] == "copy"
+            assert args[args.index("-c:a") + 1] == "libopus"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database plays a part
+def test_a_camera_sending_h265_is_encoded_once(app: Flask, db: Database, tmp_path: Path) -> None:
+    with rtsp_camera(tmp_path, H265_ONLY) as source:
+        camera = add_camera(db, "Garage", source=source)
+        with Watcher(answerer(app, ticket(app, camera), camera.id)) as display:
+            assert display.wait_frames(5), "no video frames decoded"
+            assert display.frame_size == (320, 240)
+            [args] = feed_processes()
+            assert args[args.index("-c:v") + 1] == "libx264"
 
 
 def test_two_viewers_of_a_camera_share_one_ffmpeg(app: Flask, db: Database) -> None:
@@ -366,3 +394,42 @@ def test_sessions_beyond_the_limit_are_told_busy(webrtc_settings: Settings, db: 
             engine(app).answer(ticket(app, camera), camera.id, make_offer())
         assert engine(app).end(first.session_id, camera.id, "done")
         engine(app).answer(ticket(app, camera), camera.id, make_offer())  # room again
+
+
+def test_signing_out_ends_a_console_session(app: Flask, db: Database) -> None:
+    camera = add_camera(db)
+    store = Services.of(app).sessions
+    with db.session() as session:
+        cookie = store.start(session, camera.owner_id)
+    with db.reading() as session:
+        ref = session.scalars(select(SignInSession.id)).one()
+    with Watcher(answerer(app, ticket(app, camera, Audience.WEB, session_ref=ref), camera.id)) as d:
+        assert d.wait_frames(3)
+        with db.session() as session:
+            store.end(session, cookie, everywhere=False)
+        assert d.wait_ended(10), "still playing 10 s after its owner signed out"
+
+
+def test_ice_servers_are_checked_when_settings_load() -> None:
+    servers = (
+        '[{"urls": "turn:turn.example.com:3478?transport=tcp", "username": "u", "credential": "c"}]'
+    )
+    loaded = load_settings(ice_servers=servers)
+    assert loaded.ice_server_list()[0]["urls"] == ["turn:turn.example.com:3478?transport=tcp"]
+    assert "c" not in loaded.masked()["CAMVOICE_ICE_SERVERS"]
+    for bad in [
+        '{"urls": "stun:x"}',
+        '[{"urls": "http://x"}]',
+        "[{]",
+        '[{"urls": ["stun:x"], "username": 1}]',
+    ]:
+        with pytest.raises(ConfigError, match="CAMVOICE_ICE_SERVERS"):
+            load_settings(ice_servers=bad)
+
+
+def test_a_camera_clouds_hls_camera_cannot_be_offered_webrtc() -> None:
+    """EZVIZ's cloud gives HLS only: its cameras get no webrtc ticket (nor pass a re-check)."""
+    cloud = Camera(id="c1", owner_id="o1", name="Hall", source="ezviz", backend="ezviz",
+                   online=True, image_encryption=False, audio=True, sleep_mode=False)  # fmt: skip
+    assert blockers_for(cloud, Audience.GOOGLE, Protocol.WEBRTC) == [Blocker.NO_STREAM]
+    assert blockers_for(cloud, Audience.GOOGLE, Protocol.HLS) == []
