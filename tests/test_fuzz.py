@@ -261,6 +261,36 @@ def test_google_fulfillment(world: World, http: requests.Session, tracebacks: Tr
         assert response.json()["payload"]["errorCode"] == "protocolError"
 
 
+# --- WebRTC signaling (Google's player, the console) -------------------------------------------
+
+signal_message = optional(
+    action=field(st.sampled_from(["offer", "end", "answer"])),
+    deviceId=field(cameras),
+    sdp=field(st.one_of(st.text(max_size=40), st.just("v=0\r\ns=-\r\n"))),
+)
+signal_bearer = st.sampled_from(["none", "garbage", "ticket", "flipped_ticket"])
+
+
+@SQLITE
+@pytest.mark.timeout(240)
+@fuzz(150)
+@given(message=signal_message, how=encodings, who=signal_bearer, at=st.integers(0, 200))
+def test_webrtc_signaling(world: World, http: requests.Session, tracebacks: Tracebacks,
+                          message: Any, how: str, who: str, at: int) -> None:  # fmt: skip
+    """No webrtc ticket here (an HLS one at best): every request is refused, in JSON, before
+    any media starts."""
+    token = {"garbage": "not-a-ticket", "ticket": world_value("ticket"),
+             "flipped_ticket": world_value("flipped_ticket", str(at))}.get(who)  # fmt: skip
+    headers = {"Content-Type": "application/json", "Origin": "https://www.gstatic.com"}
+    if token:
+        headers["Authorization"] = f"Bearer {fill(world, token)}"
+    response = exchange(http, tracebacks, "POST", world.url + "/webrtc/signal",
+                        data=wire(render(world, message), how), headers=headers)  # fmt: skip
+    assert response.status_code in (400, 401, 403, 413), response.text[:200]
+    assert response.json()["error"] and "sdp" not in response.json()
+    assert response.headers["Access-Control-Allow-Origin"] == "https://www.gstatic.com"
+
+
 # --- Alexa smart home (signed by the forwarder) -------------------------------------------------
 
 HANDLED = [

@@ -53,6 +53,7 @@ def server(settings: Settings, db: Database, tmp_path: Path) -> Iterator[LiveSer
     with LiveServer(app) as live:
         yield live
     app.extensions["camvoice.relays"].shutdown()
+    wiring(app).webrtc.shutdown()  # type: ignore[attr-defined]
 
 
 @pytest.fixture
