@@ -6,6 +6,7 @@ readiness rules and their error mapping come from the core's table.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -138,6 +139,17 @@ def session_id_of(payload: dict[str, Any]) -> str:
     return session_id
 
 
+def engine_session(camera_id: str, session_id: str) -> str:
+    """The engine's name for Alexa's session on this camera.
+
+    The engine keeps one namespace for every caller (Google's ticket ids too) and a second offer
+    under a known id replaces that session. Naming it by the owned camera and Alexa's id keeps a
+    directive from reaching a session of another camera, owner or assistant, whatever id it
+    carries; hashed, it has one length and is safe in the engine's logs."""
+    digest = hashlib.sha256(f"{camera_id}\n{session_id}".encode()).hexdigest()
+    return "alexa-" + digest[:40]
+
+
 def offer_of(payload: dict[str, Any]) -> str:
     """The SDP text of payload.offer, refused before any media is started when it cannot be."""
     offer = payload.get("offer")
@@ -177,7 +189,9 @@ def initiate_session(req: Request) -> Message:
         )
         if opened.token is None:  # open() gives a webrtc stream its ticket: never here
             raise errors.InternalError("no ticket for the WebRTC stream")
-        answer = services.webrtc.answer(opened.token, camera.id, offer, session_id=session_id)
+        answer = services.webrtc.answer(
+            opened.token, camera.id, offer, session_id=engine_session(camera.id, session_id)
+        )
     except CameraGone:
         raise errors.NoSuchEndpoint("no such camera for this account") from None
     except StreamRefused as refused:
@@ -197,7 +211,7 @@ def session_connected(req: Request) -> Message:
         _principal, camera = req.endpoint_owner(session)
     session_id = session_id_of(req.payload)
     try:
-        known = req.services.webrtc.connected(session_id, camera.id)
+        known = req.services.webrtc.connected(engine_session(camera.id, session_id), camera.id)
     except WebRTCError as exc:
         raise errors.for_webrtc(exc) from None
     if not known:
@@ -214,7 +228,9 @@ def session_disconnected(req: Request) -> Message:
         _principal, camera = req.endpoint_owner(session)
     session_id = session_id_of(req.payload)
     try:
-        req.services.webrtc.end(session_id, camera.id, "alexa_disconnected")
+        req.services.webrtc.end(
+            engine_session(camera.id, session_id), camera.id, "alexa_disconnected"
+        )
     except WebRTCError as exc:
         raise errors.for_webrtc(exc) from None
     controller = messages.RTCSessionController

@@ -183,7 +183,8 @@ def test_discover_lists_the_owners_cameras_only(
     assert front["additionalAttributes"] == {"manufacturer": "camvoice", "model": "C6N demo",
                                              "firmwareVersion": "1.0.0", "serialNumber": "DEMO00001"}  # fmt: skip
     interfaces = {c["interface"]: c for c in front["capabilities"]}
-    assert set(interfaces) == {"Alexa", "Alexa.CameraStreamController", "Alexa.EndpointHealth"}
+    assert set(interfaces) == {"Alexa", "Alexa.CameraStreamController",
+                               "Alexa.RTCSessionController", "Alexa.EndpointHealth"}  # fmt: skip
     assert interfaces["Alexa.CameraStreamController"]["cameraStreamConfigurations"] == [{
         "protocols": ["RTSP"], "resolutions": [{"width": 640, "height": 360}],
         "authorizationTypes": ["NONE"], "videoCodecs": ["H264"], "audioCodecs": ["AAC"]}]  # fmt: skip

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import select
@@ -18,20 +19,30 @@ from sqlalchemy import select
 from camvoice.db import Database
 from camvoice.models import AuditEvent, Camera
 from camvoice.settings import Settings
-from camvoice.webrtc import Answer, MediaBusy, MediaUnavailable, OfferRefused, TicketRefused
-from skills import messages
-from tests.conftest import LiveServer, wiring
-from tests.oauth_support import make_owner, streams_requested
-from tests.test_alexa import (  # noqa: F401 - fixtures: the signed forwarder's live app
-    alexa_settings,
-    amazon,
-    demo,
-    directive,
-    error_of,
-    send,
-    server,
-    token,
+from camvoice.tickets import Audience, Protocol
+from camvoice.webrtc import (
+    Answer,
+    MediaBusy,
+    MediaUnavailable,
+    NoWebRTC,
+    OfferRefused,
+    TicketRefused,
 )
+from service.demo import DEMO_EMAIL, DEMO_PASSWORD
+from skills import messages
+from skills.smarthome import engine_session
+from tests import test_alexa as alexa
+from tests.conftest import LiveServer, wiring
+from tests.oauth_support import ALEXA_URIS, link, make_owner, register, streams_requested
+
+# The live app behind the signed Lambda forwarder, as test_alexa builds it: its fixtures, found
+# here by name, and its way of sending a directive.
+amazon, alexa_settings, server = alexa.amazon, alexa.alexa_settings, alexa.server
+demo, token = alexa.demo, alexa.token
+directive, send = alexa.directive, alexa.send
+
+if TYPE_CHECKING:
+    from media.webrtc import WebRTCEngine
 
 RTC = "Alexa.RTCSessionController"
 CAPABILITY = {"type": "AlexaInterface", "interface": RTC, "version": "3",
@@ -68,6 +79,17 @@ class RecordingEngine:
         known = (session_id, camera_id) in self.live
         self.live.discard((session_id, camera_id))
         return known
+
+
+@pytest.fixture
+def live_engine(server: LiveServer) -> Iterator[WebRTCEngine]:
+    """The app's own aiortc engine, shut down before the app stops."""
+    from media.webrtc import WebRTCEngine
+
+    real = wiring(server.app).webrtc
+    assert isinstance(real, WebRTCEngine)
+    yield real
+    real.shutdown()
 
 
 @pytest.fixture
@@ -157,9 +179,11 @@ def capabilities_of(token: str, name: str, demo_ids: dict[str, str]) -> dict[str
 def test_discovery_advertises_webrtc_beside_rtsps_where_an_engine_answers(
     server: LiveServer, token: str, demo: dict[str, str]
 ) -> None:
-    # No engine wired (the app's default): nothing is promised that cannot be served.
+    # No engine in this process (as in the CLI): nothing is promised that cannot be served.
+    real = wiring(server.app).webrtc
+    wiring(server.app).webrtc = NoWebRTC()
     assert RTC not in capabilities_of(token, "Front Door", demo)
-    wiring(server.app).webrtc = RecordingEngine()
+    wiring(server.app).webrtc = real  # the app's own engine
     interfaces = capabilities_of(token, "Front Door", demo)
     assert list(interfaces) == ["Alexa", "Alexa.CameraStreamController", RTC,
                                 "Alexa.EndpointHealth"]  # fmt: skip
@@ -215,6 +239,7 @@ def test_blocked_cameras_are_refused_before_any_media(
 def test_without_an_engine_the_offer_is_refused_as_not_provisioned(
     server: LiveServer, db: Database, token: str, demo: dict[str, str]
 ) -> None:
+    wiring(server.app).webrtc = NoWebRTC()
     message = offer_directive(token, demo["Front Door"])
     assert check_error(send(message), message) == ("NOT_SUPPORTED_IN_CURRENT_MODE",
                                                    "NOT_PROVISIONED")  # fmt: skip
@@ -246,14 +271,13 @@ BAD_OFFERS: list[tuple[str, dict[str, Any], str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("case", "payload", "error_type"), BAD_OFFERS,
-                         ids=[case for case, _, _ in BAD_OFFERS])  # fmt: skip
 def test_bad_offers_get_the_callers_error(
-    server: LiveServer, token: str, demo: dict[str, str], engine: RecordingEngine,
-    case: str, payload: dict[str, Any], error_type: str,
-) -> None:  # fmt: skip
-    message = directive(RTC, "InitiateSessionWithOffer", token, demo["Front Door"], payload)
-    assert check_error(send(message), message) == (error_type, None)
+    server: LiveServer, token: str, demo: dict[str, str], engine: RecordingEngine
+) -> None:
+    """Each shape in one app (what is checked needs no database of its own)."""
+    for case, payload, error_type in BAD_OFFERS:
+        message = directive(RTC, "InitiateSessionWithOffer", token, demo["Front Door"], payload)
+        assert check_error(send(message), message) == (error_type, None), case
     assert engine.calls == []
 
 
@@ -278,7 +302,7 @@ def test_session_directives_name_the_owners_camera_only(
     server: LiveServer, db: Database, token: str, demo: dict[str, str], engine: RecordingEngine
 ) -> None:
     front, session_id = demo["Front Door"], new_session_id()
-    engine.live.add((session_id, front))
+    engine.live.add((engine_session(front, session_id), front))
     connected = session_directive("SessionConnected", token, front, session_id)
     check_session_event(send(connected), connected, "SessionConnected")
     # A session this camera does not have is not acknowledged as connected.
@@ -288,17 +312,146 @@ def test_session_directives_name_the_owners_camera_only(
     make_owner(db, "other@example.com", {"Shed": {}})
     with db.session() as session:
         shed = session.scalars(select(Camera).where(Camera.name == "Shed")).one().id
-    engine.live.add((session_id, shed))
+    theirs = (engine_session(shed, session_id), shed)
+    engine.live.add(theirs)
     foreign = session_directive("SessionDisconnected", token, shed, session_id)
     assert check_error(send(foreign), foreign) == ("NO_SUCH_ENDPOINT", None)
-    assert (session_id, shed) in engine.live
+    assert theirs in engine.live
     # The owner's own disconnect reaches the engine with the owned camera's id, and is
     # acknowledged again when the session is already gone.
     for _ in range(2):
         ended = session_directive("SessionDisconnected", token, front, session_id)
         check_session_event(send(ended), ended, "SessionDisconnected")
     assert [args for call, args in engine.calls if call == "end"] == [
-        (session_id, front, "alexa_disconnected")] * 2  # fmt: skip
-    assert (session_id, shed) in engine.live
+        (engine_session(front, session_id), front, "alexa_disconnected")] * 2  # fmt: skip
+    assert theirs in engine.live
     missing = directive(RTC, "SessionDisconnected", token, front, {})
     assert check_error(send(missing), missing) == ("INVALID_DIRECTIVE", None)
+
+
+# --- the engine's failures, as Alexa hears them ----------------------------------------------
+
+
+ENGINE_FAILURES: list[tuple[Exception, str, str | None]] = [
+    (OfferRefused("no H.264 video in the offer"), "INVALID_VALUE", None),
+    (MediaBusy("16 live sessions"), "ENDPOINT_BUSY", None),
+    (MediaUnavailable("the camera's source cannot be read"), "ENDPOINT_UNREACHABLE", None),
+    (TicketRefused("blocked:ENCRYPTION_ON"), "NOT_SUPPORTED_IN_CURRENT_MODE", "OTHER"),
+    (TicketRefused("blocked:SLEEPING,ENCRYPTION_ON"), "NOT_SUPPORTED_IN_CURRENT_MODE", "ASLEEP"),
+    (TicketRefused("link_revoked"), "INVALID_AUTHORIZATION_CREDENTIAL", None),
+    (TicketRefused("no_such_camera"), "NO_SUCH_ENDPOINT", None),
+]
+
+
+def test_engine_failures_get_alexas_error(
+    server: LiveServer, db: Database, token: str, demo: dict[str, str], engine: RecordingEngine
+) -> None:
+    front = demo["Front Door"]
+    for failure, error_type, mode in ENGINE_FAILURES:
+        engine.fail, engine.calls = failure, []
+        message = offer_directive(token, front)
+        assert check_error(send(message), message) == (error_type, mode), failure
+        [(call, (_ticket, camera_id, offer, session_id))] = engine.calls
+        assert (call, camera_id, offer) == ("answer", front, OFFER)
+        assert session_id == engine_session(front, message["directive"]["payload"]["sessionId"])
+    # Each offer was admitted (a ticket handed to the engine) before the engine failed.
+    assert streams_requested(db) == [("alexa", "webrtc")] * len(ENGINE_FAILURES)
+
+
+def test_offer_reaches_the_engine_unchanged_and_its_answer_comes_back(
+    server: LiveServer, alexa_settings: Settings, token: str, demo: dict[str, str],
+    engine: RecordingEngine,
+) -> None:  # fmt: skip
+    """Through the Lambda forwarder and the app, the SDP text (CRLFs, `s=a 2 z`) is the offer
+    the engine gets; the ticket is a webrtc one for this camera; an offer at the size limit is
+    still served."""
+    front = demo["Front Door"]
+    big = OFFER + "a=x\r\n" * ((64 * 1024 - len(OFFER)) // 5)
+    for sdp in (OFFER, big):
+        message = offer_directive(token, front, offer={"format": "sdp", "value": sdp})
+        assert check_answer(send(message), message) == ANSWER
+        _call, (ticket, camera_id, offer, _session) = engine.calls[-1]
+        assert (camera_id, offer) == (front, sdp)
+        verified = alexa_settings.signer().verify(ticket, front, Protocol.WEBRTC)
+        assert (verified.audience, verified.camera_id) == (Audience.ALEXA, front)
+        assert verified.grant_id is not None  # bound to this link: unlinking ends it
+    # One sessionId named on two cameras is two sessions to the engine: an offer for one camera
+    # cannot replace (end) the other's, whoever owns it.
+    session_id = new_session_id()
+    for camera in ("Front Door", "Nursery"):
+        message = offer_directive(token, demo[camera], session_id)
+        check_answer(send(message), message)
+    names = [args[3] for call, args in engine.calls[-2:]]
+    assert len(set(names)) == 2 and all(len(name) <= 128 for name in names)
+
+
+# --- an Echo Show played by aiortc, against the real engine ----------------------------------
+
+
+def alexa_answerer(token: str, camera_id: str, seen: list[dict[str, Any]]) -> Any:
+    """What the Echo's cloud does with an offer: InitiateSessionWithOffer through the Lambda
+    forwarder; the answer checked against Amazon's format; the directive kept in `seen`."""
+
+    def answer(offer_sdp: str) -> str:
+        message = offer_directive(token, camera_id, offer={"format": "SDP", "value": offer_sdp})
+        seen.append(message)
+        reply = send(message)
+        if reply["event"]["header"]["name"] == "ErrorResponse":
+            raise AssertionError(check_error(reply, message))
+        return check_answer(reply, message)
+
+    return answer
+
+
+def test_echo_show_plays_the_front_door_over_webrtc(
+    server: LiveServer, db: Database, token: str, demo: dict[str, str], live_engine: WebRTCEngine
+) -> None:
+    from tests.webrtc_support import Watcher
+
+    front, seen = demo["Front Door"], []
+    with Watcher(alexa_answerer(token, front, seen), alexa=True) as display:
+        assert display.wait_frames(3), "no video frames decoded"
+        answer = display.answer or ""
+        assert "a=candidate:" in answer  # complete: Alexa does not trickle
+        session_id = seen[0]["directive"]["payload"]["sessionId"]
+        connected = session_directive("SessionConnected", token, front, session_id)
+        check_session_event(send(connected), connected, "SessionConnected")
+        assert display.wait_frames(3)
+        ended = session_directive("SessionDisconnected", token, front, session_id)
+        check_session_event(send(ended), ended, "SessionDisconnected")
+        assert display.wait_ended(10), "SessionDisconnected left the session running"
+    assert streams_requested(db) == [("alexa", "webrtc")]
+
+
+def test_unlinking_ends_a_running_session(
+    server: LiveServer, db: Database, demo: dict[str, str], live_engine: WebRTCEngine
+) -> None:
+    """Alexa's link revoked at the token endpoint (RFC 7009, the refresh token): the Echo's
+    session ends within 10 s, and the next offer is refused as a dead credential."""
+    from tests.webrtc_support import Watcher
+
+    client = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
+    oauth, issued = link(server, client, DEMO_EMAIL, password=DEMO_PASSWORD)
+    token, front = str(issued["access_token"]), demo["Front Door"]
+    with Watcher(alexa_answerer(token, front, []), alexa=True) as display:
+        assert display.wait_frames(3), "no video frames decoded"
+        revoked = oauth.revoke_token(server.url + "/oauth/revoke", issued["refresh_token"],
+                                     token_type_hint="refresh_token")  # fmt: skip
+        assert revoked.status_code == 200
+        assert display.wait_ended(10), "the session outlived the link"
+    message = offer_directive(token, front)
+    assert check_error(send(message), message) == ("INVALID_AUTHORIZATION_CREDENTIAL", None)
+
+
+def test_image_encryption_ends_a_running_session(
+    server: LiveServer, token: str, demo: dict[str, str], live_engine: WebRTCEngine
+) -> None:
+    from tests.webrtc_support import Watcher
+
+    front = demo["Front Door"]
+    with Watcher(alexa_answerer(token, front, []), alexa=True) as display:
+        assert display.wait_frames(3), "no video frames decoded"
+        wiring(server.app).registry.change(
+            wiring(server.app).db, front, {"image_encryption": True}, actor="owner"
+        )
+        assert display.wait_ended(10), "the session outlived Image Encryption"

@@ -298,6 +298,9 @@ HANDLED = [
     ("Alexa.CameraStreamController", "InitializeCameraStreams"),
     ("Alexa", "ReportState"),
     ("Alexa.Authorization", "AcceptGrant"),
+    ("Alexa.RTCSessionController", "InitiateSessionWithOffer"),
+    ("Alexa.RTCSessionController", "SessionConnected"),
+    ("Alexa.RTCSessionController", "SessionDisconnected"),
 ]
 alexa_scope = optional(type=field(st.just("BearerToken")),
                        token=field(st.sampled_from([world_value("alexa_token"),
@@ -314,6 +317,9 @@ alexa_payload = st.one_of(
     optional(cameraStreams=field(st.lists(field(camera_stream), max_size=3))),
     optional(grant=field(optional(type=st.just("OAuth2.AuthorizationCode"), code=field(st.text()))),
              grantee=field(alexa_scope)),
+    optional(sessionId=field(st.text(max_size=40)),
+             offer=field(optional(format=field(st.sampled_from(["SDP", "sdp", "JSEP"])),
+                                  value=field(st.text(max_size=300))))),
 )  # fmt: skip
 
 
