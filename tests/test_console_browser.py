@@ -33,6 +33,7 @@ from camvoice.settings import Settings
 from camvoice.webrtc import NoWebRTC
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+from skills.smarthome import engine_session
 from tests.conftest import LiveServer, wait_for, with_relay
 from tests.oauth_support import streams_requested
 
@@ -307,7 +308,9 @@ def test_simulator_plays_webrtc_as_echo_show_and_nest_hub(
     assert path_label(page) == "webrtc"
     shown = page.inner_text("#request") + page.inner_text("#response")
     assert "a=ice-pwd:***" in shown and "a=ice-pwd:" not in shown.replace("a=ice-pwd:***", "")
-    session = page.eval_on_selector("#stream", "el => el.dataset.session")
+    # The engine knows Alexa's session by the name the smart-home handler gives it.
+    session = engine_session(page.eval_on_selector("#stream", "el => el.dataset.camera"),
+                             page.eval_on_selector("#stream", "el => el.dataset.session"))  # fmt: skip
     assert session in engine.sessions  # type: ignore[attr-defined]
     wait_for(lambda: ("connected", 204) in told, "SessionConnected once frames render", 15)
 
