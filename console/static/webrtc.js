@@ -95,11 +95,14 @@
     };
   }
 
-  // Once playing, a connection the engine tears down (signed out, camera blocked) says so.
+  // Once playing, a connection the engine tears down (signed out, camera blocked) says so; a
+  // network blip ("disconnected", then "connected" again) says so only while it lasts.
   function watch(pc, say) {
     pc.addEventListener("connectionstatechange", function () {
       if (["failed", "closed", "disconnected"].indexOf(pc.connectionState) >= 0) {
         say("ended");
+      } else if (pc.connectionState === "connected") {
+        say("webrtc");
       }
     });
   }
