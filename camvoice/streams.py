@@ -5,7 +5,9 @@ readiness rules on the last known state, one check with the camera's backend, th
 or a typed refusal (StreamRefused with the blockers, CameraGone). The media endpoints call
 `Streams.admit` on every playlist, segment and snapshot fetch, which re-checks the ticket, the
 camera's readiness and the link (grant) or console sign-in session it was minted for. So
-unlinking, signing out, or turning Image Encryption on, stops new fetches.
+unlinking, signing out, or turning Image Encryption on, stops new fetches. A WebRTC stream is
+the signaling URL and a ticket to offer with; the engine admits it once and `recheck`s it every
+few seconds while the session plays.
 """
 
 from __future__ import annotations

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from aiortc.sdp import SessionDescription
 from flask import Flask
 from sqlalchemy import select
 
@@ -29,6 +31,7 @@ from camvoice.settings import ConfigError, Settings, load_settings
 from camvoice.streams import blockers_for
 from camvoice.tickets import Audience, Protocol, new_ticket
 from camvoice.webrtc import Answer, MediaBusy, OfferRefused, TicketRefused
+from media import sdp_offer
 from media.webrtc import WebRTCEngine
 from oauth.models import Grant
 from oauth.tokens import revoke_grant
@@ -433,3 +436,32 @@ def test_a_camera_clouds_hls_camera_cannot_be_offered_webrtc() -> None:
                    online=True, image_encryption=False, audio=True, sleep_mode=False)  # fmt: skip
     assert blockers_for(cloud, Audience.GOOGLE, Protocol.WEBRTC) == [Blocker.NO_STREAM]
     assert blockers_for(cloud, Audience.GOOGLE, Protocol.HLS) == []
+
+
+def test_static_payload_types_get_their_rtpmap_lines_before_aiortc_reads_the_offer() -> None:
+    """aiortc knows a codec only from its rtpmap line: Alexa's PT 0 and 8 get theirs (RFC 3551),
+    so an fmtp line naming one cannot trip its parser."""
+    video, audio = alexa_shape(make_offer()).split("m=audio", 1)
+    offer = video + "m=audio" + audio.replace("a=rtcp-mux", "a=rtcp-mux\r\na=fmtp:0 ptime=20", 1)
+    with pytest.raises(StopIteration):
+        SessionDescription.parse(offer)  # what aiortc would make of it as it is
+    prepared = sdp_offer.prepare(offer)
+    audio = prepared.sdp.split("m=audio", 1)[1]
+    assert "a=rtpmap:0 PCMU/8000" in audio and "a=rtpmap:8 PCMA/8000" in audio
+    assert prepared.kinds == {"video", "audio"} and not prepared.rejected
+    assert SessionDescription.parse(prepared.sdp).media[1].rtp.codecs
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # no database plays a part
+def test_a_feed_whose_ffmpeg_dies_is_restarted_and_the_display_plays_on(
+    app: Flask, db: Database
+) -> None:
+    camera = add_camera(db)
+    with Watcher(answerer(app, ticket(app, camera), camera.id)) as display:
+        assert display.wait_frames(3)
+        feed = engine(app).feeds.running(camera.id)
+        assert feed is not None and feed.process is not None
+        os.kill(feed.process.pid, signal.SIGKILL)
+        wait_for(lambda: feed.starts == 2, "the feed to start again", 20)
+        assert display.wait_frames(5), "the display got no frames from the restarted feed"
+        assert not display.ended
