@@ -51,6 +51,8 @@ FRAGMENTS = ("Pa ss", "ss@W0rd", "W0rd", "%21", "Pa%20ss")
         ("rtsps://relay:8554/cam/cam_1/tick.et/trackID=0", ["tick.et"], "/cam/cam_1/"),
         ('{"access_token": "tok1", "appSecret": "s3c"} appSecret=s3c2&appKey=k',
          ["tok1", "s3c"], "appKey=k"),
+        ("setLocalDescription(answer)\r\na=ice-ufrag:Uf1\r\na=ice-pwd:Pw0rdOfIce22\r\n",
+         ["Pw0rdOfIce22"], "a=ice-ufrag:Uf1"),
     ],
 )  # fmt: skip
 def test_redact_hides_every_form_of_secret(line: str, secrets: list[str], kept: str) -> None:
