@@ -5,6 +5,11 @@ Smart-home directives go to /alexa/smart-home signed exactly as the Lambda forwa
 Google's request carries a bearer token of a built-in simulator client; the custom skill gets
 a request envelope handed to the same ask-sdk skill that serves /alexa/custom (Amazon's request
 signature cannot be made here, so only that check is skipped).
+
+The page plays what a display would: an Echo Show's WebRTC offer (made by the page's browser)
+goes out in InitiateSessionWithOffer and the answer comes back to the page; a Nest Hub's
+GetCameraStream asks for WebRTC and the page signals with the token it got, while "on the TV"
+(a Chromecast) gets HLS. Without an offer (no script) the Alexa path is the RTSPS one.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class Outcome:
     response: dict[str, Any] = field(default_factory=dict)
     hls: str | None = None
     snapshot: str | None = None
+    answer: str | None = None  # the SDP answer to the page's offer (Alexa)
+    session_id: str | None = None  # the Alexa session it answers
+    webrtc: dict[str, Any] | None = None  # signaling URL, token and ICE servers (Google)
     error: str | None = None
     speech: str | None = None
 
@@ -63,9 +71,15 @@ def language_of(utterance: str, fallback: str) -> str:
 
 
 def masked(message: Any) -> Any:
-    """The request as shown on the page: bearer tokens replaced."""
+    """A message as shown on the page: bearer tokens, TURN credentials and ICE passwords
+    replaced (the page's own player gets them apart from what it shows)."""
     text = json.dumps(message)
-    text = re.sub(r'("(token|accessToken|Authorization)": ")[^"]+', r"\1***", text)
+    text = re.sub(
+        r'("(token|accessToken|Authorization|cameraStreamAuthToken|credential)": ")[^"]+',
+        r"\1***",
+        text,
+    )
+    text = re.sub(r"(a=ice-pwd:)[^\\\s\"]+", r"\1***", text)
     return json.loads(text)
 
 
@@ -74,30 +88,8 @@ def local(url: str, settings: Settings) -> str:
     return url[len(settings.public_url) :] if url.startswith(settings.public_url) else url
 
 
-def alexa_smart_home(camera: Camera, token: str, settings: Settings) -> Outcome:
-    directive = {
-        "directive": {
-            "header": {
-                "namespace": "Alexa.CameraStreamController",
-                "name": "InitializeCameraStreams",
-                "payloadVersion": "3",
-                "messageId": str(uuid.uuid4()),
-                "correlationToken": uuid.uuid4().hex,
-            },
-            "endpoint": {"scope": {"type": "BearerToken", "token": token}, "endpointId": camera.id},
-            "payload": {
-                "cameraStreams": [
-                    {
-                        "protocol": "RTSP",
-                        "resolution": {"width": 1280, "height": 720},
-                        "authorizationType": "NONE",
-                        "videoCodec": "H264",
-                        "audioCodec": "AAC",
-                    }
-                ]
-            },
-        }
-    }
+def smart_home(directive: dict[str, Any], settings: Settings) -> tuple[int, dict[str, Any]]:
+    """A directive through /alexa/smart-home, signed as the Lambda forwarder signs it."""
     body = json.dumps(directive).encode()
     secret = settings.alexa_forwarder_secret
     headers = {"Content-Type": "application/json"}
@@ -108,16 +100,87 @@ def alexa_smart_home(camera: Camera, token: str, settings: Settings) -> Outcome:
         )
         headers |= {"X-Camvoice-Timestamp": ts, "X-Camvoice-Signature": sig.hexdigest()}
     reply = current_app.test_client().post("/alexa/smart-home", data=body, headers=headers)
-    outcome = Outcome(request=masked(directive), response=reply.get_json(silent=True) or {})
-    event = outcome.response.get("event", {})
+    return reply.status_code, reply.get_json(silent=True) or {}
+
+
+def directive_of(namespace: str, name: str, endpoint_id: str, token: str,
+                 payload: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    return {
+        "directive": {
+            "header": {
+                "namespace": namespace,
+                "name": name,
+                "payloadVersion": "3",
+                "messageId": str(uuid.uuid4()),
+                "correlationToken": uuid.uuid4().hex,
+            },
+            "endpoint": {
+                "scope": {"type": "BearerToken", "token": token},
+                "endpointId": endpoint_id,
+            },
+            "payload": payload,
+        }
+    }
+
+
+def alexa_smart_home(camera: Camera, token: str, settings: Settings) -> Outcome:
+    """An Echo without WebRTC: InitializeCameraStreams, RTSP."""
+    directive = directive_of("Alexa.CameraStreamController", "InitializeCameraStreams", camera.id,
+                             token, {"cameraStreams": [{
+                                 "protocol": "RTSP",
+                                 "resolution": {"width": 1280, "height": 720},
+                                 "authorizationType": "NONE",
+                                 "videoCodec": "H264",
+                                 "audioCodec": "AAC",
+                             }]})  # fmt: skip
+    status, response = smart_home(directive, settings)
+    outcome = Outcome(request=masked(directive), response=masked(response))
+    event = response.get("event", {})
     if event.get("header", {}).get("name") == "Response":
         outcome.snapshot = local(event["payload"]["imageUri"], settings)
     else:
-        outcome.error = (event.get("payload") or {}).get("type") or f"HTTP {reply.status_code}"
+        outcome.error = (event.get("payload") or {}).get("type") or f"HTTP {status}"
     return outcome
 
 
-def google(camera: Camera, token: str, settings: Settings) -> Outcome:
+def alexa_rtc(camera: Camera, token: str, offer: str, settings: Settings) -> Outcome:
+    """An Echo Show: InitiateSessionWithOffer with the page's offer, the answer for the page."""
+    session_id = str(uuid.uuid4())
+    directive = directive_of("Alexa.RTCSessionController", "InitiateSessionWithOffer", camera.id,
+                             token, {"sessionId": session_id,
+                                     "offer": {"format": "SDP", "value": offer}})  # fmt: skip
+    status, response = smart_home(directive, settings)
+    outcome = Outcome(request=masked(directive), response=masked(response), session_id=session_id)
+    event = response.get("event", {})
+    answer = (event.get("payload") or {}).get("answer") or {}
+    if event.get("header", {}).get("name") == "AnswerGeneratedForSession" and answer.get("value"):
+        outcome.answer = answer["value"]
+    else:
+        outcome.error = (event.get("payload") or {}).get("type") or f"HTTP {status}"
+    return outcome
+
+
+SESSION_EVENTS = {"connected": "SessionConnected", "disconnected": "SessionDisconnected"}
+
+
+def alexa_session_event(
+    services: Services, account_id: str, camera_id: str, session_id: str, event: str
+) -> str | None:
+    """What an Echo Show says of its session: SessionConnected once media flows,
+    SessionDisconnected when it stops watching. None, or the handler's error type."""
+    with services.db.session() as session:
+        token, _grant = simulator_token(session, account_id, "alexa")
+    directive = directive_of("Alexa.RTCSessionController", SESSION_EVENTS[event], camera_id,
+                             token, {"sessionId": session_id})  # fmt: skip
+    status, response = smart_home(directive, services.settings)
+    event_sent = response.get("event") or {}
+    if status == 200 and event_sent.get("header", {}).get("name") == SESSION_EVENTS[event]:
+        return None
+    return (event_sent.get("payload") or {}).get("type") or f"HTTP {status}"
+
+
+def google(camera: Camera, token: str, settings: Settings, chromecast: bool) -> Outcome:
+    """GetCameraStream as a Nest Hub asks it (WebRTC first), or for a Chromecast (HLS)."""
     request = {
         "requestId": str(uuid.uuid4()),
         "inputs": [
@@ -131,8 +194,12 @@ def google(camera: Camera, token: str, settings: Settings) -> Outcome:
                                 {
                                     "command": "action.devices.commands.GetCameraStream",
                                     "params": {
-                                        "StreamToChromecast": True,
-                                        "SupportedStreamProtocols": ["hls", "dash"],
+                                        "StreamToChromecast": chromecast,
+                                        "SupportedStreamProtocols": (
+                                            ["hls", "dash"]
+                                            if chromecast
+                                            else ["webrtc", "hls", "dash"]
+                                        ),
                                     },
                                 }
                             ],
@@ -145,11 +212,20 @@ def google(camera: Camera, token: str, settings: Settings) -> Outcome:
     reply = current_app.test_client().post(
         "/google/fulfillment", json=request, headers={"Authorization": f"Bearer {token}"}
     )
-    outcome = Outcome(request=masked(request), response=reply.get_json(silent=True) or {})
-    commands = (outcome.response.get("payload") or {}).get("commands") or [{}]
+    response = reply.get_json(silent=True) or {}
+    outcome = Outcome(request=masked(request), response=masked(response))
+    commands = (response.get("payload") or {}).get("commands") or [{}]
     result = commands[0]
-    if result.get("status") == "SUCCESS":
-        outcome.hls = local(result["states"]["cameraStreamAccessUrl"], settings)
+    states = result.get("states") or {}
+    if result.get("status") == "SUCCESS" and states.get("cameraStreamProtocol") == "webrtc":
+        ice = states.get("cameraStreamIceServers") or "[]"
+        outcome.webrtc = {
+            "signal": local(states["cameraStreamSignalingUrl"], settings),
+            "ticket": states.get("cameraStreamAuthToken", ""),
+            "ice": json.loads(ice) if isinstance(ice, str) else ice,  # Google's: JSON text
+        }
+    elif result.get("status") == "SUCCESS":
+        outcome.hls = local(states["cameraStreamAccessUrl"], settings)
     else:
         outcome.error = result.get("errorCode") or f"HTTP {reply.status_code}"
     return outcome
@@ -204,9 +280,15 @@ def alexa_custom(spoken: str, token: str, lang: str, settings: Settings) -> Outc
 
 
 def simulate(
-    services: Services, account_id: str, assistant: str, utterance: str, lang: str
+    services: Services,
+    account_id: str,
+    assistant: str,
+    utterance: str,
+    lang: str,
+    offer: str | None = None,
 ) -> tuple[Outcome, Camera | None]:
-    """Run one utterance through the chosen assistant's real path."""
+    """Run one utterance through the chosen assistant's real path; `offer` is the page's SDP
+    offer, which makes the Alexa path an Echo Show's WebRTC one."""
     settings = services.settings
     spoken = spoken_camera(utterance)
     lang = language_of(utterance, lang)
@@ -222,7 +304,10 @@ def simulate(
         return Outcome(error="no_camera"), None
     camera = matches[0]
     if assistant == "google":
-        outcome, which = google(camera, token, settings), Assistant.GOOGLE
+        chromecast = TAIL.search(utterance.strip()) is not None  # "... on the living room TV"
+        outcome, which = google(camera, token, settings, chromecast), Assistant.GOOGLE
+    elif offer:
+        outcome, which = alexa_rtc(camera, token, offer, settings), Assistant.ALEXA
     else:
         outcome, which = alexa_smart_home(camera, token, settings), Assistant.ALEXA
     blockers = readiness(camera, which)

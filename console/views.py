@@ -21,7 +21,7 @@ from flask import (
 from sqlalchemy import select
 
 from camvoice import audit
-from camvoice.cameras import CameraError, CameraGone, NoSuchCamera
+from camvoice.cameras import CameraError, CameraGone, NoSuchCamera, protocols
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
@@ -29,7 +29,7 @@ from camvoice.sessions import COOKIE
 from camvoice.streams import StreamRefused
 from camvoice.tickets import Audience, Protocol
 from console.i18n import TEXT
-from console.simulator import local, simulate
+from console.simulator import SESSION_EVENTS, alexa_session_event, local, simulate
 from oauth.tokens import live_links, owns_link, revoke_grant
 
 bp = Blueprint(
@@ -51,6 +51,7 @@ FIXES: dict[str, dict[str, bool]] = {
     "wake": {"sleep_mode": False},
 }
 ASSISTANTS = ("alexa_smart_home", "alexa_custom", "google")
+MAX_OFFER = 64 * 1024  # a browser's offer is a few kB
 EXAMPLES = [
     "show the front door camera",
     "show the garage camera",
@@ -156,21 +157,39 @@ def link_ezviz() -> Response:
 
 @bp.get("/console/cameras/<camera_id>/live")
 def live(camera_id: str) -> str:
+    """WebRTC first (sub-second), with an HLS URL minted beside it for the page to fall back
+    on; HLS alone for a source that cannot be served over WebRTC (a camera cloud's HLS)."""
     account = owner()
     with services().db.reading() as db_session:
         camera = services().registry.owned_camera(db_session, account.id, camera_id)
     if camera is None:
         abort(404)
-    hls = None
+    streams, settings = services().streams, services().settings
+    webrtc = hls = None
+    reasons: list[str] = []
     try:
-        opened = services().streams.open(services().db, camera, Audience.WEB, Protocol.HLS,
-                                         session_ref=g.session_ref)  # fmt: skip
-        camera, hls = opened.camera, local(opened.url, services().settings)
+        if Protocol.WEBRTC in protocols(camera):
+            opened = streams.open(services().db, camera, Audience.WEB, Protocol.WEBRTC,
+                                  session_ref=g.session_ref, fallback="hls")  # fmt: skip
+            webrtc = {"signal": local(opened.url, settings), "ticket": opened.token}
+            hls_url = streams.mint(opened.camera, Protocol.HLS, Audience.WEB,
+                                   session_ref=g.session_ref)  # fmt: skip
+        else:
+            opened = streams.open(services().db, camera, Audience.WEB, Protocol.HLS,
+                                  session_ref=g.session_ref)  # fmt: skip
+            hls_url = opened.url
+        camera, hls = opened.camera, local(hls_url, settings)
     except CameraGone:  # removed by its backend
         abort(404)
-    except StreamRefused:
-        pass  # the page says why, from the camera's readiness
-    return page("live.html", account=account, camera=camera, hls=hls)
+    except StreamRefused as refused:  # the page says why
+        reasons = [explain(blocker, language()) for blocker in refused.blockers]
+    return page("live.html", account=account, camera=camera, webrtc=webrtc, hls=hls,
+                reasons=reasons, ice_servers=browser_ice_servers())  # fmt: skip
+
+
+def browser_ice_servers() -> list[dict[str, Any]]:
+    """The STUN/TURN servers a page's peer connection uses, TURN credentials minted for it."""
+    return services().settings.ice_server_list()
 
 
 @bp.get("/console/links")
@@ -212,13 +231,18 @@ def simulator() -> str:
         "examples": EXAMPLES,
         "assistant": "alexa_smart_home",
         "utterance": EXAMPLES[0],
+        "ice_servers": browser_ice_servers(),  # the simulated Echo Show's own
     }
     if request.method == "POST":
         assistant = request.form.get("assistant", "")
         utterance = request.form.get("utterance", "")[:200]
         if assistant not in ASSISTANTS or not utterance.strip():
             abort(400, description="pick an assistant and type what you would say")
-        outcome, camera = simulate(services(), account.id, assistant, utterance, language())
+        offer = request.form.get("offer", "") or None
+        if offer is not None and len(offer) > MAX_OFFER:
+            abort(400, description="that offer is too long for an SDP offer")
+        outcome, camera = simulate(services(), account.id, assistant, utterance, language(),
+                                   offer)  # fmt: skip
         web_hls = None
         if assistant == "alexa_smart_home" and outcome.snapshot and camera is not None:
             # The page cannot play RTSPS: it shows the same camera over HLS for the web.
@@ -231,8 +255,28 @@ def simulator() -> str:
             "assistant": assistant,
             "utterance": utterance,
             "outcome": outcome,
+            "camera": camera,
             "request_json": json.dumps(outcome.request, indent=2, ensure_ascii=False),
             "response_json": json.dumps(outcome.response, indent=2, ensure_ascii=False),
             "web_hls": web_hls,
         }
     return page("simulator.html", **context)
+
+
+@bp.post("/simulator/session")
+def simulator_session() -> Response:
+    """The simulated Echo Show's SessionConnected / SessionDisconnected (its page posts them,
+    with the form's CSRF token), sent through the smart-home handler as Alexa sends them."""
+    account = owner()
+    event = request.form.get("event", "")
+    camera_id, session_id = request.form.get("camera", ""), request.form.get("session", "")
+    if (
+        event not in SESSION_EVENTS
+        or not 0 < len(camera_id) <= 64
+        or not 0 < len(session_id) <= 256
+    ):
+        abort(400, description="name the event, the camera and the session")
+    error = alexa_session_event(services(), account.id, camera_id, session_id, event)
+    if error is not None:
+        abort(400, description=f"Alexa's handler answered {error}")
+    return Response(status=204)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -156,3 +157,14 @@ def test_ezviz_smoke() -> None:
     assert sync and sync.group(2) == "32", out
     for label in ("EZVIZ cloud (proxied)", "local relay (warm)"):
         assert re.search(rf"^\s+{re.escape(label)}(\s+[\d.]+){{4}}$", out, re.M), out
+
+
+def test_console_webrtc_smoke() -> None:
+    """The console's live view in Chromium, cold and once more, each playing over WebRTC."""
+    if not Path("/usr/bin/chromium").exists():
+        if os.environ.get("CAMVOICE_REQUIRE_BROWSER") == "1":
+            pytest.fail("Chromium missing and CAMVOICE_REQUIRE_BROWSER=1")
+        pytest.skip("Debian's chromium is not installed")
+    out = smoke("console_webrtc.py", "--runs", "1")
+    assert re.search(r"^cold view: gather \d+ ms, offer -> frame \d+ ms", out, re.M), out
+    assert re.search(r"^offer -> frame: median \d+ ms, max \d+ ms \(1 views\)$", out, re.M), out

@@ -32,6 +32,28 @@ def test_compose_wires_two_web_instances_worker_relay_postgres_redis() -> None:
     assert services["worker"]["command"] == ["camvoice", "worker"]
     assert services["relay"]["command"][:2] == ["camvoice", "relay"]
     assert services["mediamtx"]["profiles"] == ["mediamtx"]
+    # WebRTC: web instances forward to two media nodes by name; each node's UDP range is bounded
+    # by its own ip_local_port_range and published as it is; coturn publishes 443/tcp (TURN over
+    # TCP and TLS), 3478 and its relay range, with the shipped configuration.
+    env = services["web-a"]["environment"]
+    media = {name: services[name] for name in ("media-a", "media-b")}
+    assert env["CAMVOICE_MEDIA_URLS"] == ",".join(f"http://{name}:8090" for name in media)
+    for service in media.values():
+        assert service["command"][:2] == ["camvoice", "media"] and "8090" in service["command"]
+        low, high = service["sysctls"]["net.ipv4.ip_local_port_range"].split()
+        assert service["ports"] == [f"{low}-{high}:{low}-{high}/udp"]
+        assert "8090/healthz" in " ".join(service["healthcheck"]["test"])
+    turn = services["turn"]
+    published = {p.split(":", 1)[1] for p in turn["ports"]}
+    relay = turn_config()
+    relay_range = f"{relay['min-port']}-{relay['max-port']}"
+    assert {"443:443/tcp", "3478:3478/udp", f"{relay_range}:{relay_range}/udp"} <= published
+    assert "./coturn/turnserver.conf:/etc/coturn/turnserver.conf:ro" in turn["volumes"]
+    assert "--static-auth-secret=${CAMVOICE_TURN_SECRET}" in turn["command"]
+    urls = env["CAMVOICE_TURN_URLS"].split(",")
+    assert urls[0].endswith(":3478?transport=udp")  # aiortc (the media nodes) takes the first
+    assert {u.split(":", 1)[0] + ":" + u.rsplit(":", 1)[1] for u in urls[1:]} == {
+        "turn:443?transport=tcp", "turns:443?transport=tcp"}  # fmt: skip
     caddy = (DEPLOY / "Caddyfile").read_text()
     assert "web-a:8080 web-b:8080" in caddy and "health_uri /readyz" in caddy
     for name, service in services.items():
@@ -48,7 +70,14 @@ def test_kubernetes_manifests() -> None:
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
-    assert set(deployments) == {"camvoice-web", "camvoice-worker", "camvoice-relay"}
+    assert set(deployments) == {
+        "camvoice-web",
+        "camvoice-worker",
+        "camvoice-relay",
+        "camvoice-turn",
+    }
+    media = by_kind["StatefulSet"][0]
+    deployments["camvoice-media"] = media
     web = deployments["camvoice-web"]["spec"]["template"]["spec"]
     container = web["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -63,6 +92,57 @@ def test_kubernetes_manifests() -> None:
     assert "Secret" not in by_kind  # referenced (secretRef / secretName), never embedded
     config = by_kind["ConfigMap"][0]["data"]
     assert not any(SECRETISH.search(k) and "HOMEGRAPH_KEY" not in k for k in config)
+    # Media nodes: stable pod names, each listed; aioice's ports bounded by the safe sysctl.
+    spec = media["spec"]
+    assert spec["serviceName"] == "camvoice-media"
+    assert config["CAMVOICE_MEDIA_URLS"].split(",") == [
+        f"http://camvoice-media-{n}.camvoice-media:8090" for n in range(spec["replicas"])
+    ]
+    pod = spec["template"]["spec"]
+    assert not pod.get("hostNetwork")  # namespaced sysctls are refused on the host's network
+    assert pod["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_local_port_range", "value": "40000 40999"}
+    ]
+    assert pod["containers"][0]["args"][:2] == ["camvoice", "media"]
+    media_service = next(s for s in by_kind["Service"] if s["metadata"]["name"] == "camvoice-media")
+    assert media_service["spec"]["clusterIP"] == "None"
+    # TURN: on the node's network (its relay range), 443 for TCP and TLS, the shared secret
+    # from the Secret, the shipped configuration mounted.
+    turn = deployments["camvoice-turn"]["spec"]["template"]["spec"]
+    assert turn["hostNetwork"] is True
+    coturn = turn["containers"][0]
+    assert {(p["containerPort"], p["protocol"]) for p in coturn["ports"]} == {
+        (443, "TCP"), (3478, "UDP"), (3478, "TCP")}  # fmt: skip
+    assert "--static-auth-secret=$(CAMVOICE_TURN_SECRET)" in coturn["args"]
+    assert coturn["env"][0]["valueFrom"]["secretKeyRef"]["key"] == "CAMVOICE_TURN_SECRET"
+    assert turn_config()["tls-listening-port"] == "443"
+    assert config["CAMVOICE_TURN_URLS"].split(",")[0].endswith(":3478?transport=udp")
+
+
+def turn_config() -> dict[str, str]:
+    """deploy/coturn/turnserver.conf as option -> value (flags map to "")."""
+    options: dict[str, str] = {}
+    for line in (DEPLOY / "coturn/turnserver.conf").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, value = line.partition("=")
+            options.setdefault(name, value)
+    return options
+
+
+def test_coturn_config_for_networks_without_udp() -> None:
+    """TURN over TCP and TLS on 443, credentials only from the shared secret (no user list, no
+    secret in the file), private and loopback peers denied, old TLS off."""
+    options = turn_config()
+    assert options["tls-listening-port"] == "443" and options["listening-port"] == "3478"
+    assert "use-auth-secret" in options and "static-auth-secret" not in options
+    assert {"no-tlsv1", "no-tlsv1_1", "no-cli", "fingerprint", "no-multicast-peers"} <= set(options)
+    assert "allow-loopback-peers" not in options and "lt-cred-mech" not in options
+    denied = {line.split("=", 1)[1] for line in (DEPLOY / "coturn/turnserver.conf")
+              .read_text().splitlines() if line.startswith("denied-peer-ip=")}  # fmt: skip
+    assert {"10.0.0.0-10.255.255.255", "127.0.0.0-127.255.255.255",
+            "169.254.0.0-169.254.255.255", "192.168.0.0-192.168.255.255"} <= denied  # fmt: skip
+    assert int(options["min-port"]) < int(options["max-port"])
 
 
 def test_dockerfile_is_multi_stage_and_non_root() -> None:
@@ -71,6 +151,7 @@ def test_dockerfile_is_multi_stage_and_non_root() -> None:
     assert re.search(r"^USER camvoice$", text, re.M)
     assert "uv sync --frozen --no-dev" in text
     assert "gir1.2-gst-rtsp-server-1.0" in text  # the relay runs from the same image
+    assert re.search(r"^EXPOSE .*\b8090\b", text, re.M)  # and the media node (`camvoice media`)
 
 
 def test_gunicorn_config() -> None:

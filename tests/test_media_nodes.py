@@ -9,6 +9,9 @@ tested in test_turn.py and the engine's own tests.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ import pytest
 import requests
 
 from camvoice.settings import Settings, load_settings
+from camvoice.tickets import Audience, Protocol
 from camvoice.webrtc import (
     Answer,
     MediaBusy,
@@ -180,3 +184,179 @@ def test_a_node_refuses_unsigned_altered_or_stale_calls(
             url + path, data=bad, headers=signed_headers(secret, path, bad), timeout=10
         )
         assert answer.status_code == 400 and answer.json()["error"] == "bad_request"
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `pid`, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent:
+                try:
+                    line = (Path("/proc") / str(child) / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                found.append((child, line.replace(b"\0", b" ").decode(errors="replace")))
+                frontier.append(child)
+    return found
+
+
+def feeds_of(node: subprocess.Popen[bytes]) -> int:
+    """How many camera pulls (ffmpeg) a media node process runs."""
+    return sum(1 for _, line in descendants(node.pid) if "ffmpeg" in line.split(" ", 1)[0])
+
+
+@pytest.fixture
+def pg_settings(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    for url in migrated_database("postgresql", request, tmp_path):
+        yield load_settings(data_dir=tmp_path / "data", database_url=url, secret_key=KEY,
+                            source_networks=TEST_SOURCE_NETWORKS)  # fmt: skip
+
+
+@pytest.fixture
+def media_processes(
+    pg_settings: Settings, tmp_path: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Two `camvoice media` processes on the same database, by URL, answering."""
+    from tests.conftest import VENV_BIN, free_port, wait_for
+
+    assert pg_settings.database_url is not None
+    env = {**os.environ, "CAMVOICE_DATA_DIR": str(tmp_path / "node"), "CAMVOICE_SECRET_KEY": KEY,
+           "CAMVOICE_DATABASE_URL": pg_settings.database_url.get_secret_value()}  # fmt: skip
+    procs = {}
+    for port in (free_port(), free_port()):
+        procs[f"http://127.0.0.1:{port}"] = subprocess.Popen(
+            [str(VENV_BIN / "camvoice"), "media", "--port", str(port)], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        for url, proc in procs.items():
+            wait_for(lambda url=url, proc=proc: healthy(url, proc), f"media node {url}", 90)
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:  # its gunicorn worker, and ffmpeg (PR_SET_PDEATHSIG) with it
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(20)
+
+
+@pytest.mark.postgres
+def test_real_nodes_one_feed_per_camera_and_a_node_down(
+    pg_settings: Settings, media_processes: dict[str, subprocess.Popen[bytes]]
+) -> None:
+    """Two `camvoice media` processes running the aiortc engine; two web instances; two
+    displays of one camera, one through each instance: one node, one upstream pull. That node
+    stopped, the next display is answered by the other node."""
+    from tests.conftest import until
+    from tests.test_webrtc import add_camera
+    from tests.webrtc_support import Watcher
+
+    nodes = media_processes
+    update = {"media_urls": ",".join(nodes)}
+    webs = [create_app(pg_settings.model_copy(update=update)) for _ in range(2)]
+    services = webs[0].extensions["camvoice"]
+    camera = add_camera(services.db)
+    owner = ranked(tuple(nodes), camera.id)[0]
+    other = next(url for url in nodes if url != owner)
+
+    def display(web: int) -> Watcher:
+        opened = services.streams.open(services.db, camera, Audience.ALEXA, Protocol.WEBRTC)
+        engine = webs[web].extensions["camvoice"].webrtc
+        return Watcher(lambda offer: engine.answer(opened.token, camera.id, offer).sdp)
+
+    with display(0) as first, display(1) as second:
+        assert first.wait_frames(3) and second.wait_frames(3), "no frames through the nodes"
+        assert feeds_of(nodes[owner]) == 1 and feeds_of(nodes[other]) == 0
+    os.killpg(nodes[owner].pid, signal.SIGKILL)  # down hard, gunicorn's worker and ffmpeg too
+    nodes[owner].wait(20)
+    with display(1) as third:
+        assert third.wait_frames(3), "the surviving node did not take the camera"
+        assert until(lambda: feeds_of(nodes[other]) == 1, 10), descendants(nodes[other].pid)
+
+
+def healthy(url: str, proc: subprocess.Popen[bytes]) -> bool:
+    assert proc.poll() is None, f"media node {url} exited"
+    try:
+        return requests.get(url + "/healthz", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def test_serve_runs_one_media_node_for_its_workers(base: Settings, tmp_path: Path) -> None:
+    """`camvoice serve` without CAMVOICE_MEDIA_URLS: one `camvoice media` child on loopback holds
+    every session, so two displays, whichever of the two workers took their offer, share one
+    upstream pull, and it runs under that child, not under a web worker."""
+    from tests.conftest import VENV_BIN, free_port, wait_for
+    from tests.test_webrtc import add_camera
+    from tests.webrtc_support import Watcher
+
+    app = create_app(base)
+    services = app.extensions["camvoice"]
+    camera = add_camera(services.db)
+    port = free_port()
+    assert base.database_url is not None
+    env = {**os.environ, "CAMVOICE_DATA_DIR": str(tmp_path / "serve"), "CAMVOICE_SECRET_KEY": KEY,
+           "CAMVOICE_DATABASE_URL": base.database_url.get_secret_value(),
+           "CAMVOICE_SOURCE_NETWORKS": TEST_SOURCE_NETWORKS}  # fmt: skip
+    env.pop("CAMVOICE_MEDIA_URLS", None)
+    serve = subprocess.Popen(
+        [str(VENV_BIN / "camvoice"), "serve", "--port", str(port), "--workers", "2"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: healthy(url, serve), "camvoice serve", 120)
+        # the node's gunicorn master first (a child of serve), then its one worker
+        # one node (its gunicorn master, a child of serve, comes first; then its worker)
+        nodes = [(pid, line) for pid, line in descendants(serve.pid) if "cli media" in line]
+        assert len({line for _, line in nodes}) == 1, descendants(serve.pid)
+        node_url = "http://127.0.0.1:" + nodes[0][1].split("--port ")[1].split()[0]
+        wait_for(lambda: healthy(node_url, serve), "its media node", 90)
+
+        def offer_to_serve(offer: str) -> str:
+            opened = services.streams.open(services.db, camera, Audience.GOOGLE, Protocol.WEBRTC)
+            body = {"action": "offer", "deviceId": camera.id, "sdp": offer}
+            headers = {"Authorization": f"Bearer {opened.token}"}
+            answer = requests.post(url + "/webrtc/signal", json=body, headers=headers, timeout=20)
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["sdp"])
+
+        with Watcher(offer_to_serve) as first, Watcher(offer_to_serve) as second:
+            assert first.wait_frames(3) and second.wait_frames(3), "no frames via `serve`"
+            pulls = [pid for pid, line in descendants(serve.pid) if "ffmpeg" in line.split()[0]]
+            assert len(pulls) == 1, descendants(serve.pid)
+            assert pulls[0] in {pid for pid, _ in descendants(nodes[0][0])}
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(30)
+
+
+def test_no_media_node_reachable_is_a_clean_503_at_the_signaling_url(base: Settings) -> None:
+    """A web instance whose media nodes are all down answers Google's offer with 503
+    `unavailable` (MediaUnavailable), never a 500, and its `end` is still {}."""
+    from tests.conftest import free_port
+    from tests.test_webrtc import add_camera
+    from tests.webrtc_support import make_offer
+
+    down = f"http://127.0.0.1:{free_port()},http://127.0.0.1:{free_port()}"  # nobody listens
+    app = create_app(base.model_copy(update={"media_urls": down}))
+    services = app.extensions["camvoice"]
+    camera = add_camera(services.db)
+    opened = services.streams.open(services.db, camera, Audience.GOOGLE, Protocol.WEBRTC)
+    headers = {"Authorization": f"Bearer {opened.token}"}
+    with LiveServer(app) as live:
+        body = {"action": "offer", "deviceId": camera.id, "sdp": make_offer()}
+        refused = live.post("/webrtc/signal", json=body, headers=headers)
+        assert refused.status_code == 503 and refused.json()["error"] == "unavailable"
+        ended = live.post("/webrtc/signal", json={"action": "end", "deviceId": camera.id},
+                          headers=headers)  # fmt: skip
+        assert ended.status_code == 200 and ended.json() == {}

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import av
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from tests.conftest import until
@@ -110,8 +110,10 @@ class Watcher:
         alexa: bool = False,
         shape: Callable[[str], str] | None = None,
         connect: bool = True,
+        configuration: RTCConfiguration | None = None,
     ) -> None:
         self._answer = answer
+        self._configuration = configuration  # ICE servers and policy (test_turn.py: relay)
         self._shape = shape or (alexa_shape if alexa else (lambda sdp: sdp))
         self._connect = connect
         self.answer: str | None = None
@@ -138,7 +140,7 @@ class Watcher:
         return self.answer
 
     async def _start(self) -> None:
-        pc = self.pc = RTCPeerConnection()
+        pc = self.pc = RTCPeerConnection(self._configuration)
         pc.addTransceiver("video", direction="recvonly")
         pc.addTransceiver("audio", direction="recvonly")
 

@@ -1,7 +1,6 @@
-// Attach every <video data-hls="..."> to its HLS stream: hls.js over Media Source Extensions
-// where available (most browsers), else the browser's own HLS playback (Safari, iOS).
-document.querySelectorAll("video[data-hls]").forEach(function (video) {
-  var source = video.dataset.hls;
+// Attach a <video> to its HLS stream: hls.js over Media Source Extensions where available (most
+// browsers), else the browser's own HLS playback (Safari, iOS). webrtc.js calls it as fallback.
+window.camvoiceHls = function (video, source) {
   if (window.Hls && Hls.isSupported()) {
     // A relay still starting answers 503 with Retry-After: 1. hls.js reads no Retry-After and
     // by default retries a failed playlist once: retry it every second for about 20 s instead.
@@ -17,6 +16,11 @@ document.querySelectorAll("video[data-hls]").forEach(function (video) {
   }
   video.muted = true;
   video.play().catch(function () {});
+};
+
+// Videos with HLS only; those that try WebRTC first are webrtc.js's.
+document.querySelectorAll("video[data-hls]:not([data-signal])").forEach(function (video) {
+  window.camvoiceHls(video, video.dataset.hls);
 });
 
 // A snapshot still being grabbed answers 503 with Retry-After: 2: load it again, a few times.
