@@ -239,6 +239,8 @@ class RelayManager:
         self.running: dict[str, Running] = {}
         self.starting: dict[str, Starting] = {}
         self.failed: dict[str, Failed] = {}
+        # Relays being stopped: their folder still lists segments their cleanup is deleting.
+        self.stopping: set[str] = set()
         self.retry_after_failure = RETRY_AFTER_FAILURE
         # Held only for bookkeeping, never across the camera's network I/O or ffmpeg's start.
         self.lock = threading.Lock()
@@ -299,6 +301,10 @@ class RelayManager:
         folder.mkdir(exist_ok=True, mode=0o700)
         self.touch(camera_id)
         with self.lock:
+            if camera_id in self.stopping:
+                # Serving its old playlist would name segments about to be deleted (404s):
+                # the player comes back in a second and starts a new relay.
+                raise RelayStarting(camera_id)
             self._release_if_killed(camera_id)
             run = self.running.get(camera_id)
             pending = self.starting.get(camera_id)
@@ -470,8 +476,20 @@ class RelayManager:
         with self.lock:
             self.starting.pop(camera_id, None)  # a start under way stops its ffmpeg when done
             run = self.running.pop(camera_id, None)
+            if run is not None:
+                self.stopping.add(camera_id)
         if run is not None:
-            self._terminate(run)
+            self._retire([run])
+
+    def _retire(self, runs: list[Running]) -> None:
+        """Stop relays taken off `running` and marked `stopping` (under the lock) by the caller:
+        until their files are gone, fetches are told to retry rather than served them."""
+        for run in runs:
+            try:
+                self._terminate(run)
+            finally:
+                with self.lock:
+                    self.stopping.discard(run.camera_id)
 
     def _terminate(self, run: Running) -> None:
         if run.process.poll() is None:
@@ -512,8 +530,8 @@ class RelayManager:
                     if (dead or stuck) and not run.ready:
                         self._remember_failure(camera_id, "the camera gave no stream")
                     done.append(self.running.pop(camera_id))
-        for run in done:
-            self._terminate(run)
+                    self.stopping.add(camera_id)
+        self._retire(done)
 
     def _reap_forever(self) -> None:
         while not self._stop.wait(1.0):
