@@ -8,6 +8,7 @@ tested in test_turn.py and the engine's own tests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -335,9 +336,21 @@ def test_serve_runs_one_media_node_for_its_workers(base: Settings, tmp_path: Pat
             pulls = [pid for pid, line in descendants(serve.pid) if "ffmpeg" in line.split()[0]]
             assert len(pulls) == 1, descendants(serve.pid)
             assert pulls[0] in {pid for pid, _ in descendants(nodes[0][0])}
+        os.kill(serve.pid, signal.SIGKILL)  # serve itself killed: no `finally` of its own runs
+        serve.wait(20)
+        wait_for(lambda: gone(nodes[0][0]), "the media node to die with serve", 60)
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(serve.pid, signal.SIGKILL)
         serve.wait(30)
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie waiting for its reaper counts)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
 
 
 def test_no_media_node_reachable_is_a_clean_503_at_the_signaling_url(base: Settings) -> None:
