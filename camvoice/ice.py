@@ -72,8 +72,8 @@ def parse_ice_servers(text: str) -> list[IceServer]:
             raise ValueError(f"entry {number}: an object with 'urls'")
         urls = entry["urls"] if isinstance(entry["urls"], list) else [entry["urls"]]
         username, credential = entry.get("username"), entry.get("credential")
-        if not all(isinstance(v, str | None) for v in (username, credential)):
-            raise ValueError(f"entry {number}: username and credential must be strings")
+        if any(v is not None and not isinstance(v, str) for v in (username, credential)):
+            raise ValueError(f"entry {number}: username and credential are strings")
         for url in urls:
             if not isinstance(url, str) or not url.startswith(SCHEMES):
                 raise ValueError(f"entry {number}: urls must be stun:, stuns:, turn: or turns:")

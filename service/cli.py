@@ -577,9 +577,12 @@ def media_node(settings: Settings) -> Iterator[None]:
     if settings.media_urls:
         yield
         return
+    from media.relay import die_with_parent
+
     port = free_port()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "media", "--host", "127.0.0.1", "--port", str(port)]
+    child = subprocess.Popen(  # forked by the main thread, so it dies with `serve` (even killed)
+        [sys.executable, "-m", "service.cli", "media", "--host", "127.0.0.1", "--port", str(port)],
+        preexec_fn=die_with_parent,  # prctl must run in the child
     )
     # Not waited for: it starts while gunicorn does; an offer before it listens is refused
     # cleanly (MediaUnavailable), never a 500.

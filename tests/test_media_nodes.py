@@ -1,13 +1,15 @@
 """Scale-out of WebRTC: web instances forward offers to media nodes by camera id.
 
 Two media nodes (the real media-node app on real sockets) and two web instances (the real app
-factory, CAMVOICE_MEDIA_URLS naming both nodes). Each node's engine here records what reached
-it, so the test sees where every call landed; the aiortc engine behind the same endpoints is
-tested in test_turn.py and the engine's own tests.
+factory, CAMVOICE_MEDIA_URLS naming both nodes) whose nodes' engines record what reached them,
+so the first tests see where every call landed; then two real `camvoice media` processes with
+the aiortc engine behind two web instances' signaling URLs, and `camvoice serve` with its own
+media node, where displays decode frames and the test counts the ffmpeg pulls per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -268,19 +270,28 @@ def test_real_nodes_one_feed_per_camera_and_a_node_down(
     owner = ranked(tuple(nodes), camera.id)[0]
     other = next(url for url in nodes if url != owner)
 
-    def display(web: int) -> Watcher:
-        opened = services.streams.open(services.db, camera, Audience.ALEXA, Protocol.WEBRTC)
-        engine = webs[web].extensions["camvoice"].webrtc
-        return Watcher(lambda offer: engine.answer(opened.token, camera.id, offer).sdp)
+    def display(web: LiveServer) -> Watcher:
+        """A Nest Hub whose offer reaches camvoice through `web`'s signaling URL."""
+        opened = services.streams.open(services.db, camera, Audience.GOOGLE, Protocol.WEBRTC)
 
-    with display(0) as first, display(1) as second:
-        assert first.wait_frames(3) and second.wait_frames(3), "no frames through the nodes"
-        assert feeds_of(nodes[owner]) == 1 and feeds_of(nodes[other]) == 0
-    os.killpg(nodes[owner].pid, signal.SIGKILL)  # down hard, gunicorn's worker and ffmpeg too
-    nodes[owner].wait(20)
-    with display(1) as third:
-        assert third.wait_frames(3), "the surviving node did not take the camera"
-        assert until(lambda: feeds_of(nodes[other]) == 1, 10), descendants(nodes[other].pid)
+        def signal_offer(offer: str) -> str:
+            body = {"action": "offer", "deviceId": camera.id, "sdp": offer}
+            headers = {"Authorization": f"Bearer {opened.token}"}
+            answer = web.post("/webrtc/signal", json=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["sdp"])
+
+        return Watcher(signal_offer)
+
+    with LiveServer(webs[0]) as web_a, LiveServer(webs[1]) as web_b:
+        with display(web_a) as first, display(web_b) as second:
+            assert first.wait_frames(3) and second.wait_frames(3), "no frames via the nodes"
+            assert feeds_of(nodes[owner]) == 1 and feeds_of(nodes[other]) == 0
+        os.killpg(nodes[owner].pid, signal.SIGKILL)  # down hard, its worker and ffmpeg too
+        nodes[owner].wait(20)
+        with display(web_b) as third:
+            assert third.wait_frames(3), "the surviving node did not take the camera"
+            assert until(lambda: feeds_of(nodes[other]) == 1, 10), descendants(nodes[other].pid)
 
 
 def healthy(url: str, proc: subprocess.Popen[bytes]) -> bool:
@@ -335,9 +346,21 @@ def test_serve_runs_one_media_node_for_its_workers(base: Settings, tmp_path: Pat
             pulls = [pid for pid, line in descendants(serve.pid) if "ffmpeg" in line.split()[0]]
             assert len(pulls) == 1, descendants(serve.pid)
             assert pulls[0] in {pid for pid, _ in descendants(nodes[0][0])}
+        os.kill(serve.pid, signal.SIGKILL)  # serve itself killed: no `finally` of its own runs
+        serve.wait(20)
+        wait_for(lambda: gone(nodes[0][0]), "the media node to die with serve", 60)
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(serve.pid, signal.SIGKILL)
         serve.wait(30)
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has exited (a zombie waiting for its reaper counts)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
 
 
 def test_no_media_node_reachable_is_a_clean_503_at_the_signaling_url(base: Settings) -> None:

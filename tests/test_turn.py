@@ -217,3 +217,23 @@ def test_coturn_takes_minted_credentials_until_they_expire(app: Flask, coturn: C
     forged = IceServer(fresh.urls, user, turn_credential("not-the-secret", 0, "x")[1])
     assert gathered_relays(forged, url) == 0
     assert "credential" not in repr(fresh) and (fresh.credential or "?") not in repr(fresh)
+
+
+def test_bad_network_settings_stop_with_the_variable_named_and_no_secret_echoed() -> None:
+    from camvoice.settings import ConfigError, load_settings
+
+    bad = {
+        "ice_servers": '[{"urls": "turn:turn.example.com:443?transport=tcp", "username": "u"}]',
+        "turn_urls": "https://turn.example.com",
+        "media_urls": "http://media-a:8090,http://media-a:8090",
+    }
+    for name, value in bad.items():
+        with pytest.raises(ConfigError) as caught:
+            load_settings(**{name: value})
+        assert str(caught.value).startswith(f"CAMVOICE_{name.upper()}: ")
+    leaky = '[{"urls": "stun:s"}, {"urls": "turns:t", "username": 7, "credential": "hunter2"}]'
+    with pytest.raises(ConfigError) as caught:
+        load_settings(ice_servers=leaky)
+    assert "entry 2" in str(caught.value) and "hunter2" not in str(caught.value)
+    quiet = load_settings(turn_urls="turn:t.example.com:3478", turn_secret=SECRET)
+    assert SECRET not in str(quiet.masked()) and ice_servers(quiet)[0].username
