@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -584,10 +585,10 @@ def media_node(settings: Settings) -> Iterator[None]:
         [sys.executable, "-m", "service.cli", "media", "--host", "127.0.0.1", "--port", str(port)],
         preexec_fn=die_with_parent,  # prctl must run in the child
     )
-    # Not waited for: it starts while gunicorn does; an offer before it listens is refused
-    # cleanly (MediaUnavailable), never a 500.
     os.environ["CAMVOICE_MEDIA_URLS"] = f"http://127.0.0.1:{port}"
     try:
+        # Listening before gunicorn starts: once /readyz answers, an offer finds its node.
+        wait_until_listening(child, port, MEDIA_NODE_START)
         yield
     finally:
         os.environ.pop("CAMVOICE_MEDIA_URLS", None)
@@ -597,6 +598,24 @@ def media_node(settings: Settings) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait()
+
+
+MEDIA_NODE_START = 60.0  # seconds a media child may take to listen (imports, migrations check)
+
+
+def wait_until_listening(child: subprocess.Popen[bytes], port: int, seconds: float) -> None:
+    """Until the child accepts connections on `port`; a child that exits or never listens
+    stops `serve` with the reason rather than leaving every offer to fail."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise click.ClickException(f"the media node exited ({child.returncode}) at start")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise click.ClickException(f"the media node did not listen within {seconds:.0f} s")
 
 
 def free_port() -> int:
