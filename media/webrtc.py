@@ -32,6 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Coroutine
+from concurrent.futures import CancelledError as FutureCancelled
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -334,7 +335,7 @@ class WebRTCEngine:
         if not self.loop.is_closed():
             try:
                 self._run(self._close(session), 5.0)
-            except (FutureTimeout, RuntimeError):
+            except (FutureTimeout, FutureCancelled, RuntimeError):  # cancelled: shutting down
                 log.warning("webrtc session %s did not close in time", _short(session.id))
         log.info("webrtc session %s ended: %s", _short(session.id), reason)
         if started:
@@ -404,7 +405,7 @@ class WebRTCEngine:
             self._end(session, "shutdown")
         self.feeds.shutdown()
         if self._started:
-            with contextlib.suppress(FutureTimeout, RuntimeError):
+            with contextlib.suppress(FutureTimeout, FutureCancelled, RuntimeError):
                 self._run(_cancel_pending(), 5.0)
             self.loop.call_soon_threadsafe(self.loop.stop)
 
