@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -305,6 +306,37 @@ def test_killed_ffmpeg_restarts_on_next_fetch_within_2_s(
         assert fetched.result().status_code in (200, 503)  # a playlist, or "starting, retry"
     assert len(pids) == 1
     assert probe_video(url) == "h264"
+
+
+def test_a_relay_being_stopped_is_not_served(
+    media_settings: Settings, server: LiveServer, db: Database
+) -> None:
+    """While a relay's ffmpeg is stopped and its folder cleaned, a fetch is told to retry (503):
+    served, its old playlist would name segments the cleanup is deleting (players got 404s).
+    Once stopped, the next fetch starts a new relay."""
+    front = camera(db)
+    url = url_for(media_settings, server, front)
+    assert play(url).ok
+    relays = server.app.extensions["camvoice.relays"]
+    terminate, held, release = relays._terminate, threading.Event(), threading.Event()
+
+    def slow_terminate(run: object) -> None:
+        held.set()
+        release.wait(30)
+        terminate(run)
+
+    relays._terminate = slow_terminate
+    stopper = threading.Thread(target=relays.stop, args=(front.id,))
+    stopper.start()
+    try:
+        assert held.wait(30)
+        during = requests.get(url, timeout=10)
+        assert during.status_code == 503 and during.headers["Retry-After"] == "1", during.text
+    finally:
+        release.set()
+        stopper.join(30)
+        relays._terminate = terminate
+    assert play(url).status_code == 200
 
 
 def test_snapshot_is_a_jpeg(media_settings: Settings, server: LiveServer, db: Database) -> None:
