@@ -86,7 +86,7 @@ class OpenStream:
     url: str
     image_url: str | None
     expires_at: datetime
-    token: str | None = None
+    token: str
 
 
 class StreamView(Base):

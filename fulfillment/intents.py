@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone, protocols
-from camvoice.ice import ice_servers
 from camvoice.models import Camera
 from camvoice.readiness import BLOCKERS, Blocker
 from camvoice.services import Services
@@ -227,9 +226,9 @@ def webrtc_states(ctx: Context, opened: OpenStream) -> dict[str, Any]:
         "cameraStreamSignalingUrl": opened.url,
         "cameraStreamAuthToken": opened.token,
     }
-    servers = ice_servers(ctx.services.settings)  # TURN credentials minted for this stream
+    servers = ctx.services.settings.ice_server_list()  # TURN credentials minted for it
     if servers:
-        states["cameraStreamIceServers"] = json.dumps([s.as_json() for s in servers])
+        states["cameraStreamIceServers"] = json.dumps(servers)
     return states
 
 
