@@ -6,7 +6,12 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean messages
+
+# gettext catalogs (README, "Languages"): one .po per language, in git; .mo compiled from it.
+PYBABEL := $(VENV)/bin/pybabel
+CATALOGS := camvoice/translations
+MO := $(patsubst %.po,%.mo,$(wildcard $(CATALOGS)/*/LC_MESSAGES/messages.po))
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -16,7 +21,16 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
 
-install: $(VENV)/.synced
+install: $(VENV)/.synced $(MO)
+
+%.mo: %.po | $(VENV)/.synced
+	$(PYBABEL) compile --statistics -i $< -o $@
+
+# After changing a sentence in the code or a template: the .pot, then every .po gains it.
+messages: install
+	$(PYBABEL) extract -F babel.cfg -k N_ -k NP_:1,2 -c TRANSLATORS: --no-location \
+		--sort-output --project camvoice -o $(CATALOGS)/messages.pot .
+	$(PYBABEL) update -i $(CATALOGS)/messages.pot -d $(CATALOGS) -w 100 --ignore-obsolete
 
 demo: install
 	$(VENV)/bin/camvoice demo --host 127.0.0.1 --port 8080

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from camvoice.languages import N_, translate
+
 
 class Assistant(StrEnum):
     ALEXA = "alexa"
@@ -40,13 +42,13 @@ class BlockerInfo:
 
     alexa_error: Alexa.ErrorResponse type; alexa_mode: its currentDeviceMode when the type is
     NOT_SUPPORTED_IN_CURRENT_MODE. google_error: Google's errorCode (errors-and-exceptions list).
+    sentence: the owner's reason in English, the msgid of its translations (camvoice/languages).
     """
 
     alexa_error: str
     alexa_mode: str | None
     google_error: str
-    en: str
-    es: str
+    sentence: str
 
 
 BLOCKERS: dict[Blocker, BlockerInfo] = {
@@ -54,41 +56,34 @@ BLOCKERS: dict[Blocker, BlockerInfo] = {
         "ENDPOINT_UNREACHABLE",
         None,
         "deviceOffline",
-        "The camera is offline. Check its power and Wi-Fi connection, then try again.",
-        "La cámara está sin conexión. Comprueba su alimentación y la conexión Wi-Fi y vuelve a "
-        "intentarlo.",
+        N_("The camera is offline. Check its power and Wi-Fi connection, then try again."),
     ),
     Blocker.SLEEPING: BlockerInfo(
         "NOT_SUPPORTED_IN_CURRENT_MODE",
         "ASLEEP",
         "inSleepMode",
-        "The camera is in sleep (privacy) mode. Wake it in the camera app to watch it.",
-        "La cámara está en modo reposo (privacidad). Actívala en la aplicación de la cámara para "
-        "verla.",
+        N_("The camera is in sleep (privacy) mode. Wake it in the camera app to watch it."),
     ),
     Blocker.ENCRYPTION_ON: BlockerInfo(
         "NOT_SUPPORTED_IN_CURRENT_MODE",
         "OTHER",
         "securityRestriction",
-        "Image Encryption is on. Turn it off in the camera app (Settings, Image Encryption) so "
-        "the assistant can show the video.",
-        "El cifrado de imagen está activado. Desactívalo en la aplicación de la cámara "
-        "(Configuración, Cifrado de imagen) para que el asistente pueda mostrar el vídeo.",
+        N_(
+            "Image Encryption is on. Turn it off in the camera app (Settings, Image Encryption) "
+            "so the assistant can show the video."
+        ),
     ),
     Blocker.AUDIO_OFF: BlockerInfo(
         "NOT_SUPPORTED_IN_CURRENT_MODE",
         "OTHER",
         "deviceNotReady",
-        "Audio is off. Google Assistant needs it on: turn on Audio in the camera app.",
-        "El audio está desactivado. El Asistente de Google lo necesita: activa el audio en la "
-        "aplicación de la cámara.",
+        N_("Audio is off. Google Assistant needs it on: turn on Audio in the camera app."),
     ),
     Blocker.NO_STREAM: BlockerInfo(
         "NOT_SUPPORTED_IN_CURRENT_MODE",
         "NOT_PROVISIONED",
         "functionNotSupported",
-        "The camera has no video source configured. Add its stream in camvoice.",
-        "La cámara no tiene una fuente de vídeo configurada. Añade su transmisión en camvoice.",
+        N_("The camera has no video source configured. Add its stream in camvoice."),
     ),
 }
 
@@ -110,6 +105,6 @@ def readiness(camera: CameraSettings, assistant: Assistant) -> list[Blocker]:
 
 
 def explain(blocker: Blocker, language: str = "en") -> str:
-    """The plain sentence for a blocker; Spanish for any es-* language, English otherwise."""
-    info = BLOCKERS[blocker]
-    return info.es if language.lower().startswith("es") else info.en
+    """The plain sentence for a blocker in a language tag's language ('es-MX', 'pt-BR', 'de'),
+    English for one camvoice does not speak."""
+    return translate(language, BLOCKERS[blocker].sentence)

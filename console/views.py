@@ -18,17 +18,18 @@ from flask import (
     request,
     url_for,
 )
+from flask_babel import get_locale, gettext
 from sqlalchemy import select
 
 from camvoice import audit
 from camvoice.cameras import CameraError, CameraGone, NoSuchCamera, protocols
+from camvoice.languages import html_lang
 from camvoice.models import Account, Camera
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
 from camvoice.sessions import COOKIE
 from camvoice.streams import StreamRefused
 from camvoice.tickets import Audience, Protocol
-from console.i18n import TEXT
 from console.simulator import SESSION_EVENTS, alexa_session_event, local, simulate
 from oauth.tokens import live_links, owns_link, revoke_grant
 
@@ -74,8 +75,17 @@ def services() -> Services:
 
 
 def language() -> str:
-    """'es' or 'en' from Accept-Language."""
-    return request.accept_languages.best_match(["en", "es"], default="en") or "en"
+    """The locale Flask-Babel negotiated from Accept-Language ('es', 'pt_BR')."""
+    return str(get_locale())
+
+
+def assistant_labels() -> dict[str, str]:
+    """The simulator's assistants, named in the owner's language."""
+    return {
+        "alexa_smart_home": gettext("Alexa (smart home)"),
+        "alexa_custom": gettext("Alexa (custom skill)"),
+        "google": gettext("Google Assistant"),
+    }
 
 
 def owner() -> Account:
@@ -93,8 +103,7 @@ def owner() -> Account:
 
 
 def page(template: str, **context: Any) -> str:
-    lang = language()
-    return render_template(f"console/{template}", lang=lang, t=TEXT[lang], **context)
+    return render_template(f"console/{template}", lang=html_lang(language()), **context)
 
 
 @bp.get("/")
@@ -227,7 +236,7 @@ def simulator() -> str:
     account = owner()
     context: dict[str, Any] = {
         "account": account,
-        "assistants": ASSISTANTS,
+        "assistants": assistant_labels(),
         "examples": EXAMPLES,
         "assistant": "alexa_smart_home",
         "utterance": EXAMPLES[0],

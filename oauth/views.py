@@ -18,14 +18,15 @@ from flask import (
     request,
     session,
 )
+from flask_babel import get_locale, gettext, ngettext
 
 from camvoice.accounts import authenticate, normalize_email
+from camvoice.languages import html_lang
 from camvoice.models import Account
 from camvoice.ratelimit import attempt, sign_in_limits
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
 from camvoice.sessions import COOKIE
-from oauth.i18n import ASSISTANT_NAMES, SCOPE_TEXT, TEXT
 from oauth.models import SCOPES, OAuthClient
 
 bp = Blueprint(
@@ -50,8 +51,17 @@ def services() -> Services:
 
 
 def language() -> str:
-    """'es' or 'en' from Accept-Language."""
-    return request.accept_languages.best_match(["en", "es"], default="en") or "en"
+    """The locale Flask-Babel negotiated from Accept-Language ('es', 'pt_BR')."""
+    return str(get_locale())
+
+
+ASSISTANT_NAMES = {"alexa": "Alexa", "google": "Google Assistant"}
+
+
+def scope_text(scope: str) -> str:
+    """What a scope lets the assistant do, in the owner's words."""
+    texts = {"cameras": gettext("See your cameras and their settings, and play their live video.")}
+    return texts.get(scope, scope)
 
 
 @bp.after_request
@@ -65,8 +75,7 @@ def security_headers(response: Response) -> Response:
 
 
 def page(template: str, status: int = 200, **context: Any) -> tuple[str, int]:
-    lang = language()
-    return render_template(template, lang=lang, t=TEXT[lang], **context), status
+    return render_template(template, lang=html_lang(language()), **context), status
 
 
 def signed_in_account() -> Account | None:
@@ -133,8 +142,8 @@ def consent_page(client: OAuthClient, account: Account, scope: str) -> tuple[str
         "consent.html",
         client=client,
         account=account,
-        scopes=[SCOPE_TEXT[lang].get(s, s) for s in scope.split()],
-        assistant_name=ASSISTANT_NAMES.get(client.assistant or "", TEXT[lang]["other"]),
+        scopes=[scope_text(s) for s in scope.split()],
+        assistant_name=ASSISTANT_NAMES.get(client.assistant or "") or gettext("this assistant"),
         cameras=cameras,
         any_blocked=any(c["reasons"] for c in cameras),
         action=request.full_path,
@@ -174,7 +183,6 @@ def login() -> Any:
     window = timedelta(seconds=cfg.login_window)
     address = request.remote_addr or "unknown"
     keys = sign_in_limits(cfg, email, address)
-    lang = language()
     limiter = services().limiter
     # Counted before the password is checked, forgiven on success; not counted when throttled.
     wait = attempt(limiter, keys, window)
@@ -184,7 +192,11 @@ def login() -> Any:
             next=target,
             email=email,
             client_name=None,
-            error=TEXT[lang]["too_many"].format(minutes=max(1, round(wait / 60))),
+            error=ngettext(
+                "Too many failed attempts. Try again in %(num)d minute.",
+                "Too many failed attempts. Try again in %(num)d minutes.",
+                max(1, round(wait / 60)),
+            ),
         )
         return Response(body, 429, headers={"Retry-After": str(wait)}, mimetype="text/html")
     with services().db.session() as db_session:
@@ -200,7 +212,7 @@ def login() -> Any:
             next=target,
             email=email,
             client_name=None,
-            error=TEXT[lang]["bad_credentials"],
+            error=gettext("That email and password do not match an account."),
         )
     for key, _ in keys:
         limiter.forgive(key)

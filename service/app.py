@@ -24,7 +24,7 @@ from camvoice.db import UNAVAILABLE_RETRY_AFTER, Database, unavailable
 from camvoice.redact import RedactingFactory
 from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
-from service import private_files
+from service import languages, private_files
 from service.media_node import remote_engine
 from service.wiring import build_services, redis_client
 
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         WTF_CSRF_SSL_STRICT=False,
     )
     csrf = CSRFProtect(app)
+    languages.install(app)
     app.extensions["camvoice.redis"] = redis_client(settings)
     services = build_services(settings, db, app.extensions["camvoice.redis"])
     services.install(app)

@@ -33,7 +33,7 @@ from camvoice.services import Services
 from camvoice.streams import StreamRefused, blockers_for
 from camvoice.tickets import Audience, Protocol
 from oauth.tokens import Principal, authenticate_bearer
-from skills.custom.speech import join, language, say, ssml
+from skills.custom.speech import join, language, say, say_count, ssml
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def status_sentence(lang: str, camera: Camera) -> str:
                            reasons=" ".join(explain(b, lang) for b in google_only)))  # fmt: skip
     elif not google:
         details.append(say(lang, "google_ready"))
-    return say(lang, "status", name=camera.name, details=". ".join(details))
+    return say(lang, "status", name=camera.name, details=say(lang, "details").join(details))
 
 
 def pick_camera(handler_input: HandlerInput, principal: Principal) -> Camera | Response:
@@ -181,9 +181,9 @@ class ListCamerasHandler(AbstractRequestHandler):
         names = join(lang, [c.name for c in cameras])
         ready = [c.name for c in cameras if not readiness(c, Assistant.ALEXA)]
         if not ready:
-            text = say(lang, "list_none_ready", count=len(cameras), names=names)
+            text = say_count(lang, "list_none_ready", len(cameras), names=names)
         else:
-            text = say(lang, "list", count=len(cameras), names=names, ready=join(lang, ready))
+            text = say_count(lang, "list", len(cameras), names=names, ready=join(lang, ready))
         return builder.speak(ssml(text)).response
 
 

@@ -1,71 +1,54 @@
-"""Everything the custom skill says, in English (en-US) and Spanish (es-ES)."""
+"""Everything the custom skill says: English msgids, translated by the shared catalogs."""
 
 from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-SPEECH: dict[str, dict[str, str]] = {
-    "en": {
-        "welcome": "Welcome to Camera Voice. You can say: show the front door, or list my cameras.",
-        "reprompt": "Which camera would you like to see?",
-        "link": "To use Camera Voice, link your camera account in the Alexa app. I've sent a card.",
-        "showing": "Here is the {name}.",
-        "no_screen": "This device has no screen, so I can't show the {name}. {status}",
-        "blocked": "I can't show the {name}. {reason}",
-        "which": "Did you mean {options}?",
-        "no_match": "I couldn't find a camera called {spoken}. Your cameras are: {names}.",
-        "no_cameras": "You don't have any cameras yet.",
-        "gone": "The {name} is no longer in your camera account.",
-        "list": "You have {count} cameras: {names}. Ready to show now: {ready}.",
-        "list_none_ready": "You have {count} cameras: {names}. None can be shown right now.",
-        "status_ok": "The {name} is online and ready for Alexa and Google.",
-        "status": "The {name}: {details}",
-        "online": "it is online",
-        "alexa_ready": "Alexa can show it",
-        "google_ready": "Google can show it",
-        "alexa_blocked": "For Alexa: {reasons}",
-        "google_blocked": "For Google: {reasons}",
-        "help": "Ask me to show a camera, for example: show the front door. Or ask: what's wrong "
-        "with the garage camera, or list my cameras.",
-        "bye": "Goodbye.",
-        "fallback": "Sorry, I didn't get that. You can say: show the front door.",
-        "error": "Sorry, something went wrong on my side. Please try again in a moment.",
-        "and": "and",
-        "or": "or",
-        "title": "Camera Voice",
-    },
-    "es": {
-        "welcome": "Bienvenido a Camera Voice. Puedes decir: muestra la puerta principal, o "
-        "lista mis cámaras.",
-        "reprompt": "¿Qué cámara quieres ver?",
-        "link": "Para usar Camera Voice, vincula tu cuenta de cámaras en la aplicación Alexa. Te "
-        "he enviado una tarjeta.",
-        "showing": "Aquí tienes la cámara {name}.",
-        "no_screen": "Este dispositivo no tiene pantalla, así que no puedo mostrar la cámara "
-        "{name}. {status}",
-        "blocked": "No puedo mostrar la cámara {name}. {reason}",
-        "which": "¿Te refieres a {options}?",
-        "no_match": "No encuentro ninguna cámara llamada {spoken}. Tus cámaras son: {names}.",
-        "no_cameras": "Todavía no tienes cámaras.",
-        "gone": "La cámara {name} ya no está en tu cuenta de cámaras.",
-        "list": "Tienes {count} cámaras: {names}. Se pueden mostrar ahora: {ready}.",
-        "list_none_ready": "Tienes {count} cámaras: {names}. Ninguna se puede mostrar ahora.",
-        "status_ok": "La cámara {name} está en línea y lista para Alexa y Google.",
-        "status": "La cámara {name}: {details}",
-        "online": "está en línea",
-        "alexa_ready": "Alexa puede mostrarla",
-        "google_ready": "Google puede mostrarla",
-        "alexa_blocked": "Para Alexa: {reasons}",
-        "google_blocked": "Para Google: {reasons}",
-        "help": "Pídeme que muestre una cámara, por ejemplo: muestra la puerta principal. O "
-        "pregunta: qué le pasa a la cámara del garaje, o lista mis cámaras.",
-        "bye": "Adiós.",
-        "fallback": "Perdona, no te he entendido. Puedes decir: muestra la puerta principal.",
-        "error": "Lo siento, algo ha fallado por mi parte. Inténtalo de nuevo en un momento.",
-        "and": "y",
-        "or": "o",
-        "title": "Camera Voice",
-    },
+from camvoice.languages import DEFAULT, N_, NP_, catalog, locale_of, translate
+
+# The skill's sentences in English: the msgids of its translations (camvoice/translations).
+SPEECH: dict[str, str] = {
+    "welcome": N_("Welcome to Camera Voice. You can say: show the front door, or list my cameras."),
+    "reprompt": N_("Which camera would you like to see?"),
+    "link": N_("To use Camera Voice, link your camera account in the Alexa app. I've sent a card."),
+    "showing": N_("Here is the %(name)s."),
+    "no_screen": N_("This device has no screen, so I can't show the %(name)s. %(status)s"),
+    "blocked": N_("I can't show the %(name)s. %(reason)s"),
+    "which": N_("Did you mean %(options)s?"),
+    "no_match": N_("I couldn't find a camera called %(spoken)s. Your cameras are: %(names)s."),
+    "no_cameras": N_("You don't have any cameras yet."),
+    "gone": N_("The %(name)s is no longer in your camera account."),
+    "status_ok": N_("The %(name)s is online and ready for Alexa and Google."),
+    "status": N_("The %(name)s: %(details)s"),
+    "online": N_("it is online"),
+    "alexa_ready": N_("Alexa can show it"),
+    "google_ready": N_("Google can show it"),
+    "alexa_blocked": N_("For Alexa: %(reasons)s"),
+    "google_blocked": N_("For Google: %(reasons)s"),
+    "help": N_(
+        "Ask me to show a camera, for example: show the front door. Or ask: what's wrong "
+        "with the garage camera, or list my cameras."
+    ),
+    "bye": N_("Goodbye."),
+    "fallback": N_("Sorry, I didn't get that. You can say: show the front door."),
+    "error": N_("Sorry, something went wrong on my side. Please try again in a moment."),
+    # TRANSLATORS: between the items of a spoken list, before the last one ("a, b and c").
+    "separator": N_(", "),
+    "and": N_("%(items)s and %(last)s"),
+    "or": N_("%(items)s or %(last)s"),
+    "title": N_("Camera Voice"),
+    "details": N_(". "),
+}
+# Sentences that count cameras: (singular, plural) msgids, chosen by the language's plural rule.
+COUNTED: dict[str, tuple[str, str]] = {
+    "list": NP_(
+        "You have %(count)d camera: %(names)s. Ready to show now: %(ready)s.",
+        "You have %(count)d cameras: %(names)s. Ready to show now: %(ready)s.",
+    ),
+    "list_none_ready": NP_(
+        "You have %(count)d camera: %(names)s. None can be shown right now.",
+        "You have %(count)d cameras: %(names)s. None can be shown right now.",
+    ),
 }
 
 
@@ -77,15 +60,24 @@ def ssml(text: str) -> str:
 
 
 def language(locale: str | None) -> str:
-    return "es" if (locale or "").lower().startswith("es") else "en"
+    """The catalog for a request's locale ('de-DE' -> 'de'); English when we lack its language."""
+    return locale_of(locale) or DEFAULT
 
 
 def say(lang: str, key: str, **values: object) -> str:
-    return SPEECH[lang][key].format(**values)
+    """A sentence of the skill in `lang`, placeholders filled in."""
+    return translate(lang, SPEECH[key], **values)
+
+
+def say_count(lang: str, key: str, count: int, **values: object) -> str:
+    """A sentence that counts, in the plural form `count` takes in `lang`."""
+    singular, plural = COUNTED[key]
+    return catalog(lang).ngettext(singular, plural, count) % {"count": count, **values}
 
 
 def join(lang: str, items: list[str], word: str = "and") -> str:
-    """'a, b and c' / 'a, b y c'."""
+    """'a, b and c' / 'a, b y c' / 'a、bとc'."""
     if len(items) <= 1:
         return "".join(items)
-    return f"{', '.join(items[:-1])} {SPEECH[lang][word]} {items[-1]}"
+    head = say(lang, "separator").join(items[:-1])
+    return say(lang, word, items=head, last=items[-1])
