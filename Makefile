@@ -6,7 +6,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo test lint format clean messages
+.PHONY: install demo test lint format clean messages pot
 
 # gettext catalogs (README, "Languages"): one .po per language, in git; .mo compiled from it.
 PYBABEL := $(VENV)/bin/pybabel
@@ -27,10 +27,13 @@ install: $(VENV)/.synced $(MO)
 	$(PYBABEL) compile --statistics -i $< -o $@
 
 # After changing a sentence in the code or a template: the .pot, then every .po gains it.
-messages: install
+POT ?= $(CATALOGS)/messages.pot
+pot:
 	$(PYBABEL) extract -F babel.cfg -k N_ -k NP_:1,2 -c TRANSLATORS: --no-location \
-		--sort-output --project camvoice -o $(CATALOGS)/messages.pot .
-	$(PYBABEL) update -i $(CATALOGS)/messages.pot -d $(CATALOGS) -w 100 --ignore-obsolete
+		--sort-output --project camvoice -o $(POT) .
+
+messages: install pot
+	$(PYBABEL) update -i $(POT) -d $(CATALOGS) -w 100 --ignore-obsolete
 
 demo: install
 	$(VENV)/bin/camvoice demo --host 127.0.0.1 --port 8080

@@ -1,5 +1,5 @@
 """Spoken camera names to cameras: forgiving articles, the word "camera", plurals, accents and
-small mishearings, in English and Spanish."""
+small mishearings, in every language camvoice speaks (camvoice/languages.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from camvoice.models import Camera
 FILLER = {
     "the", "a", "an", "my", "our", "camera", "cameras", "cam", "cams", "please", "feed", "video",
     "la", "el", "los", "las", "mi", "mis", "de", "del", "camara", "camaras", "por", "favor",
+    "der", "die", "das", "den", "dem", "im", "am", "kamera", "kameras", "meine", "bitte",
+    "le", "les", "l", "du", "d", "des", "ma", "mes", "mon",
+    "il", "lo", "gli", "della", "dello", "dei", "telecamera", "telecamere", "mia", "mie",
+    "o", "os", "as", "da", "do", "dos", "minha", "minhas", "meu",
 }  # fmt: skip
+# Japanese has no spaces: "玄関のカメラ" is one word whose "のカメラ" (of the camera) is filler.
+JA_FILLER = re.compile(r"(の?カメラ|の映像)$")
 THRESHOLD = 0.78
 TIE = 0.02
 
@@ -21,7 +27,8 @@ def normalize(text: str) -> str:
     """Lower case, no accents or punctuation, no filler words, singular."""
     text = unicodedata.normalize("NFKD", text.lower())
     text = "".join(c for c in text if not unicodedata.combining(c))
-    words = [w for w in re.split(r"[^a-z0-9]+", text) if w and w not in FILLER]
+    words = [JA_FILLER.sub("", w) for w in re.split(r"[\W_]+", text)]
+    words = [w for w in words if w and w not in FILLER]
     return " ".join(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
                     for w in words)  # fmt: skip
 

@@ -29,6 +29,7 @@ from ask_sdk_core.serialize import DefaultSerializer
 from ask_sdk_model import RequestEnvelope
 from flask import current_app
 
+from camvoice.languages import LOCALES
 from camvoice.models import Camera
 from camvoice.names import resolve
 from camvoice.readiness import Assistant, explain, readiness
@@ -38,14 +39,29 @@ from oauth.tokens import simulator_token
 
 LEAD = re.compile(
     r"^\s*((alexa|hey google|ok google)[,\s]+)?((ask|pide a) [\w\s]+? (to|que) )?"
-    r"(show me|show|open|watch|display|muéstrame|muestra|enséñame|pon|abre|ver)\s+",
+    r"(show me|show|open|watch|display|muéstrame|muestra|enséñame|pon|abre|ver"
+    r"|zeig mir|zeige mir|zeige|zeig|öffne|montre-moi|montre moi|montre|affiche|ouvre"
+    r"|mostrami|fammi vedere|mostra|apri|me mostre|mostre|abra)\s+",
     re.IGNORECASE,
 )
 TAIL = re.compile(
-    r"\s+(on|en)\s+(the|la|el)\s+[\w\s-]*(tv|tele|television|televisión|chromecast)\s*$",
+    r"\s+(on|en|auf|sur|sulla|sul|na|no)\s+(the|la|el|dem|der|il)?\s*[\w\s-]*"
+    r"(tv|tele|television|televisión|fernseher|télé|télévision|televisore|chromecast)\s*$",
     re.IGNORECASE,
 )
-SPANISH = re.compile(r"\b(muestra|muéstrame|enséñame|cámara|pon|abre|del|la)\b", re.IGNORECASE)
+# Japanese puts the verb last: 「リビングのテレビで玄関を見せて」.
+JA_TAIL = re.compile(r"(を|の映像を)?(見せて|表示して|映して)(ください)?[。!]?$")
+JA_TV = re.compile(r"^.*(テレビ|クロームキャスト|Chromecast)で")
+# Words that tell the utterance's language (checked in this order; Spanish last: "la" is
+# French and Italian too); the page's language otherwise.
+SPOKEN: dict[str, re.Pattern[str]] = {
+    "ja": re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]"),
+    "de": re.compile(r"\b(zeige?|kamera|öffne|fernseher)\b", re.IGNORECASE),
+    "fr": re.compile(r"\b(montre|affiche|caméra|ouvre|télé)\b", re.IGNORECASE),
+    "it": re.compile(r"\b(mostrami|mostra|fammi|telecamera|apri)\b", re.IGNORECASE),
+    "pt_BR": re.compile(r"\b(mostre|câmera|abra)\b", re.IGNORECASE),
+    "es": re.compile(r"\b(muestra|muéstrame|enséñame|cámara|pon|abre|del|la)\b", re.IGNORECASE),
+}
 
 
 @dataclass
@@ -62,12 +78,21 @@ class Outcome:
 
 
 def spoken_camera(utterance: str) -> str:
-    """'Alexa, show the front door camera on the TV' -> 'the front door camera'."""
-    return TAIL.sub("", LEAD.sub("", utterance.strip())).strip(" .?!¿¡")
+    """'Alexa, show the front door camera on the TV' -> 'the front door camera';
+    'リビングのテレビで玄関を見せて' -> '玄関'."""
+    text = TAIL.sub("", LEAD.sub("", utterance.strip()))
+    text = JA_TV.sub("", JA_TAIL.sub("", text.strip(" .?!¿¡。")))
+    return text.strip(" .?!¿¡、。")
+
+
+def on_tv(utterance: str) -> bool:
+    """'... on the living room TV', '... auf dem Fernseher', 'テレビで...': a Chromecast."""
+    return TAIL.search(utterance.strip()) is not None or JA_TV.search(utterance) is not None
 
 
 def language_of(utterance: str, fallback: str) -> str:
-    return "es" if SPANISH.search(utterance) else fallback
+    """The locale the words of an utterance are in, else `fallback` (the page's)."""
+    return next((loc for loc, words in SPOKEN.items() if words.search(utterance)), fallback)
 
 
 def masked(message: Any) -> Any:
@@ -254,7 +279,7 @@ def alexa_custom(spoken: str, token: str, lang: str, settings: Settings) -> Outc
             "type": "IntentRequest",
             "requestId": "amzn1.echo-api.request." + uuid.uuid4().hex,
             "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "locale": "es-ES" if lang == "es" else "en-US",
+            "locale": LOCALES.get(lang, "en-US"),
             "dialogState": "STARTED",
             "intent": {
                 "name": "ShowCameraIntent",
@@ -304,7 +329,7 @@ def simulate(
         return Outcome(error="no_camera"), None
     camera = matches[0]
     if assistant == "google":
-        chromecast = TAIL.search(utterance.strip()) is not None  # "... on the living room TV"
+        chromecast = on_tv(utterance)
         outcome, which = google(camera, token, settings, chromecast), Assistant.GOOGLE
     elif offer:
         outcome, which = alexa_rtc(camera, token, offer, settings), Assistant.ALEXA

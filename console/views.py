@@ -59,6 +59,18 @@ EXAMPLES = [
     "muestra la cámara del garaje",
     "show the nursery on the living room TV",
 ]
+# What an owner would say in the page's language, offered first (the demo cameras' nicknames).
+LOCAL_EXAMPLES: dict[str, list[str]] = {
+    "de": ["zeige die Kamera Haustür", "zeige die Kamera Garage",
+           "zeige das Kinderzimmer auf dem Fernseher"],
+    "fr": ["montre la caméra porte d'entrée", "montre la caméra du garage",
+           "montre la chambre de bébé sur la télé"],
+    "it": ["mostra la telecamera porta d'ingresso", "mostra la telecamera del garage",
+           "mostra la cameretta sulla TV"],
+    "pt_BR": ["mostre a câmera porta da frente", "mostre a câmera da garagem",
+              "mostre o quarto do bebê na TV"],
+    "ja": ["玄関のカメラを見せて", "ガレージのカメラを見せて", "テレビで子供部屋を見せて"],
+}  # fmt: skip
 
 
 @bp.after_request
@@ -234,12 +246,13 @@ def activity() -> str:
 @bp.route("/simulator", methods=["GET", "POST"])
 def simulator() -> str:
     account = owner()
+    examples = LOCAL_EXAMPLES.get(language(), []) + EXAMPLES
     context: dict[str, Any] = {
         "account": account,
         "assistants": assistant_labels(),
-        "examples": EXAMPLES,
+        "examples": examples,
         "assistant": "alexa_smart_home",
-        "utterance": EXAMPLES[0],
+        "utterance": examples[0],
         "ice_servers": browser_ice_servers(),  # the simulated Echo Show's own
     }
     if request.method == "POST":

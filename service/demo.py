@@ -14,12 +14,17 @@ DEMO_EMAIL = "demo@camvoice.example"
 DEMO_PASSWORD = "camvoice-demo"  # noqa: S105 - published demo credential, printed at start
 
 DEMO_CAMERAS: list[dict[str, Any]] = [
-    {"name": "Front Door", "room": "Entrance", "nicknames": ["porch", "puerta principal"]},
-    {"name": "Garage", "room": "Garage", "image_encryption": True, "nicknames": ["garaje"]},
-    {"name": "Nursery", "room": "Nursery", "audio": False, "nicknames": ["habitación del bebé"]},
-    {"name": "Backyard", "room": "Garden", "online": False, "nicknames": ["jardín"]},
-    {"name": "Living Room", "room": "Living Room", "sleep_mode": True, "nicknames": ["salón"]},
-]
+    {"name": "Front Door", "room": "Entrance", "nicknames": ["porch", "puerta principal",
+     "Haustür", "porte d'entrée", "porta d'ingresso", "porta da frente", "玄関"]},
+    {"name": "Garage", "room": "Garage", "image_encryption": True, "nicknames": ["garaje",
+     "garagem", "ガレージ"]},
+    {"name": "Nursery", "room": "Nursery", "audio": False, "nicknames": ["habitación del bebé",
+     "Kinderzimmer", "chambre de bébé", "cameretta", "quarto do bebê", "子供部屋"]},
+    {"name": "Backyard", "room": "Garden", "online": False, "nicknames": ["jardín", "Garten",
+     "jardin", "giardino", "quintal", "庭"]},
+    {"name": "Living Room", "room": "Living Room", "sleep_mode": True, "nicknames": ["salón",
+     "Wohnzimmer", "salon", "soggiorno", "sala de estar", "リビング"]},
+]  # fmt: skip
 
 
 def seed(session: Session, registry: Registry) -> Account:

@@ -122,7 +122,7 @@ SENTENCES = {
 @pytest.mark.parametrize("blocker", ORDER)
 def test_explain_in_english_and_spanish(blocker: str) -> None:
     english, spanish = SENTENCES[blocker]
-    for language in ("en", "en-US", "EN-gb", "fr", "de-DE", ""):
+    for language in ("en", "en-US", "EN-gb", "nl", "zh-CN", ""):  # English unless we speak it
         said = explain(Blocker(blocker), language)
         assert all(words in said for words in english), (language, said)
     for language in ("es", "es-MX", "ES-es"):
