@@ -10,6 +10,7 @@ tree with the locked dependencies, and serve the web role from it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -455,6 +456,21 @@ def test_image_wheel_is_the_repo_wheel_with_every_tracked_file(
     assert not missing, f"tracked but not in the wheel: {sorted(missing)[:20]}"
 
 
+def test_wheel_ships_every_compiled_catalog(image_wheel: Path) -> None:
+    """The .mo files are build output (not in git): the wheel's build hook compiles them from
+    the .po catalogs, and each one in the wheel translates (README, "Languages")."""
+    from babel.support import Translations
+
+    from camvoice.languages import LOCALES
+
+    with zipfile.ZipFile(image_wheel) as archive:
+        for locale in set(LOCALES) - {"en"}:
+            name = f"camvoice/translations/{locale}/LC_MESSAGES/messages.mo"
+            assert name in archive.namelist(), f"{name} is not in the wheel"
+            compiled = Translations(io.BytesIO(archive.read(name)))
+            assert compiled.gettext("Sign in") != "Sign in", locale
+
+
 def test_installed_wheel_runs_outside_the_tree(installed: Installed) -> None:
     """Every shipped package imports from the venv's site-packages, never from the source tree."""
     probe = (
@@ -481,4 +497,6 @@ def test_installed_wheel_serves_the_web_role(installed: Installed) -> None:
     port = free_port()
     with serving(installed, port) as (url, log):
         check_web_role(url)
+        german = requests.get(f"{url}/oauth/login", headers={"Accept-Language": "de"}, timeout=10)
+        assert '<html lang="de">' in german.text and ">Anmelden</button>" in german.text
         assert "Traceback" not in log.read_text()
