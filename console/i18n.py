@@ -54,6 +54,28 @@ TEXT: dict[str, dict[str, str]] = {
         "google": "Google Assistant",
         "rtsps_note": "Echo devices play this RTSPS stream; a browser cannot, so here is the "
         "snapshot Alexa shows while it connects, and the same camera over HLS.",
+        "account": "Account",
+        "export_title": "Your data",
+        "export_note": "Download everything camvoice keeps about you, as JSON: your account, "
+        "your cameras (without their passwords), your linked assistants and your activity.",
+        "export_button": "Download my data",
+        "delete_title": "Delete my account",
+        "delete_note": "This unlinks Alexa and Google at once and tells them your cameras are "
+        "gone, then erases your cameras, their saved passwords and your EZVIZ link. It cannot "
+        "be undone.",
+        "password_again": "Your password, again",
+        "delete_button": "Delete my account for good",
+        "wrong_password": "That password is not right; nothing was deleted.",
+        "delete_throttled": "Too many attempts; try again in {minutes} minutes.",
+        "deleted_title": "Your account is deleted",
+        "deleted_note": "Alexa and Google are being told; your cameras, links and activity are "
+        "gone from camvoice.",
+        "views_title": "Views per day",
+        "views_note": "How many times each camera was shown, day by day, over the last 30 days "
+        "(UTC).",
+        "views_total": "{n} in 30 days",
+        "views_on": "{day}: {n} views",
+        "views_none": "No cameras yet.",
     },
     "es": {
         "cameras": "Cámaras",
@@ -110,5 +132,27 @@ TEXT: dict[str, dict[str, str]] = {
         "rtsps_note": "Los dispositivos Echo reproducen este flujo RTSPS; un navegador no puede, "
         "así que aquí tienes la instantánea que muestra Alexa mientras conecta y la misma cámara "
         "por HLS.",
+        "account": "Cuenta",
+        "export_title": "Tus datos",
+        "export_note": "Descarga en JSON todo lo que camvoice guarda de ti: tu cuenta, tus "
+        "cámaras (sin sus contraseñas), tus asistentes vinculados y tu actividad.",
+        "export_button": "Descargar mis datos",
+        "delete_title": "Eliminar mi cuenta",
+        "delete_note": "Desvincula Alexa y Google al instante y les avisa de que tus cámaras ya "
+        "no están; después borra tus cámaras, sus contraseñas guardadas y tu vínculo con EZVIZ. "
+        "No se puede deshacer.",
+        "password_again": "Tu contraseña, otra vez",
+        "delete_button": "Eliminar mi cuenta para siempre",
+        "wrong_password": "La contraseña no es correcta; no se ha borrado nada.",
+        "delete_throttled": "Demasiados intentos; vuelve a intentarlo dentro de {minutes} minutos.",
+        "deleted_title": "Tu cuenta se ha eliminado",
+        "deleted_note": "Estamos avisando a Alexa y a Google; tus cámaras, vínculos y actividad "
+        "ya no están en camvoice.",
+        "views_title": "Visualizaciones por día",
+        "views_note": "Cuántas veces se mostró cada cámara, día a día, en los últimos 30 días "
+        "(UTC).",
+        "views_total": "{n} en 30 días",
+        "views_on": "{day}: {n} visualizaciones",
+        "views_none": "Todavía no hay cámaras.",
     },
 }
