@@ -86,6 +86,9 @@ def delete_account(
     """Tell the assistants (outbox), then erase everything of `account`, in the caller's
     transaction; the counts the tombstone keeps."""
     account_id, email = account.id, account.email
+    # The account's row locked first (PostgreSQL): a camera a sync adds meanwhile waits, then
+    # finds no owner, instead of slipping past the DeleteReport's list.
+    session.execute(select(Account.id).where(Account.id == account_id).with_for_update())
     camera_ids = list(session.scalars(select(Camera.id).where(Camera.owner_id == account_id)))
     told = publish_farewells(session, owner_data, outbox, account_id, camera_ids)
     counts = {name: erase(session, account_id) for name, erase in owner_data.erasers.items()}

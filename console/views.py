@@ -269,7 +269,7 @@ def account_delete() -> Response | str:
     if checked is None:
         return Response(account_page(TEXT[lang]["wrong_password"]), 400)
     for key, _ in keys:
-        limiter.forgive(key)  # and with it the counters keyed by the erased email
+        limiter.forgive(key)  # the password was right: this attempt counts against nothing
     response = Response(page("deleted.html"))
     response.delete_cookie(COOKIE, httponly=True, samesite="Lax",
                            secure=current_app.config["SESSION_COOKIE_SECURE"])  # fmt: skip

@@ -511,3 +511,34 @@ def chart_of(html: str) -> dict[str, list[tuple[str, int, float, str]]]:
             bars.append((day, int(views), float(height), title))
         drawn[camera] = bars
     return drawn
+
+
+# --- the outbox's part in it ------------------------------------------------------------------
+
+
+def test_a_subscribers_sealed_part_reaches_it_alone_and_goes_when_dead(db: Database) -> None:
+    """publish_to: one row per named subscriber, none for a name not subscribed; a sealed part
+    is dropped from the row once the event is dead, as once delivered (the deletion test)."""
+    box = outbox.Outbox()
+    seen: list[dict[str, Any]] = []
+
+    def refused(topic: str, payload: dict[str, Any]) -> None:
+        seen.append(payload)
+        raise RuntimeError("gateway answered 400")
+
+    box.subscribe("account.deleted", "alexa.events", refused)
+    box.subscribe("account.deleted", "google.homegraph", lambda t, p: seen.append(p))
+    with db.session() as session:
+        written = box.publish_to(session, "account.deleted", {
+            "alexa.events": {"account_id": "acc_1", "sealed": {"refresh_token": "gAAAAsealed"}},
+            "google.homegraph": {"account_id": "acc_1"},
+            "not.subscribed": {"account_id": "acc_1"},
+        })  # fmt: skip
+    assert written == 2
+    while outbox.drain_once(db, box, max_attempts=1):
+        pass
+    assert {"account_id": "acc_1", "sealed": {"refresh_token": "gAAAAsealed"}} in seen
+    with db.reading() as session:
+        rows = {e.subscriber: (e.status, e.payload) for e in session.scalars(select(OutboxEvent))}
+    assert rows == {"alexa.events": ("dead", {"account_id": "acc_1"}),
+                    "google.homegraph": ("delivered", {"account_id": "acc_1"})}  # fmt: skip
