@@ -5,9 +5,10 @@ Details must never hold tokens, passwords, stream URLs or tickets.
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from camvoice.models import AuditEvent
@@ -41,3 +42,30 @@ def recent(session: Session, account_id: str | None = None, limit: int = 100) ->
     if account_id is not None:
         stmt = stmt.where(AuditEvent.account_id == account_id)
     return list(session.scalars(stmt))
+
+
+VIEWED = "stream.requested"  # one row per stream handed out: a view, whoever asked for it
+
+
+def views_per_day(
+    session: Session, account_id: str, since: datetime
+) -> dict[tuple[str, date], int]:
+    """How many streams of each of an owner's cameras were handed out per UTC day since
+    `since`, in one GROUP BY query (camera, day): (camera id, day) -> views. Days without a
+    view are absent."""
+    day = utc_day(session)
+    rows = session.execute(
+        select(AuditEvent.camera_id, day, func.count())
+        .where(AuditEvent.account_id == account_id, AuditEvent.action == VIEWED)
+        .where(AuditEvent.at >= since, AuditEvent.camera_id.is_not(None))
+        .group_by(AuditEvent.camera_id, day)
+    ).all()
+    return {(camera, date.fromisoformat(str(when)[:10])): n for camera, when, n in rows}
+
+
+def utc_day(session: Session) -> ColumnElement[Any]:
+    """The UTC calendar day of an audit row: SQLite keeps UTC text already; PostgreSQL's
+    date() would use the connection's time zone, so the timestamp is put in UTC first."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.date(AuditEvent.at)
+    return func.date(func.timezone("UTC", AuditEvent.at))

@@ -65,7 +65,10 @@ MAX_BACKOFF = 3600.0
 LEASE = timedelta(seconds=240)
 KEY_NAMESPACE = uuid.UUID("5f6d2c4e-8c1a-4a57-9b0e-2f1c3d7a9e10")  # for delivery keys only
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-RECORD_RETRY_MAX = 2.0  # seconds between tries to record an outcome while the database is away
+RECORD_RETRY_MAX = 2.0
+# A payload's secrets its handler needs once (an erased owner's Alexa tokens): dropped from the
+# row when the event is delivered or dead, so no copy outlives the delivery.
+SEALED = "sealed"  # seconds between tries to record an outcome while the database is away
 
 _delivering: ContextVar[str | None] = ContextVar("camvoice_outbox_delivery", default=None)
 
@@ -91,6 +94,16 @@ class Outbox:
         names = sorted(self._subscribers.get(topic, {}))
         for name in names:
             session.add(OutboxEvent(topic=topic, subscriber=name, payload=payload))
+        return len(names)
+
+    def publish_to(self, session: Session, topic: str, payloads: dict[str, dict[str, Any]]) -> int:
+        """Write one row per named subscriber of topic, each with its own payload: what one
+        subscriber's event carries (its sealed credentials, under SEALED) reaches no other.
+        Names not subscribed to topic get nothing."""
+        subscribed = self._subscribers.get(topic, {})
+        names = sorted(name for name in payloads if name in subscribed)
+        for name in names:
+            session.add(OutboxEvent(topic=topic, subscriber=name, payload=payloads[name]))
         return len(names)
 
 
@@ -237,6 +250,8 @@ def outcome(
     else:
         wait = max(backoff(event.attempts), not_before)
         values["next_attempt_at"] = now + timedelta(seconds=wait)
+    if "status" in values and SEALED in event.payload:
+        values["payload"] = {k: v for k, v in event.payload.items() if k != SEALED}
     return values
 
 

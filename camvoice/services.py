@@ -15,6 +15,7 @@ from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.once import Once
 from camvoice.outbox import Outbox
+from camvoice.owner_data import OwnerData
 from camvoice.purge import Purger
 from camvoice.ratelimit import Limiter
 from camvoice.sessions import SessionStore
@@ -39,6 +40,8 @@ class Services:
     rtsps_available: Callable[[], bool]
     # What the worker purges: the core's rules and those adapters add (camvoice/purge.py).
     purger: Purger = field(default_factory=Purger)
+    # What adapters add to an owner's export and deletion (camvoice/owner_data.py).
+    owner_data: OwnerData = field(default_factory=OwnerData)
     # Live WebRTC sessions: the engine media/ wires into a web or media process.
     webrtc: WebRTC = field(default_factory=NoWebRTC)
 

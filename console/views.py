@@ -1,10 +1,12 @@
 """The owner's console: readiness matrix with fixes, live view, linked assistants, activity,
-and the voice simulator. Server-rendered, en/es, CSRF on every form, a strict CSP."""
+and the voice simulator. Server-rendered in the reader's language (gettext), CSRF on every
+form, a strict CSP."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+from datetime import timedelta
 from typing import Any
 
 from flask import (
@@ -18,18 +20,22 @@ from flask import (
     request,
     url_for,
 )
-from flask_babel import get_locale, gettext
+from flask_babel import get_locale, gettext, ngettext
 from sqlalchemy import select
 
 from camvoice import audit
+from camvoice.accounts import authenticate
 from camvoice.cameras import CameraError, CameraGone, NoSuchCamera, protocols
 from camvoice.languages import html_lang
-from camvoice.models import Account, Camera
+from camvoice.models import Account, Camera, utcnow
+from camvoice.owner_data import delete_account, export_account
+from camvoice.ratelimit import attempt, sign_in_limits
 from camvoice.readiness import Assistant, explain, readiness
 from camvoice.services import Services
 from camvoice.sessions import COOKIE
 from camvoice.streams import StreamRefused
 from camvoice.tickets import Audience, Protocol
+from console import charts
 from console.simulator import SESSION_EVENTS, alexa_session_event, local, simulate
 from oauth.tokens import live_links, owns_link, revoke_grant
 
@@ -238,9 +244,63 @@ def activity() -> str:
         events = audit.recent(db_session, account.id, limit=200)
         names = {
             c.id: c.name
-            for c in db_session.scalars(select(Camera).where(Camera.owner_id == account.id))
+            for c in db_session.scalars(
+                select(Camera).where(Camera.owner_id == account.id).order_by(Camera.name)
+            )
         }
-    return page("activity.html", account=account, events=events, names=names)
+        views = charts.view_charts(db_session, account.id, names, utcnow().date())
+    return page("activity.html", account=account, events=events, names=names, charts=views,
+                chart_width=charts.WIDTH, chart_height=charts.HEIGHT,
+                bar_width=charts.BAR)  # fmt: skip
+
+
+@bp.get("/console/account")
+def account_page(problem: str | None = None) -> str:
+    return page("account.html", account=owner(), problem=problem)
+
+
+@bp.get("/console/account/export")
+def account_export() -> Response:
+    """The owner's data as a JSON download (camvoice/owner_data.py: no secret, token or hash)."""
+    account = owner()
+    with services().db.reading() as db_session:
+        data = export_account(db_session, services().owner_data, account)
+    body = json.dumps(data, indent=2, ensure_ascii=False)
+    return Response(body, mimetype="application/json", headers={
+        "Content-Disposition": 'attachment; filename="camvoice-export.json"'})  # fmt: skip
+
+
+@bp.post("/console/account/delete")
+def account_delete() -> Response | str:
+    """Delete the signed-in owner's account, with their password again (counted against the
+    sign-in limits, so this form is no way around them). Everything ends at once, this
+    browser's session included; Alexa and Google are told by the worker."""
+    account = owner()
+    settings, limiter = services().settings, services().limiter
+    keys = sign_in_limits(settings, account.email, request.remote_addr or "unknown")
+    wait = attempt(limiter, keys, timedelta(seconds=settings.login_window))
+    if wait:
+        problem = ngettext(
+            "Too many attempts; try again in %(num)d minute.",
+            "Too many attempts; try again in %(num)d minutes.",
+            max(1, round(wait / 60)),
+        )
+        return Response(account_page(problem), 429, headers={"Retry-After": str(wait)})
+    with services().db.session() as db_session:
+        checked = authenticate(db_session, account.email, request.form.get("password", ""))
+        if checked is not None:
+            delete_account(db_session, services().owner_data, services().outbox, checked,
+                           key=settings.key(), actor="owner")  # fmt: skip
+    if checked is None:
+        return Response(
+            account_page(gettext("That password is not right; nothing was deleted.")), 400
+        )
+    for key, _ in keys:
+        limiter.forgive(key)  # the password was right: this attempt counts against nothing
+    response = Response(page("deleted.html"))
+    response.delete_cookie(COOKIE, httponly=True, samesite="Lax",
+                           secure=current_app.config["SESSION_COOKIE_SECURE"])  # fmt: skip
+    return response
 
 
 @bp.route("/simulator", methods=["GET", "POST"])

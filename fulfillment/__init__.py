@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from camvoice.services import Services
 
 log = logging.getLogger(__name__)
-TOPICS = ("camera.added", "camera.removed", "camera.changed")
+TOPICS = ("camera.added", "camera.removed", "camera.changed", "account.deleted")
 
 
 def subscribe(services: Services) -> bool:
@@ -27,6 +27,14 @@ def subscribe(services: Services) -> bool:
     for topic in TOPICS:
         services.outbox.subscribe(topic, "google.homegraph", handler)
     return True
+
+
+def add_owner_data(services: Services) -> None:
+    """Google hears of a deleted owner (requestSync); their HomeGraph stop row goes."""
+    from fulfillment.homegraph import erase, farewell
+
+    services.owner_data.add_farewell("google.homegraph", farewell)
+    services.owner_data.add_eraser("homegraph_stops", erase)
 
 
 def init_app(app: Flask, services: Services) -> None:

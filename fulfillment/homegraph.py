@@ -24,8 +24,8 @@ from typing import Any
 import google.auth.transport.requests
 import requests
 from google.oauth2 import service_account
-from sqlalchemy import String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import String, delete
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
@@ -109,10 +109,11 @@ def make_handler(db: Database, client: HomeGraph) -> Any:
 
     def handle(topic: str, event: dict[str, Any]) -> None:
         account_id = event["account_id"]
+        if topic == "account.deleted":
+            farewell_sync(client, account_id)
+            return
         with db.session() as session:
-            linked = linked_since(session, account_id, "google")
-            stop = session.get(HomeGraphStop, account_id)
-            if linked is None or (stop is not None and stop.stopped_at > linked):
+            if not google_is_told(session, account_id):
                 return  # not linked to Google (any more): nothing to tell it
             camera = session.get(Camera, event["camera_id"])
             online = camera.online if camera is not None else None
@@ -128,3 +129,30 @@ def make_handler(db: Database, client: HomeGraph) -> Any:
                 session.merge(HomeGraphStop(account_id=account_id, stopped_at=utcnow()))
 
     return handle
+
+
+def google_is_told(session: Session, account_id: str) -> bool:
+    """Whether HomeGraph calls for the owner are due: linked to Google, and not stopped since."""
+    linked = linked_since(session, account_id, "google")
+    stop = session.get(HomeGraphStop, account_id)
+    return linked is not None and (stop is None or stop.stopped_at <= linked)
+
+
+def farewell(session: Session, account_id: str, camera_ids: list[str]) -> dict[str, Any] | None:
+    """A deleted owner's requestSync needs only the agentUserId, which the event carries; read
+    now whether Google is to be told at all (the links are erased right after)."""
+    return {} if google_is_told(session, account_id) else None
+
+
+def erase(session: Session, account_id: str) -> int:
+    result = session.execute(delete(HomeGraphStop).where(HomeGraphStop.account_id == account_id))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def farewell_sync(client: HomeGraph, account_id: str) -> None:
+    """requestSync for an erased owner: Google's SYNC then finds their token refused (401) and
+    the devices gone. A 404 means Google had already forgotten them: nothing left to do."""
+    try:
+        client.request_sync(account_id)
+    except UnknownAgentUser:
+        log.info("HomeGraph no longer knows deleted owner %s", account_id)

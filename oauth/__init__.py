@@ -25,3 +25,11 @@ def add_purge_rules(purger: Purger) -> None:
     from oauth.purge import add_rules
 
     add_rules(purger)
+
+
+def add_owner_data(services: Services) -> None:
+    """A deleted owner's grants, codes and tokens go; the export lists their links."""
+    from oauth.tokens import erase_account, export_links
+
+    services.owner_data.add_eraser("oauth", erase_account)
+    services.owner_data.add_exporter("links", export_links)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.models import utcnow
-from oauth.models import Grant, OAuthClient, Token, digest
+from oauth.models import AuthorizationCode, Grant, OAuthClient, Token, digest
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)  # don't write last_used_at on every request
 REFRESH_RETRY_GRACE = timedelta(seconds=120)  # a used refresh token may be retried this long
@@ -124,6 +124,37 @@ def revoke_account(session: Session, account_id: str, reason: str, *, actor: str
         select(Grant.id).where(Grant.account_id == account_id, Grant.revoked_at.is_(None))
     ).all()
     return sum(revoke_grant(session, grant_id, reason, actor=actor) for grant_id in live)
+
+
+def erase_account(session: Session, account_id: str) -> int:
+    """A deleted owner's codes, tokens and grants, gone at once: their tokens answer 401 (Alexa
+    INVALID_AUTHORIZATION_CREDENTIAL, Google authFailure) on the next request. How many links."""
+    session.execute(delete(Token).where(Token.account_id == account_id))
+    session.execute(delete(AuthorizationCode).where(AuthorizationCode.account_id == account_id))
+    result = session.execute(delete(Grant).where(Grant.account_id == account_id))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def export_links(session: Session, account_id: str) -> list[dict[str, object]]:
+    """An owner's links for their export, revoked ones too: never a token or its hash."""
+    rows = session.execute(
+        select(Grant, OAuthClient.name, OAuthClient.assistant)
+        .join(OAuthClient, OAuthClient.client_id == Grant.client_id)
+        .where(Grant.account_id == account_id, OAuthClient.simulator.is_(False))
+        .order_by(Grant.created_at)
+    ).all()
+    return [
+        {
+            "client": name,
+            "assistant": assistant,
+            "scope": grant.scope,
+            "created_at": grant.created_at,
+            "last_used_at": grant.last_used_at,
+            "revoked_at": grant.revoked_at,
+            "revoked_reason": grant.revoked_reason,
+        }
+        for grant, name, assistant in rows
+    ]
 
 
 def grant_is_live(session: Session, grant_id: str) -> bool:

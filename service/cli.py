@@ -188,6 +188,53 @@ def accounts_disable(ctx: Context, email: str) -> None:
     click.echo(f"disabled {email}; {ended} sessions signed out; {unlinked} links revoked")
 
 
+@accounts.command("delete")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="Confirm: this cannot be undone.")
+@pass_ctx
+def accounts_delete(ctx: Context, email: str, yes: bool) -> None:
+    """Delete an account for good: links, tokens and sessions end at once, Alexa and Google are
+    told through the outbox, cameras and sealed secrets are erased; a tombstone stays."""
+    from camvoice.owner_data import delete_account
+
+    if not yes:
+        fail(f"deleting {email} erases its cameras and links for good; add --yes to confirm")
+    require_migrated(ctx)
+    services = ctx.services
+    with ctx.db.session() as session:
+        account = owner_or_fail(session, email)
+        counts = delete_account(session, services.owner_data, services.outbox, account,
+                                key=ctx.settings.key(), actor="operator")  # fmt: skip
+    click.echo(f"deleted {email}: {counts['cameras']} cameras, {counts.get('oauth', 0)} links; "
+               "the worker tells Alexa and Google")  # fmt: skip
+
+
+@accounts.command("export")
+@click.argument("email")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write to a new file (0600).")
+@pass_ctx
+def accounts_export(ctx: Context, email: str, output: str | None) -> None:
+    """The owner's data as JSON (account, cameras without secrets, links, audit)."""
+    import json
+
+    from camvoice.owner_data import export_account
+
+    require_migrated(ctx)
+    with ctx.db.reading() as session:
+        data = export_account(session, ctx.services.owner_data, owner_or_fail(session, email))
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        fail(f"cannot create {output}: {exc.strerror}")
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    click.echo(f"exported {email} to {output}")
+
+
 def owner_or_fail(session: Any, email: str) -> Account:
     from camvoice.accounts import find_account
 

@@ -7,6 +7,7 @@ import redis
 import fulfillment
 import oauth
 import skills
+from backends.ezviz import models as ezviz_models
 from backends.ezviz.backend import EzvizBackend
 from backends.local import LocalBackend
 from camvoice.cameras import Registry
@@ -54,7 +55,17 @@ def build_services(
     add_core(services.purger, settings)
     services.purger.add("signin_sessions", SignInSession.id, sessions.over)
     oauth.add_purge_rules(services.purger)
+    add_owner_data(services)
     return services
+
+
+def add_owner_data(services: Services) -> None:
+    """What each adapter adds to an owner's export and deletion (camvoice/owner_data.py)."""
+    oauth.add_owner_data(services)
+    skills.add_owner_data(services)
+    fulfillment.add_owner_data(services)
+    services.owner_data.add_eraser("ezviz_links", ezviz_models.erase)
+    services.owner_data.add_exporter("camera_cloud", ezviz_models.export)
 
 
 def limiter(db: Database, client: redis.Redis | None) -> Limiter:

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from camvoice.services import Services
 
 log = logging.getLogger(__name__)
-TOPICS = ("camera.added", "camera.removed", "camera.changed")
+TOPICS = ("camera.added", "camera.removed", "camera.changed", "account.deleted")
 
 
 def events_configured(services: Services) -> bool:
@@ -29,6 +29,14 @@ def subscribe(services: Services) -> bool:
     for topic in TOPICS:
         services.outbox.subscribe(topic, "alexa.events", handler)
     return True
+
+
+def add_owner_data(services: Services) -> None:
+    """A deleted owner's endpoints go from Alexa (DeleteReport), and their event link with them."""
+    from skills.events import erase, farewell
+
+    services.owner_data.add_farewell("alexa.events", farewell)
+    services.owner_data.add_eraser("alexa_links", erase)
 
 
 def init_app(app: Flask, services: Services) -> None:

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from sqlalchemy import String, Text
+from cryptography.fernet import InvalidToken
+from sqlalchemy import String, Text, delete
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice.models import Base, Camera, utcnow
@@ -27,6 +28,7 @@ from skills import messages
 log = logging.getLogger(__name__)
 LWA_TIMEOUT = 3.0  # AcceptGrant must be answered well within Alexa's 8 s
 GATEWAY_TIMEOUT = 10.0
+MAX_ENDPOINTS = 300  # per Discovery message, as in Discover.Response
 DEAD_CODES = {
     "SKILL_DISABLED_EXCEPTION",
     "SKILL_NOT_FOUND_EXCEPTION",
@@ -148,6 +150,28 @@ class Gateway:
                 store_tokens(session, self.settings, account_id, data)
         return str(data["access_token"])
 
+    def carried_token(self, sealed: dict[str, str], force: bool = False) -> str | None:
+        """A valid access token from the sealed pair an erased owner's farewell event carries
+        (no link row is left to read or update); None when LWA says the grant is dead."""
+        sealer = self.settings.sealer()
+        try:
+            if not force and datetime.fromisoformat(sealed["expires_at"]) > utcnow() + timedelta(
+                seconds=60
+            ):
+                return sealer.decrypt(sealed["access_token"].encode()).decode()
+            refresh = sealer.decrypt(sealed["refresh_token"].encode()).decode()
+        except InvalidToken:
+            raise RuntimeError("the event's sealed Alexa tokens no longer open") from None
+        try:
+            data = lwa_request(
+                self.settings, {"grant_type": "refresh_token", "refresh_token": refresh}
+            )
+        except LwaError as exc:
+            if exc.dead:
+                return None
+            raise
+        return str(data["access_token"])
+
     def mark_dead(self, account_id: str, sealed_refresh: str | None = None) -> None:
         """Stop events for the owner; with `sealed_refresh`, only if the link still holds that
         refresh token (a new AcceptGrant meanwhile made a new, live link)."""
@@ -156,10 +180,14 @@ class Gateway:
             if link is not None and sealed_refresh in (None, link.refresh_token):
                 link.dead_at = utcnow()
 
-    def send(self, account_id: str, build: Any) -> None:
-        """POST build(token) to the gateway; 202 is success, 401 refreshes once."""
+    def send(self, account_id: str, build: Any, carried: dict[str, str] | None = None) -> None:
+        """POST build(token) to the gateway; 202 is success, 401 refreshes once. With
+        `carried`, the token comes from an erased owner's sealed pair, not their link."""
         for attempt in range(2):
-            token = self.token(account_id, force=attempt == 1)
+            if carried is not None:
+                token = self.carried_token(carried, force=attempt == 1)
+            else:
+                token = self.token(account_id, force=attempt == 1)
             if token is None:
                 return
             reply = requests.post(self.settings.alexa_event_gateway_url, json=build(token),
@@ -192,6 +220,9 @@ def make_handler(services: Services) -> Any:
     db, settings = services.db, services.settings
 
     def handle(topic: str, event: dict[str, Any]) -> None:
+        if topic == "account.deleted":
+            farewell_report(gateway, event)
+            return
         account_id, camera_id = event["account_id"], event["camera_id"]
         with db.session() as session:
             if session.get(AlexaLink, account_id) is None:
@@ -221,6 +252,38 @@ def make_handler(services: Services) -> Any:
             gateway.send(account_id, lambda token: change_report(camera_id, health, token))
 
     return handle
+
+
+def farewell(session: Session, account_id: str, camera_ids: list[str]) -> dict[str, Any] | None:
+    """What the DeleteReport of a deleted owner's endpoints needs once the owner is erased: the
+    AcceptGrant tokens, as sealed as the link keeps them. None without a live link or cameras."""
+    link = session.get(AlexaLink, account_id)
+    if link is None or link.dead_at is not None or not camera_ids:
+        return None
+    sealed = {"access_token": link.access_token, "refresh_token": link.refresh_token,
+              "expires_at": link.expires_at.isoformat()}  # fmt: skip
+    return {"sealed": sealed}
+
+
+def erase(session: Session, account_id: str) -> int:
+    """Forget a deleted owner's Alexa event link (its tokens with it)."""
+    result = session.execute(delete(AlexaLink).where(AlexaLink.account_id == account_id))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def farewell_report(gateway: Gateway, event: dict[str, Any]) -> None:
+    """DeleteReport of every endpoint a deleted owner had, at most MAX_ENDPOINTS per message."""
+    ids, sealed = event["camera_ids"], event.get("sealed")
+    if sealed is None:  # delivered already and its tokens dropped: nothing left to send with
+        return
+    for part in range(0, len(ids), MAX_ENDPOINTS):
+        chunk = [{"endpointId": i} for i in ids[part : part + MAX_ENDPOINTS]]
+        name = f"Alexa.Discovery.DeleteReport.{part // MAX_ENDPOINTS}"
+        gateway.send(event["account_id"], lambda token, c=chunk, n=name: {"event": {
+            "header": {**messages.header("Alexa.Discovery", "DeleteReport"),
+                       "messageId": message_id(n)},
+            "payload": {"endpoints": c, "scope": scope(token)},
+        }}, carried=sealed)  # fmt: skip
 
 
 def scope(token: str) -> dict[str, str]:
