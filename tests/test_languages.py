@@ -203,7 +203,8 @@ def test_pages_render_in_the_readers_language(
                      translate(locale, "Voice simulator"), translate(locale, "Wake the camera")):  # fmt: skip
         assert sentence in text, sentence
     for path, words in (("/console/links", "No assistant is linked yet."),
-                        ("/console/activity", "Activity"), ("/simulator", "Send")):  # fmt: skip
+                        ("/console/activity", "Views per day"), ("/simulator", "Send"),
+                        ("/console/account", "Delete my account for good")):  # fmt: skip
         page = browser.open(live.url + path)
         assert page.status_code == 200, path
         assert HTML_LANG.search(page.text).group(1) == lang  # type: ignore[union-attr]
