@@ -168,3 +168,10 @@ def test_console_webrtc_smoke() -> None:
     out = smoke("console_webrtc.py", "--runs", "1")
     assert re.search(r"^cold view: gather \d+ ms, offer -> frame \d+ ms", out, re.M), out
     assert re.search(r"^offer -> frame: median \d+ ms, max \d+ ms \(1 views\)$", out, re.M), out
+
+
+def test_activity_chart_smoke() -> None:
+    """The views-per-day query counted every seeded row of the 30 days (the script asserts it)."""
+    out = smoke("activity_chart.py", "--rows", "500", "--runs", "1")
+    assert "views-per-day query, 10 cameras, 500 audit rows" in out
+    assert re.search(r"SQLite\s+median [\d.]+ ms", out)

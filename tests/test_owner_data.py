@@ -542,3 +542,23 @@ def test_a_subscribers_sealed_part_reaches_it_alone_and_goes_when_dead(db: Datab
         rows = {e.subscriber: (e.status, e.payload) for e in session.scalars(select(OutboxEvent))}
     assert rows == {"alexa.events": ("dead", {"account_id": "acc_1"}),
                     "google.homegraph": ("delivered", {"account_id": "acc_1"})}  # fmt: skip
+
+
+def test_console_delete_counts_against_the_sign_in_limits(settings: Settings, db: Database) -> None:
+    """Guessing the password on the delete form is no way around the sign-in throttle: after
+    CAMVOICE_LOGIN_MAX_FAILURES_ACCOUNT_ADDRESS wrong tries, even the right one waits (429)."""
+    app = create_app(settings.model_copy(update={"login_max_failures_account_address": 2}), db)
+    make_owner(db, EMAIL, {"Porch": {"source": "demo"}})
+    with LiveServer(app) as live:
+        browser = Browser(live)
+        browser.sign_in(browser.open(live.url + "/oauth/login?next=/console"), EMAIL)
+        form = {"csrf_token": csrf_of(browser.open(live.url + "/console/account").text)}
+        url = live.url + "/console/account/delete"
+        for _ in range(2):
+            wrong = browser.http.post(url, data={**form, "password": "guess"}, timeout=10)
+            assert wrong.status_code == 400
+        held = browser.http.post(url, data={**form, "password": PASSWORD}, timeout=10)
+        assert held.status_code == 429 and int(held.headers["Retry-After"]) > 0
+        assert "Too many attempts" in held.text
+    with db.reading() as session:
+        assert session.scalars(select(Account.email)).all() == [EMAIL]
