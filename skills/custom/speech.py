@@ -37,6 +37,7 @@ SPEECH: dict[str, str] = {
     "and": N_("%(items)s and %(last)s"),
     "or": N_("%(items)s or %(last)s"),
     "title": N_("Camera Voice"),
+    # TRANSLATORS: between the parts of a camera's status ("it is online. Alexa can show it").
     "details": N_(". "),
 }
 # Sentences that count cameras: (singular, plural) msgids, chosen by the language's plural rule.
