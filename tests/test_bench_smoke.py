@@ -168,3 +168,15 @@ def test_console_webrtc_smoke() -> None:
     out = smoke("console_webrtc.py", "--runs", "1")
     assert re.search(r"^cold view: gather \d+ ms, offer -> frame \d+ ms", out, re.M), out
     assert re.search(r"^offer -> frame: median \d+ ms, max \d+ ms \(1 views\)$", out, re.M), out
+
+
+def test_discovery_smoke() -> None:
+    """Discover and SYNC through `camvoice serve`, each checked to list every camera; the answer
+    found kept runs one statement fewer than the one built after a camera change (no cameras
+    read: the version is read in their stead)."""
+    out = smoke("discovery.py", "--smoke")
+    for case in ("alexa Discover", "google SYNC"):
+        row = re.search(rf"^\s+{case}\s+this\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)$", out, re.M)
+        assert row, out
+        assert int(row.group(4)) == int(row.group(3)) - 1, out
+    assert re.search(r"RSS of this's server children .*: \d+(, \d+)* MB$", out, re.M), out
