@@ -4,11 +4,10 @@ another checkout (the code before the discovery cache), in one run.
 For each tree: a child process with that tree's modules seeds a fresh database (an owner with 300
 local demo cameras, an Alexa and a Google token), counts the SQL statements of one Discover and
 one SYNC in-process (the first request after a camera change, which builds the answer, and the
-next, which may find it kept), and times 30 more in-process (Flask's test client: no HTTP, no
-gunicorn). `camvoice serve` from that tree then serves it (gunicorn, 2 gthread workers x 4
-threads), and one client sends Discover and SYNC to each server in turn, over keep-alive HTTP,
-each answer checked to list all 300 cameras before it is timed. Prints p50 and p90 per case and
-tree, the in-process median, the statements, and the RSS of each server's children after the run.
+next, which may find it kept), and `camvoice serve` from that tree serves it (gunicorn, 2 gthread workers x 4 threads).
+One client then sends Discover and SYNC to each server in turn, over keep-alive HTTP, each answer
+checked to list all 300 cameras before it is timed. Prints p50 and p90 per case and tree, the
+statements, and the RSS of each server's workers after the run.
 
     .venv/bin/python bench/discovery.py --base /path/to/checkout [--runs 200] [--postgres]
     .venv/bin/python bench/discovery.py --smoke   # this tree, SQLite, 10 cameras, 5 runs
@@ -90,15 +89,7 @@ def seed(db_url: str, out: Path) -> None:
             camera = registry.owned_cameras(session, owner_id)[0]
             registry.record(session, camera, {"firmware": f"{case}-1.0.1"}, actor="bench")
         counts[case] = [ask(http, case, tokens, statements) for _ in range(2)]
-    inproc = {}
-    for case in CASES:  # no HTTP, no client: what camvoice's own code costs per request
-        times = []
-        for _ in range(int(os.environ.get("BENCH_INPROC_RUNS", "30"))):
-            began = time.perf_counter()
-            ask(http, case, tokens)
-            times.append((time.perf_counter() - began) * 1000)
-        inproc[case] = statistics.median(times)
-    out.write_text(json.dumps({"tokens": tokens, "counts": counts, "inproc": inproc}))
+    out.write_text(json.dumps({"tokens": tokens, "counts": counts}))
     db.dispose()
 
 
@@ -182,7 +173,6 @@ class Tree:
         seeded = json.loads(out.read_text())
         self.tokens: dict[str, str] = seeded["tokens"]
         self.counts: dict[str, list[int]] = seeded["counts"]
-        self.inproc: dict[str, float] = seeded["inproc"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = server_settings(scratch / f"{label}-data", db_url)
@@ -253,14 +243,14 @@ def run(trees: list[Tree], runs: int) -> None:
                 for case in CASES:
                     times[(tree.label, case)].append(time_one(http, tree, case))
     print(f"  {f'case ({CAMERAS} cameras)':22} {'tree':10} {'p50 ms':>8} {'p90 ms':>8} "
-          f"{'in-process':>10} {'statements: built, then':>24}")  # fmt: skip
+          f"{'statements: built, then':>24}")  # fmt: skip
     for case in CASES:
         for tree in trees:
             got = times[(tree.label, case)]
             p90 = statistics.quantiles(got, n=10)[-1] if len(got) > 1 else got[0]
             first, second = tree.counts[case]
             print(f"  {case:22} {tree.label:10} {statistics.median(got):8.1f} {p90:8.1f} "
-                  f"{tree.inproc[case]:10.1f} {first:>17} {second:>6}")  # fmt: skip
+                  f"{first:>17} {second:>6}")  # fmt: skip
     for tree in trees:
         rss = ", ".join(f"{mb:.0f}" for mb in tree.workers_rss_mb())
         print(f"  RSS of {tree.label}'s server children (gunicorn workers, media node): {rss} MB")
@@ -302,7 +292,6 @@ def main() -> None:
         global CAMERAS
         CAMERAS = 10
         os.environ["BENCH_CAMERAS"] = str(CAMERAS)
-        os.environ["BENCH_INPROC_RUNS"] = "3"
     checkouts = [("this", HERE)] + ([("base", args.base.resolve())] if args.base else [])
     if args.smoke:
         checkouts = [("this", HERE)]
