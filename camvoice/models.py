@@ -9,8 +9,21 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    event,
+    inspect,
+    update,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 
@@ -54,6 +67,9 @@ class Account(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set by `camvoice accounts disable`: no sign-in, and every session ended.
     disabled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Counts changes to this owner's cameras, in their own transactions (`_count_camera_changes`):
+    # the key under which Discovery and SYNC answers are cached (camvoice/discovery.py).
+    registry_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     cameras: Mapped[list[Camera]] = relationship(
         back_populates="owner", cascade="all, delete-orphan", order_by="Camera.name"
@@ -85,6 +101,34 @@ class Camera(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     owner: Mapped[Account] = relationship(back_populates="cameras")
+
+
+def changed_owners(session: Session) -> set[str]:
+    """The accounts whose cameras this flush adds, changes (really: not a value set to itself)
+    or deletes; a camera moved to another owner changes both."""
+    owners: set[str | None] = set()
+    for camera in session.new | session.deleted:
+        if isinstance(camera, Camera):
+            owners.add(camera.owner_id or (camera.owner.id if camera.owner else None))
+    for camera in session.dirty:
+        if isinstance(camera, Camera) and session.is_modified(camera):
+            owners.add(camera.owner_id)
+            owners.update(inspect(camera).attrs.owner_id.history.deleted or ())
+    return {owner for owner in owners if owner}
+
+
+@event.listens_for(Session, "before_flush")
+def _count_camera_changes(session: Session, _context: object, _instances: object) -> None:
+    """Bump registry_version of every owner whose cameras this flush changes, in the same
+    transaction: no write path (registry, CLI, console, a camera-cloud sync, a test) can change
+    what Discovery answers without changing the key its cached answer is kept under."""
+    for owner_id in sorted(changed_owners(session)):
+        session.execute(
+            update(Account)
+            .where(Account.id == owner_id)
+            .values(registry_version=Account.registry_version + 1)
+            .execution_options(synchronize_session=False)
+        )
 
 
 class AuditEvent(Base):

@@ -13,6 +13,7 @@ from typing import Any
 
 from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.discovery import AnswerCache
 from camvoice.once import Once
 from camvoice.outbox import Outbox
 from camvoice.owner_data import OwnerData
@@ -44,6 +45,8 @@ class Services:
     owner_data: OwnerData = field(default_factory=OwnerData)
     # Live WebRTC sessions: the engine media/ wires into a web or media process.
     webrtc: WebRTC = field(default_factory=NoWebRTC)
+    # Discovery and SYNC answers kept per owner against their registry version.
+    discovery: AnswerCache = field(default_factory=AnswerCache)
 
     def install(self, app: Any) -> None:
         """Hand this wiring to a web app (anything with Flask's `extensions` dict)."""

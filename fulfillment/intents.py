@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone, protocols
+from camvoice.discovery import registry_version
 from camvoice.models import Camera
 from camvoice.readiness import BLOCKERS, Blocker
 from camvoice.services import Services
@@ -62,14 +63,20 @@ def device_ids(payload: Any, key: str = "devices") -> list[Any]:
 
 def sync(ctx: Context, payload: Any) -> dict[str, Any]:
     """Every camera of the owner, blocked ones included."""
-    with ctx.services.db.session() as session:
-        cameras = ctx.services.registry.owned_cameras(session, ctx.principal.account_id)
-        audit.record(session, "google.sync", actor="google", account_id=ctx.principal.account_id,
-                     assistant="google", devices=len(cameras))  # fmt: skip
-    return {
-        "agentUserId": ctx.principal.account_id,
-        "devices": [sync_device(ctx, camera) for camera in cameras],
-    }
+    services, owner = ctx.services, ctx.principal.account_id
+    with services.db.session() as session:
+        version = registry_version(session, owner)  # first: before the cameras would be read
+
+        def build() -> list[dict[str, Any]]:
+            cameras = services.registry.owned_cameras(session, owner)
+            return [sync_device(ctx, camera) for camera in cameras]
+
+        # Everything a device is built from: the cameras (their version) and these settings.
+        key = ("google", owner, ctx.homegraph, services.settings.manufacturer)
+        devices = services.discovery.answer(key, version, build)
+        audit.record(session, "google.sync", actor="google", account_id=owner,
+                     assistant="google", devices=len(devices))  # fmt: skip
+    return {"agentUserId": owner, "devices": devices}
 
 
 def sync_device(ctx: Context, camera: Camera) -> dict[str, Any]:

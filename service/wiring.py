@@ -12,6 +12,7 @@ from backends.ezviz.backend import EzvizBackend
 from backends.local import LocalBackend
 from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.discovery import AnswerCache
 from camvoice.once import DatabaseOnce, RedisOnce
 from camvoice.outbox import Outbox
 from camvoice.purge import add_core
@@ -47,6 +48,7 @@ def build_services(
         else RedisOnce(redis_client, DatabaseOnce(db)),
         sessions=sessions,
         rtsps_available=lambda: bool(settings.rtsps_url_template) or not relay_problem(settings),
+        discovery=AnswerCache(settings.discovery_cache_items),
     )
     registry.register(LocalBackend())
     registry.register(EzvizBackend(services))

@@ -16,10 +16,11 @@ from typing import Any
 
 import requests
 from cryptography.fernet import InvalidToken
-from sqlalchemy import String, Text, delete
+from sqlalchemy import String, Text, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from camvoice.models import Base, Camera, utcnow
+from camvoice.discovery import registry_version
+from camvoice.models import Account, Base, Camera, utcnow
 from camvoice.outbox import RetryLater, message_id, retry_after_seconds
 from camvoice.services import Services
 from camvoice.settings import Settings
@@ -109,6 +110,24 @@ def events_flow(session: Session, settings: Settings, account_id: str) -> bool:
         return False
     link = session.get(AlexaLink, account_id)
     return link is not None and link.dead_at is None
+
+
+def discovery_facts(
+    session: Session, settings: Settings, account_id: str
+) -> tuple[int | None, bool]:
+    """The owner's registry version and `events_flow`, in one query: Discover reads both on
+    every call, the version to find its kept answer, the link because it is part of it."""
+    if not settings.alexa_client_id or not settings.alexa_client_secret:
+        return registry_version(session, account_id), False
+    row = session.execute(
+        select(Account.registry_version, AlexaLink.account_id, AlexaLink.dead_at)
+        .outerjoin(AlexaLink, AlexaLink.account_id == Account.id)
+        .where(Account.id == account_id)
+    ).one_or_none()
+    if row is None:
+        return None, False
+    version, linked, dead_at = row
+    return version, linked is not None and dead_at is None
 
 
 class Gateway:

@@ -24,7 +24,7 @@ from camvoice.tickets import Audience, Protocol
 from camvoice.webrtc import WebRTCError
 from oauth.tokens import Failure, Principal, authenticate_bearer
 from skills import errors, messages
-from skills.events import LwaError, accept_grant, events_flow
+from skills.events import LwaError, accept_grant, discovery_facts
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT_SECONDS = 30
@@ -82,13 +82,17 @@ def discover(req: Request) -> Message:
             # Amazon's rule for Discovery: a bad or expired token gets no endpoints, not an error.
             return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                                      {"endpoints": []})  # fmt: skip
-        cameras = req.services.registry.owned_cameras(session, principal.account_id)
-        settings = req.services.settings
-        proactive = events_flow(session, settings, principal.account_id)
-        endpoints = [
-            messages.endpoint(c, settings, streams, proactive, webrtc)
-            for c in cameras[: messages.MAX_ENDPOINTS]
-        ]
+        settings, owner = req.services.settings, principal.account_id
+        version, proactive = discovery_facts(session, settings, owner)
+
+        def build() -> list[Message]:
+            cameras = req.services.registry.owned_cameras(session, owner)
+            return [messages.endpoint(c, settings, streams, proactive, webrtc)
+                    for c in cameras[: messages.MAX_ENDPOINTS]]  # fmt: skip
+
+        # Everything an endpoint is built from: the cameras (their version) and these flags.
+        key = ("alexa", owner, proactive, streams, webrtc, settings.manufacturer)
+        endpoints = req.services.discovery.answer(key, version, build)
         audit.record(session, "alexa.discover", actor="alexa", account_id=principal.account_id,
                      assistant="alexa", endpoints=len(endpoints))  # fmt: skip
     return messages.response("Alexa.Discovery", "Discover.Response", req.directive,

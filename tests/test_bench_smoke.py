@@ -175,3 +175,15 @@ def test_activity_chart_smoke() -> None:
     out = smoke("activity_chart.py", "--rows", "500", "--runs", "1")
     assert "views-per-day query, 10 cameras, 500 audit rows" in out
     assert re.search(r"SQLite\s+median [\d.]+ ms", out)
+
+
+def test_discovery_smoke() -> None:
+    """Discover and SYNC through `camvoice serve`, each checked to list every camera; the answer
+    found kept runs one statement fewer than the one built after a camera change (no cameras
+    read: the version is read in their stead)."""
+    out = smoke("discovery.py", "--smoke")
+    for case in ("alexa Discover", "google SYNC"):
+        row = re.search(rf"^\s+{case}\s+this\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)$", out, re.M)
+        assert row, out
+        assert int(row.group(4)) == int(row.group(3)) - 1, out
+    assert re.search(r"RSS of this's server children .*: \d+(, \d+)* MB$", out, re.M), out

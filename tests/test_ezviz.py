@@ -194,6 +194,36 @@ def test_sync_adds_renames_and_removes_with_the_usual_outbox_events(
     assert outbox.drain_once(db, services.outbox, max_attempts=3) == 0 and events == []
 
 
+def test_a_sync_changes_the_next_google_sync_answer(
+    db: Database, ez: Settings, services: Services, owner: Account, platform: FakeEzviz
+) -> None:
+    """A sync runs in the worker, not in the web process that keeps SYNC's answer: its rename
+    bumps the owner's registry version, so the next SYNC answers the new name."""
+    from camvoice.discovery import registry_version
+
+    linked(services, owner)
+    app = create_app(ez, db)
+    with LiveServer(app) as live:
+        token = google_token(live, db)
+
+        def names() -> set[str]:
+            body = {"requestId": "r", "inputs": [{"intent": "action.devices.SYNC"}]}
+            answer = requests.post(live.url + "/google/fulfillment", json=body, timeout=30,
+                                   headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            return {d["name"]["name"] for d in answer.json()["payload"]["devices"]}
+
+        assert names() == {"Front Door", "Garage", "Nursery"} == names()  # the second: kept
+        with db.reading() as session:
+            before = registry_version(session, owner.id)
+        platform.devices["SN001"].name = "Front Porch"
+        del platform.devices["SN003"]
+        assert sync_now(services, owner.id) == SyncReport(changed=1, removed=1)
+        with db.reading() as session:
+            assert registry_version(session, owner.id) == (before or 0) + 2
+        assert names() == {"Front Porch", "Garage"}
+    app.extensions["camvoice.relays"].shutdown()
+
+
 def test_expired_token_is_renewed_and_the_call_retried_once(
     db: Database, services: Services, owner: Account, platform: FakeEzviz
 ) -> None:

@@ -1,0 +1,278 @@
+"""Discover and SYNC answers kept per owner against the owner's registry version: byte for byte
+what the code before the cache answered, changed by every write path the very next request, on
+every instance, and never keeping a revoked token's answer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from camvoice.cameras import Registry
+from camvoice.db import Database
+from camvoice.discovery import AnswerCache, registry_version
+from camvoice.models import Account, Camera
+from camvoice.outbox import Outbox
+from camvoice.settings import Settings
+from oauth.tokens import revoke_account
+from service.app import create_app
+from skills.events import AlexaLink
+from tests.conftest import LiveServer, run_cli, wiring
+from tests.discovery_golden import (
+    GOLDEN,
+    OWNER,
+    TOKENS,
+    alexa_discover,
+    golden_settings,
+    google_sync,
+    normalised,
+    seed,
+)
+from tests.oauth_support import PASSWORD, Browser, csrf_of, make_owner
+
+ANSWERS: dict[str, Callable[[Any], bytes]] = {
+    "alexa_discover": alexa_discover,
+    "google_sync": google_sync,
+}
+
+
+@pytest.fixture
+def golden(db: Database, db_url: str, tmp_path: Path) -> Settings:
+    settings = golden_settings(tmp_path, db_url)
+    seed(db, settings)
+    return settings
+
+
+@contextmanager
+def camera_reads(db: Database) -> Iterator[list[str]]:
+    """The statements that read the cameras table while the block runs."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM cameras" in statement:
+            seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+
+
+def version(db: Database, owner: str = OWNER) -> int:
+    with db.reading() as session:
+        found = registry_version(session, owner)
+    assert found is not None
+    return found
+
+
+def names(answer: bytes) -> set[str]:
+    """friendlyName (Alexa) or name.name (Google) of every endpoint or device."""
+    import json
+
+    data = json.loads(answer)
+    if "event" in data:
+        return {e["friendlyName"] for e in data["event"]["payload"]["endpoints"]}
+    return {d["name"]["name"] for d in data["payload"]["devices"]}
+
+
+# --- byte for byte -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(ANSWERS))
+def test_cached_answer_is_byte_for_byte_the_fresh_one_and_268dd16s(
+    kind: str, golden: Settings, db: Database
+) -> None:
+    cached = create_app(golden, db).test_client()
+    uncached = create_app(golden.model_copy(update={"discovery_cache_items": 0}), db)
+    expected = (GOLDEN / f"{kind}.json").read_bytes()
+    ask = ANSWERS[kind]
+    with camera_reads(db) as built:
+        first = normalised(ask(cached))
+    with camera_reads(db) as kept:
+        second = normalised(ask(cached))
+    with camera_reads(db) as fresh_reads:
+        fresh = normalised(ask(uncached.test_client()))
+    assert len(built) == 1 and kept == [] and len(fresh_reads) == 1  # the second was kept
+    assert first == expected
+    assert second == expected
+    assert fresh == expected
+
+
+# --- the version -----------------------------------------------------------------------------
+
+
+def test_every_camera_change_in_any_session_bumps_its_owners_version(db: Database) -> None:
+    registry = Registry(Outbox())
+    owner = make_owner(db, "one@example.com")
+    other = make_owner(db, "two@example.com")
+    with db.session() as session:
+        camera = registry.add(session, session.get(Account, owner), "Hall", actor="test")  # type: ignore[arg-type]
+    assert (version(db, owner), version(db, other)) == (1, 0)
+    with db.session() as session:
+        registry.record(session, session.get(Camera, camera.id), {"name": "Hallway"}, actor="t")  # type: ignore[arg-type]
+    assert version(db, owner) == 2
+    with db.session() as session:  # the same value again is no change
+        registry.record(session, session.get(Camera, camera.id), {"name": "Hallway"}, actor="t")  # type: ignore[arg-type]
+        session.get(Camera, camera.id).room = None  # type: ignore[union-attr]
+    assert version(db, owner) == 2
+    with db.session() as session:  # a plain ORM write, no registry: counted all the same
+        session.get(Camera, camera.id).firmware = "2.0"  # type: ignore[union-attr]
+    assert version(db, owner) == 3
+    with db.session() as session:  # moved to another owner: both answers change
+        session.get(Camera, camera.id).owner_id = other  # type: ignore[union-attr]
+    assert (version(db, owner), version(db, other)) == (4, 1)
+    with db.session() as session:
+        registry.remove(session, session.get(Camera, camera.id), actor="test")  # type: ignore[arg-type]
+    assert (version(db, owner), version(db, other)) == (4, 2)
+    with pytest.raises(RuntimeError), db.session() as session:  # rolled back: no bump either
+        account = session.get(Account, other)
+        assert account is not None
+        account.cameras.append(Camera(name="Never"))  # owner_id only at the flush
+        session.flush()
+        assert registry_version(session, other) == 3  # counted in the flush's own transaction
+        raise RuntimeError("abandon")
+    assert version(db, other) == 2
+
+
+def test_cli_and_console_changes_bump_the_version(
+    db: Database, settings: Settings, cli_env: dict[str, str]
+) -> None:
+    owner = make_owner(db, "cli@example.com", {"Garage": {"image_encryption": True}})
+    with db.reading() as session:
+        garage = session.scalars(select(Camera.id).where(Camera.owner_id == owner)).one()
+    before = version(db, owner)
+    run_cli("cameras", "set", garage, "--name", "Carport", env=cli_env)
+    assert version(db, owner) == before + 1
+    run_cli("cameras", "add", "--owner", "cli@example.com", "--name", "Shed", env=cli_env)
+    assert version(db, owner) == before + 2
+
+    with LiveServer(create_app(settings, db)) as live:
+        browser = Browser(live)
+        browser.sign_in(browser.http.get(live.url + "/console", timeout=10), "cli@example.com",
+                        PASSWORD)  # fmt: skip
+        page = browser.http.get(live.url + "/console", timeout=10)
+        fixed = browser.http.post(f"{live.url}/console/cameras/{garage}/fix", timeout=30,
+                                  data={"csrf_token": csrf_of(page.text), "fix": "encryption",
+                                        "confirm": "yes"}, allow_redirects=False)  # fmt: skip
+        assert fixed.status_code == 303
+    assert version(db, owner) == before + 3
+
+
+# --- across instances ---------------------------------------------------------------------
+
+
+def test_a_change_through_one_instance_is_answered_by_the_next_request_on_another(
+    golden: Settings, db: Database
+) -> None:
+    a, b = create_app(golden, db), create_app(golden, db)
+    for ask in ANSWERS.values():
+        ask(b.test_client())  # B keeps both answers
+    registry = wiring(a).registry
+    registry.change(wiring(a).db, "cam_golden00000001", {"name": "Front Porch"}, actor="test")
+    for ask in ANSWERS.values():
+        assert "Front Porch" in names(ask(b.test_client()))
+    with db.session() as session:
+        registry.add(session, session.get(Account, OWNER), "Shed", actor="test")  # type: ignore[arg-type]
+        registry.remove(session, session.get(Camera, "cam_golden00000002"), actor="test")  # type: ignore[arg-type]
+    for ask in ANSWERS.values():
+        seen = names(ask(b.test_client()))
+        assert "Shed" in seen and not any("jard" in name for name in seen)
+
+
+def test_events_link_is_read_fresh_though_it_is_not_a_camera(
+    golden: Settings, db: Database
+) -> None:
+    """proactivelyReported follows the owner's AcceptGrant link, which no camera change bumps:
+    it is part of the key, read in the same query as the version."""
+    http = create_app(golden, db).test_client()
+    assert b'"proactivelyReported":true' in alexa_discover(http)
+    with db.session() as session:
+        link = session.get(AlexaLink, OWNER)
+        assert link is not None
+        link.dead_at = link.updated_at  # what the worker records when LWA says invalid_grant
+    answer = alexa_discover(http)
+    assert b'"proactivelyReported":true' not in answer
+    assert b'"proactivelyReported":false' in answer
+
+
+def test_a_revoked_token_gets_nothing_from_a_kept_answer(golden: Settings, db: Database) -> None:
+    http = create_app(golden, db).test_client()
+    assert len(names(alexa_discover(http))) == 6 and len(names(google_sync(http))) == 6
+    with db.session() as session:
+        revoke_account(session, OWNER, "test", actor="test")
+    assert names(alexa_discover(http)) == set()  # Amazon's rule: no endpoints, not an error
+    refused = http.post("/google/fulfillment", headers={"Authorization": f"Bearer {TOKENS['google']}"},
+                        json={"requestId": "r", "inputs": [{"intent": "action.devices.SYNC"}]})  # fmt: skip
+    assert refused.status_code == 401
+
+
+def test_stream_directives_read_the_camera_fresh(golden: Settings, db: Database) -> None:
+    """Discovery is kept; whether a camera may stream is not: blocked after a kept Discover,
+    InitializeCameraStreams is refused at once."""
+    import json
+
+    http = create_app(golden, db).test_client()
+    alexa_discover(http)
+    with db.session() as session:
+        session.get(Camera, "cam_golden00000001").image_encryption = True  # type: ignore[union-attr]
+    answer = json.loads(stream_request(http, "cam_golden00000001"))
+    assert answer["event"]["header"]["name"] == "ErrorResponse"
+    assert answer["event"]["payload"]["currentDeviceMode"] == "OTHER"
+
+
+def stream_request(http: Any, camera_id: str) -> bytes:
+    import hashlib
+    import hmac
+    import json
+    import time
+    import uuid
+
+    from tests.discovery_golden import FORWARDER, TOKENS
+
+    body = json.dumps({"directive": {
+        "header": {"namespace": "Alexa.CameraStreamController", "name": "InitializeCameraStreams",
+                   "payloadVersion": "3", "messageId": str(uuid.uuid4()), "correlationToken": "c"},
+        "endpoint": {"scope": {"type": "BearerToken", "token": TOKENS["alexa"]},
+                     "endpointId": camera_id},
+        "payload": {"cameraStreams": [{"protocol": "RTSP", "videoCodec": "H264"}]}}}).encode()  # fmt: skip
+    stamp = str(int(time.time()))
+    mac = hmac.new(FORWARDER.encode(), stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    answer = http.post("/alexa/smart-home", data=body,
+                       headers={"X-Camvoice-Timestamp": stamp, "X-Camvoice-Signature": mac})  # fmt: skip
+    assert answer.status_code == 200
+    return bytes(answer.data)
+
+
+# --- the table itself ------------------------------------------------------------------------
+
+
+def test_answer_cache_keeps_the_newest_version_within_its_bound() -> None:
+    cache = AnswerCache(max_items=5)
+    built: list[str] = []
+
+    def build(label: str, size: int) -> Callable[[], list[Any]]:
+        return lambda: built.append(label) or [label] * size  # type: ignore[func-returns-value]
+
+    assert cache.answer("a", 1, build("a1", 2)) == ["a1", "a1"]
+    assert cache.answer("a", 1, build("again", 2)) == ["a1", "a1"]  # kept
+    assert cache.answer("a", 2, build("a2", 2)) == ["a2", "a2"]  # a new version: built
+    cache.answer("a", 1, build("late a1", 2))  # a slow request's older list
+    assert cache.answer("a", 2, build("again", 2)) == ["a2", "a2"]  # the newer one stayed
+    cache.answer("b", 1, build("b1", 3))
+    cache.answer("c", 1, build("c1", 1))  # 2 + 3 + 1 > 5: the least recently used goes
+    assert "a" not in cache.entries and set(cache.entries) == {"b", "c"} and cache.items == 4
+    cache.answer("big", 1, build("big", 6))  # larger than the bound: never kept
+    cache.answer("gone", None, build("none", 1))  # no account: never kept
+    assert set(cache.entries) == {"b", "c"}
+    assert built == ["a1", "a2", "late a1", "b1", "c1", "big", "none"]
+
+
+def test_no_cache_when_the_bound_is_zero() -> None:
+    cache = AnswerCache(max_items=0)
+    cache.answer("a", 1, lambda: [])
+    assert cache.entries == {}
