@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from camvoice import audit
-from camvoice.models import utcnow
+from camvoice.models import Account, utcnow
 from oauth.models import Grant, OAuthClient, Token, digest
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)  # don't write last_used_at on every request
@@ -40,7 +40,7 @@ def store_tokens(
     expires_in: int,
     parent: Token | None = None,
 ) -> None:
-    """Persist a token pair of `grant` as hashes."""
+    """Persist a token pair of `grant` as hashes, in one INSERT (both rows have every column)."""
     now = utcnow()
     common = {
         "grant_id": grant.id,
@@ -49,46 +49,100 @@ def store_tokens(
         "scope": grant.scope,
         "issued_at": now,
     }
-    session.add(
-        Token(
-            kind="access",
-            token_hash=digest(access_token),
-            expires_at=now + timedelta(seconds=expires_in),
+    rows = [
+        {
+            "kind": "access",
+            "token_hash": digest(access_token),
+            "expires_at": now + timedelta(seconds=expires_in),
+            "parent_id": None,
             **common,
-        )
-    )
+        }
+    ]
     if refresh_token:
-        session.add(
-            Token(
-                kind="refresh",
-                token_hash=digest(refresh_token),
-                parent_id=parent.id if parent else None,
+        rows.append(
+            {
+                "kind": "refresh",
+                "token_hash": digest(refresh_token),
+                "expires_at": None,
+                "parent_id": parent.id if parent else None,
                 **common,
-            )
+            }
         )
+    session.execute(insert(Token).execution_options(render_nulls=True), rows)
 
 
-def rotate(session: Session, used: Token) -> None:
-    """A refresh token was just used: its parent and the parent's other children die now.
+@dataclass(frozen=True)
+class RefreshCredential:
+    """A presented refresh token with its grant and owner, read in one query; Authlib's grant
+    asks it what it asks a token (check_client, get_scope)."""
+
+    token: Token
+    grant: Grant
+    account: Account | None  # None once the owner is gone
+
+    def check_client(self, client: OAuthClient) -> bool:
+        return self.token.check_client(client)
+
+    def get_scope(self) -> str:
+        return self.token.get_scope()
+
+
+def find_refresh(session: Session, value: str) -> RefreshCredential | None:
+    """The refresh token `value`, its grant and its owner, or None if no such token."""
+    row = session.execute(
+        select(Token, Grant, Account)
+        .join(Grant, Grant.id == Token.grant_id)
+        .outerjoin(Account, Account.id == Token.account_id)
+        .where(Token.token_hash == digest(value), Token.kind == "refresh")
+    ).one_or_none()
+    return None if row is None else RefreshCredential(*row)
+
+
+def refusal(credential: RefreshCredential) -> str | None:
+    """Why this refresh token may not be used now ("revoked", "reused"), or None if it may."""
+    token = credential.token
+    if credential.grant.revoked_at is not None or token.revoked_at is not None:
+        return "revoked"
+    if token.superseded_at is not None or (
+        token.used_at is not None and utcnow() - token.used_at > REFRESH_RETRY_GRACE
+    ):
+        return "reused"
+    return None
+
+
+def rotate(session: Session, used: Token) -> bool:
+    """A refresh token is being used: mark it used (its first use is kept), and its parent and
+    the parent's other children die now.
 
     The used token itself stays valid for REFRESH_RETRY_GRACE, or until one of its own children
     is used, so a client that lost our answer (a retry) can present it again without breaking the
     link; later, presenting it again is reuse.
+
+    The mark is conditional: False, and nothing written, when the token was superseded or
+    revoked after it was read (one of its children used, or the link revoked, meanwhile), so a
+    refresh racing either cannot issue a pair of its own.
     """
     now = utcnow()
-    if used.used_at is None:
-        session.execute(update(Token).where(Token.id == used.id).values(used_at=now))
-    if used.parent_id is None:
-        return
-    session.execute(
+    claimed = session.execute(
         update(Token)
-        .where(Token.superseded_at.is_(None))
-        .where(
-            (Token.id == used.parent_id)
-            | ((Token.parent_id == used.parent_id) & (Token.id != used.id))
+        .where(Token.id == used.id, Token.superseded_at.is_(None), Token.revoked_at.is_(None))
+        .values(used_at=func.coalesce(Token.used_at, now))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not claimed:
+        return False
+    if used.parent_id is not None:
+        session.execute(
+            update(Token)
+            .where(Token.superseded_at.is_(None))
+            .where(
+                (Token.id == used.parent_id)
+                | ((Token.parent_id == used.parent_id) & (Token.id != used.id))
+            )
+            .values(superseded_at=now)
+            .execution_options(synchronize_session=False)
         )
-        .values(superseded_at=now)
-    )
+    return True
 
 
 def revoke_grant(session: Session, grant_id: str, reason: str, *, actor: str) -> bool:
