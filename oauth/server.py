@@ -20,7 +20,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from flask import Flask, current_app
-from sqlalchemy import update
+from sqlalchemy import bindparam, select, update
 
 from camvoice import audit, untrusted
 from camvoice.db import Database
@@ -49,6 +49,9 @@ def database() -> Database:
     return Services.of(current_app).db
 
 
+FIND_CLIENT = select(OAuthClient).where(OAuthClient.client_id == bindparam("client_id"))
+
+
 def query_client(client_id: str) -> OAuthClient | None:
     """A registered client; the console's own simulator clients are none, so nobody can link
     with them (their grants are never listed, so a link through them could not be seen).
@@ -57,7 +60,7 @@ def query_client(client_id: str) -> OAuthClient | None:
     if not untrusted.storable(client_id):
         return None
     with database().reading() as session:
-        client = session.get(OAuthClient, client_id)
+        client = session.execute(FIND_CLIENT, {"client_id": client_id}).scalar_one_or_none()
     return client if client is not None and not client.simulator else None
 
 

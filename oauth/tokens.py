@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from camvoice import audit
@@ -30,6 +30,33 @@ def new_secret() -> str:
 def find_token(session: Session, value: str, kind: str) -> Token | None:
     stmt = select(Token).where(Token.token_hash == digest(value), Token.kind == kind)
     return session.scalars(stmt).one_or_none()
+
+
+# The refresh grant's statements, built once: building one costs more than running it.
+INSERT_TOKENS = insert(Token).execution_options(render_nulls=True)  # one INSERT for a pair
+FIND_REFRESH = (
+    select(Token, Grant, Account)
+    .join(Grant, Grant.id == Token.grant_id)
+    .outerjoin(Account, Account.id == Token.account_id)
+    .where(Token.token_hash == bindparam("hash"), Token.kind == "refresh")
+)
+CLAIM = (
+    update(Token)
+    .where(Token.id == bindparam("used"))
+    .where(Token.superseded_at.is_(None), Token.revoked_at.is_(None))
+    .values(used_at=func.coalesce(Token.used_at, bindparam("now")))
+    .execution_options(synchronize_session=False)
+)
+SUPERSEDE = (
+    update(Token)
+    .where(Token.superseded_at.is_(None))
+    .where(
+        (Token.id == bindparam("parent"))
+        | ((Token.parent_id == bindparam("parent")) & (Token.id != bindparam("used")))
+    )
+    .values(superseded_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
 
 
 def store_tokens(
@@ -68,7 +95,7 @@ def store_tokens(
                 **common,
             }
         )
-    session.execute(insert(Token).execution_options(render_nulls=True), rows)
+    session.execute(INSERT_TOKENS, rows)
 
 
 @dataclass(frozen=True)
@@ -89,12 +116,7 @@ class RefreshCredential:
 
 def find_refresh(session: Session, value: str) -> RefreshCredential | None:
     """The refresh token `value`, its grant and its owner, or None if no such token."""
-    row = session.execute(
-        select(Token, Grant, Account)
-        .join(Grant, Grant.id == Token.grant_id)
-        .outerjoin(Account, Account.id == Token.account_id)
-        .where(Token.token_hash == digest(value), Token.kind == "refresh")
-    ).one_or_none()
+    row = session.execute(FIND_REFRESH, {"hash": digest(value)}).one_or_none()
     return None if row is None else RefreshCredential(*row)
 
 
@@ -122,26 +144,11 @@ def rotate(session: Session, used: Token) -> bool:
     revoked after it was read (one of its children used, or the link revoked, meanwhile), so a
     refresh racing either cannot issue a pair of its own.
     """
-    now = utcnow()
-    claimed = session.execute(
-        update(Token)
-        .where(Token.id == used.id, Token.superseded_at.is_(None), Token.revoked_at.is_(None))
-        .values(used_at=func.coalesce(Token.used_at, now))
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if not claimed:
+    params = {"used": used.id, "parent": used.parent_id, "now": utcnow()}
+    if not session.execute(CLAIM, params).rowcount:
         return False
     if used.parent_id is not None:
-        session.execute(
-            update(Token)
-            .where(Token.superseded_at.is_(None))
-            .where(
-                (Token.id == used.parent_id)
-                | ((Token.parent_id == used.parent_id) & (Token.id != used.id))
-            )
-            .values(superseded_at=now)
-            .execution_options(synchronize_session=False)
-        )
+        session.execute(SUPERSEDE, params)
     return True
 
 
