@@ -35,6 +35,7 @@ from oauth.tokens import (
     refusal,
     revoke_grant,
     rotate,
+    store_refreshed,
     store_tokens,
 )
 
@@ -236,10 +237,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         reason = refusal(credential)
         if reason is None:
             return credential
-        self.refuse(credential.token, reason)
+        self.refuse(credential, reason)
         return None
 
-    def refuse(self, token: Token, reason: str) -> None:
+    def refuse(self, token: RefreshCredential, reason: str) -> None:
         """Record a refused refresh; a reused token (it leaked, or a client is confused)
         revokes the whole grant."""
         with database().session() as session:
@@ -253,8 +254,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 reason=reason,
             )
 
-    def authenticate_user(self, refresh_token: RefreshCredential) -> Account | None:
-        return refresh_token.account
+    def authenticate_user(self, refresh_token: RefreshCredential) -> str | None:
+        """The owner's account id: Authlib only needs to know there is one (the new tokens
+        name the grant's owner, read with the token), so no Account is loaded."""
+        return refresh_token.owner
 
     def save_token(self, token: dict[str, Any]) -> None:
         """Store the new pair and rotate the presented token in one transaction. If the token
@@ -262,15 +265,14 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         is invalid_grant, as it would have been a moment later."""
         credential: RefreshCredential = self.request.refresh_token
         with database().session() as session:
-            claimed = rotate(session, credential.token)
+            claimed = rotate(session, credential)
             if claimed:
-                store_tokens(
+                store_refreshed(
                     session,
-                    credential.grant,
+                    credential,
                     token["access_token"],
-                    token.get("refresh_token"),
+                    token["refresh_token"],
                     token_ttl(token),
-                    credential.token,
                 )
         if not claimed:
             # Read it again: the refusal it now earns is recorded (reuse revokes the link).

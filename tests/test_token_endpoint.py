@@ -170,7 +170,7 @@ def test_a_refresh_racing_an_unlink_issues_nothing(
     before = token_rows(db)
 
     def unlink(session: Any, credential: RefreshCredential) -> None:
-        revoke_grant(session, credential.grant.id, "revoked_by_owner", actor="test")
+        revoke_grant(session, credential.grant_id, "revoked_by_owner", actor="test")
 
     with meanwhile(monkeypatch, db, unlink):
         response = refresh(live, alexa, first["refresh_token"])
@@ -192,7 +192,7 @@ def test_a_refresh_racing_the_use_of_its_child_is_reuse(
         child = Token.token_hash == digest(second["refresh_token"])
         session.execute(update(Token).where(child).values(used_at=utcnow()))
         session.execute(
-            update(Token).where(Token.id == credential.token.id).values(superseded_at=utcnow())
+            update(Token).where(Token.id == credential.id).values(superseded_at=utcnow())
         )
 
     with meanwhile(monkeypatch, db, use_child):
