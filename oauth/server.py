@@ -50,7 +50,10 @@ def database() -> Database:
     return Services.of(current_app).db
 
 
-FIND_CLIENT = select(OAuthClient).where(OAuthClient.client_id == bindparam("client_id"))
+# Every token request looks its client up: one Core statement built once, its row made into
+# an unattached OAuthClient (Authlib only calls its methods), no ORM load.
+CLIENTS = OAuthClient.__table__
+FIND_CLIENT = select(CLIENTS).where(CLIENTS.c.client_id == bindparam("client_id"))
 
 
 def query_client(client_id: str) -> OAuthClient | None:
@@ -61,8 +64,8 @@ def query_client(client_id: str) -> OAuthClient | None:
     if not untrusted.storable(client_id):
         return None
     with database().reading() as session:
-        client = session.execute(FIND_CLIENT, {"client_id": client_id}).scalar_one_or_none()
-    return client if client is not None and not client.simulator else None
+        row = session.connection().execute(FIND_CLIENT, {"client_id": client_id}).one_or_none()
+    return OAuthClient(**row._mapping) if row is not None and not row.simulator else None
 
 
 def save_token(token: dict[str, Any], request: Any) -> None:
