@@ -13,14 +13,14 @@ from datetime import timedelta
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from authlib.oauth2.rfc6749 import InvalidRequestError, grants
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, grants
 from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from flask import Flask, current_app
-from sqlalchemy import update
+from sqlalchemy import bindparam, select, update
 
 from camvoice import audit, untrusted
 from camvoice.db import Database
@@ -28,11 +28,14 @@ from camvoice.models import Account, utcnow
 from camvoice.services import Services
 from oauth.models import SCOPES, AuthorizationCode, Grant, OAuthClient, Token, digest
 from oauth.tokens import (
-    REFRESH_RETRY_GRACE,
+    RefreshCredential,
+    find_refresh,
     find_token,
     new_secret,
+    refusal,
     revoke_grant,
     rotate,
+    store_refreshed,
     store_tokens,
 )
 
@@ -47,6 +50,12 @@ def database() -> Database:
     return Services.of(current_app).db
 
 
+# Every token request looks its client up: one Core statement built once, its row made into
+# an unattached OAuthClient (Authlib only calls its methods), no ORM load.
+CLIENTS = OAuthClient.__table__
+FIND_CLIENT = select(CLIENTS).where(CLIENTS.c.client_id == bindparam("client_id"))
+
+
 def query_client(client_id: str) -> OAuthClient | None:
     """A registered client; the console's own simulator clients are none, so nobody can link
     with them (their grants are never listed, so a link through them could not be seen).
@@ -55,50 +64,42 @@ def query_client(client_id: str) -> OAuthClient | None:
     if not untrusted.storable(client_id):
         return None
     with database().reading() as session:
-        client = session.get(OAuthClient, client_id)
-    return client if client is not None and not client.simulator else None
+        row = session.connection().execute(FIND_CLIENT, {"client_id": client_id}).one_or_none()
+    return OAuthClient(**row._mapping) if row is not None and not row.simulator else None
 
 
 def save_token(token: dict[str, Any], request: Any) -> None:
-    """Persist a freshly issued token pair; a code redemption also creates the grant (link)."""
+    """Persist the token pair of a code redemption, and the grant (link) it creates.
+
+    The refresh grant stores its own pair (RefreshTokenGrant.save_token)."""
     db = database()
-    expires_in = int(token["expires_in"])
+    code: AuthorizationCode = request.authorization_code
     with db.session() as session:
-        if request.payload.grant_type == "authorization_code":
-            code: AuthorizationCode = request.authorization_code
-            grant = Grant(account_id=code.account_id, client_id=code.client_id, scope=code.scope)
-            session.add(grant)
-            session.flush()
-            store_tokens(
-                session, grant, token["access_token"], token.get("refresh_token"), expires_in
-            )
-            session.execute(
-                update(AuthorizationCode)
-                .where(AuthorizationCode.code_hash == code.code_hash)
-                .values(grant_id=grant.id)
-            )
-            client = request.client
-            audit.record(
-                session,
-                "account.linked",
-                actor=f"client:{client.client_id}",
-                account_id=grant.account_id,
-                assistant=client.assistant,
-                client=client.name,
-            )
-        else:
-            parent: Token = request.refresh_token
-            grant = session.get(Grant, parent.grant_id)
-            store_tokens(
-                session,
-                grant,
-                token["access_token"],
-                token.get("refresh_token"),
-                expires_in,
-                parent,
-            )
-    if request.payload.grant_type == "authorization_code":
-        _revoke_if_replayed_meanwhile(request.authorization_code.code_hash)
+        grant = Grant(account_id=code.account_id, client_id=code.client_id, scope=code.scope)
+        session.add(grant)
+        session.flush()
+        store_tokens(
+            session, grant, token["access_token"], token.get("refresh_token"), token_ttl(token)
+        )
+        session.execute(
+            update(AuthorizationCode)
+            .where(AuthorizationCode.code_hash == code.code_hash)
+            .values(grant_id=grant.id)
+        )
+        client = request.client
+        audit.record(
+            session,
+            "account.linked",
+            actor=f"client:{client.client_id}",
+            account_id=grant.account_id,
+            assistant=client.assistant,
+            client=client.name,
+        )
+    _revoke_if_replayed_meanwhile(code.code_hash)
+
+
+def token_ttl(token: dict[str, Any]) -> int:
+    return int(token["expires_in"])
 
 
 def _revoke_if_replayed_meanwhile(code_hash: str) -> None:
@@ -224,41 +225,65 @@ class S256CodeChallenge(CodeChallenge):
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):
+    """The refresh grant in two round trips to the database: one read (token, grant and owner
+    in one query) and one write (the new pair and the rotation, committed together). A refusal
+    writes only when it has something to record."""
+
     TOKEN_ENDPOINT_AUTH_METHODS = [*CLIENT_AUTH_METHODS, "none"]
     INCLUDE_NEW_REFRESH_TOKEN = True
 
-    def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential | None:
+        with database().reading() as session:
+            credential = find_refresh(session, refresh_token)
+        if credential is None:
+            return None
+        reason = refusal(credential)
+        if reason is None:
+            return credential
+        self.refuse(credential, reason)
+        return None
+
+    def refuse(self, token: RefreshCredential, reason: str) -> None:
+        """Record a refused refresh; a reused token (it leaked, or a client is confused)
+        revokes the whole grant."""
         with database().session() as session:
-            token = find_token(session, refresh_token, "refresh")
-            if token is None:
-                return None
-            grant = session.get(Grant, token.grant_id)
-            reason = None
-            if grant is None or grant.revoked_at is not None or token.revoked_at is not None:
-                reason = "revoked"
-            elif token.superseded_at is not None or (
-                token.used_at is not None and utcnow() - token.used_at > REFRESH_RETRY_GRACE
-            ):
-                reason = "reused"
+            if reason == "reused":
                 revoke_grant(session, token.grant_id, "refresh_token_reused", actor="oauth")
-            if reason:
-                audit.record(
+            audit.record(
+                session,
+                "oauth.refresh_refused",
+                actor=f"client:{token.client_id}",
+                account_id=token.account_id,
+                reason=reason,
+            )
+
+    def authenticate_user(self, refresh_token: RefreshCredential) -> str | None:
+        """The owner's account id: Authlib only needs to know there is one (the new tokens
+        name the grant's owner, read with the token), so no Account is loaded."""
+        return refresh_token.owner
+
+    def save_token(self, token: dict[str, Any]) -> None:
+        """Store the new pair and rotate the presented token in one transaction. If the token
+        was superseded or revoked since it was read (a race), nothing is stored and the answer
+        is invalid_grant, as it would have been a moment later."""
+        credential: RefreshCredential = self.request.refresh_token
+        with database().session() as session:
+            claimed = rotate(session, credential)
+            if claimed:
+                store_refreshed(
                     session,
-                    "oauth.refresh_refused",
-                    actor=f"client:{token.client_id}",
-                    account_id=token.account_id,
-                    reason=reason,
+                    credential,
+                    token["access_token"],
+                    token["refresh_token"],
+                    token_ttl(token),
                 )
-                return None
-            return token
+        if not claimed:
+            # Read it again: the refusal it now earns is recorded (reuse revokes the link).
+            self.authenticate_refresh_token(self.request.payload.data["refresh_token"])
+            raise InvalidGrantError()
 
-    def authenticate_user(self, refresh_token: Token) -> Account | None:
-        with database().session() as session:
-            return session.get(Account, refresh_token.account_id)
-
-    def revoke_old_credential(self, refresh_token: Token) -> None:
-        with database().session() as session:
-            rotate(session, refresh_token)
+    def revoke_old_credential(self, refresh_token: RefreshCredential) -> None:
+        """Done by save_token, in the transaction that stores the new pair."""
 
 
 class Revocation(RevocationEndpoint):

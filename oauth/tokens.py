@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from camvoice import audit
-from camvoice.models import utcnow
+from camvoice.models import Account, utcnow
 from oauth.models import AuthorizationCode, Grant, OAuthClient, Token, digest
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)  # don't write last_used_at on every request
@@ -32,63 +32,151 @@ def find_token(session: Session, value: str, kind: str) -> Token | None:
     return session.scalars(stmt).one_or_none()
 
 
+# The refresh grant's statements, built once (building one costs more than running it), in
+# Core: no ORM objects are made, and the write lock is held for the statements alone.
+TOKENS = Token.__table__
+INSERT_TOKENS = TOKENS.insert()  # a pair in one statement
+FIND_REFRESH = (
+    select(
+        Token.id, Token.grant_id, Token.client_id, Token.account_id, Token.scope,
+        Token.parent_id, Token.used_at, Token.superseded_at, Token.revoked_at,
+        Grant.revoked_at.label("grant_revoked_at"), Account.id.label("owner"),
+    )
+    .join(Grant, Grant.id == Token.grant_id)
+    .outerjoin(Account, Account.id == Token.account_id)
+    .where(Token.token_hash == bindparam("hash"), Token.kind == "refresh")
+)  # fmt: skip
+LIVE = (TOKENS.c.superseded_at.is_(None), TOKENS.c.revoked_at.is_(None))
+CLAIM = (
+    update(TOKENS)
+    .where(TOKENS.c.id == bindparam("used"), *LIVE)
+    .values(used_at=func.coalesce(TOKENS.c.used_at, bindparam("now")))
+)
+STILL_LIVE = (
+    select(TOKENS.c.id).where(TOKENS.c.id == bindparam("used"), *LIVE).with_for_update(read=True)
+)
+SUPERSEDE = (
+    update(TOKENS)
+    .where(TOKENS.c.superseded_at.is_(None))
+    .where(
+        (TOKENS.c.id == bindparam("parent"))
+        | ((TOKENS.c.parent_id == bindparam("parent")) & (TOKENS.c.id != bindparam("used")))
+    )
+    .values(superseded_at=bindparam("now"))
+)
+
+
 def store_tokens(
     session: Session,
     grant: Grant,
     access_token: str,
     refresh_token: str | None,
     expires_in: int,
-    parent: Token | None = None,
 ) -> None:
-    """Persist a token pair of `grant` as hashes."""
+    """Persist a token pair of a new link (or the simulator's access token) as hashes."""
+    issued = {"grant_id": grant.id, "client_id": grant.client_id,
+              "account_id": grant.account_id, "scope": grant.scope}  # fmt: skip
+    insert_pair(session, issued, access_token, refresh_token, expires_in, None)
+
+
+def store_refreshed(
+    session: Session,
+    used: RefreshCredential,
+    access_token: str,
+    refresh_token: str,
+    expires_in: int,
+) -> None:
+    """Persist the pair a refresh issued, as children of the refresh token used (same grant,
+    client, owner and scope)."""
+    issued = {"grant_id": used.grant_id, "client_id": used.client_id,
+              "account_id": used.account_id, "scope": used.scope}  # fmt: skip
+    insert_pair(session, issued, access_token, refresh_token, expires_in, used.id)
+
+
+def insert_pair(
+    session: Session,
+    issued: dict[str, str],
+    access_token: str,
+    refresh_token: str | None,
+    expires_in: int,
+    parent_id: int | None,
+) -> None:
+    """The access token and (if any) refresh token as hashes, in one INSERT."""
     now = utcnow()
-    common = {
-        "grant_id": grant.id,
-        "client_id": grant.client_id,
-        "account_id": grant.account_id,
-        "scope": grant.scope,
-        "issued_at": now,
-    }
-    session.add(
-        Token(
-            kind="access",
-            token_hash=digest(access_token),
-            expires_at=now + timedelta(seconds=expires_in),
-            **common,
-        )
-    )
+    common = {**issued, "issued_at": now, "used_at": None, "superseded_at": None,
+              "revoked_at": None}  # fmt: skip
+    rows = [{**common, "kind": "access", "token_hash": digest(access_token),
+             "expires_at": now + timedelta(seconds=expires_in), "parent_id": None}]  # fmt: skip
     if refresh_token:
-        session.add(
-            Token(
-                kind="refresh",
-                token_hash=digest(refresh_token),
-                parent_id=parent.id if parent else None,
-                **common,
-            )
-        )
+        rows.append({**common, "kind": "refresh", "token_hash": digest(refresh_token),
+                     "expires_at": None, "parent_id": parent_id})  # fmt: skip
+    session.connection().execute(INSERT_TOKENS, rows)
 
 
-def rotate(session: Session, used: Token) -> None:
-    """A refresh token was just used: its parent and the parent's other children die now.
+@dataclass(frozen=True)
+class RefreshCredential:
+    """A presented refresh token with what the refresh grant needs of its grant and owner,
+    read in one query; Authlib's grant asks it what it asks a token (check_client, get_scope)."""
+
+    id: int
+    grant_id: str
+    client_id: str
+    account_id: str
+    scope: str
+    parent_id: int | None
+    used_at: datetime | None
+    superseded_at: datetime | None
+    revoked_at: datetime | None
+    grant_revoked_at: datetime | None
+    owner: str | None  # the account's id, None once the account is gone
+
+    def check_client(self, client: OAuthClient) -> bool:
+        return self.client_id == client.client_id
+
+    def get_scope(self) -> str:
+        return self.scope
+
+
+def find_refresh(session: Session, value: str) -> RefreshCredential | None:
+    """The refresh token `value` with its grant's state and its owner, or None if no such token."""
+    row = session.connection().execute(FIND_REFRESH, {"hash": digest(value)}).one_or_none()
+    return None if row is None else RefreshCredential(*row)
+
+
+def refusal(credential: RefreshCredential) -> str | None:
+    """Why this refresh token may not be used now ("revoked", "reused"), or None if it may."""
+    if credential.grant_revoked_at is not None or credential.revoked_at is not None:
+        return "revoked"
+    if credential.superseded_at is not None or (
+        credential.used_at is not None and utcnow() - credential.used_at > REFRESH_RETRY_GRACE
+    ):
+        return "reused"
+    return None
+
+
+def rotate(session: Session, used: RefreshCredential) -> bool:
+    """A refresh token is being used: mark it used (its first use is kept), and its parent and
+    the parent's other children die now.
 
     The used token itself stays valid for REFRESH_RETRY_GRACE, or until one of its own children
     is used, so a client that lost our answer (a retry) can present it again without breaking the
     link; later, presenting it again is reuse.
+
+    Checked again as it is written: False, and nothing written, when the token was superseded
+    or revoked after it was read (one of its children used, or the link revoked, meanwhile), so
+    a refresh racing either issues nothing. A first use marks the token (a row lock until
+    commit); a retry only reads it under a shared lock (FOR SHARE on PostgreSQL; SQLite's write
+    transaction serialises anyway), so retries of one token do not queue behind each other.
     """
-    now = utcnow()
+    params = {"used": used.id, "parent": used.parent_id, "now": utcnow()}
+    connection = session.connection()
     if used.used_at is None:
-        session.execute(update(Token).where(Token.id == used.id).values(used_at=now))
-    if used.parent_id is None:
-        return
-    session.execute(
-        update(Token)
-        .where(Token.superseded_at.is_(None))
-        .where(
-            (Token.id == used.parent_id)
-            | ((Token.parent_id == used.parent_id) & (Token.id != used.id))
-        )
-        .values(superseded_at=now)
-    )
+        claimed = connection.execute(CLAIM, params).rowcount == 1
+    else:
+        claimed = connection.execute(STILL_LIVE, params).first() is not None
+    if claimed and used.parent_id is not None:
+        connection.execute(SUPERSEDE, params)
+    return claimed
 
 
 def revoke_grant(session: Session, grant_id: str, reason: str, *, actor: str) -> bool:

@@ -3,6 +3,7 @@ nobody but the relay, and every file under the data dir private to the service's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import stat
 from collections.abc import Mapping
@@ -169,6 +170,31 @@ def modes(root: Path) -> dict[str, tuple[bool, int]]:
             continue  # a segment the relay deleted meanwhile
         found[path.name] = (stat.S_ISDIR(info.st_mode), stat.S_IMODE(info.st_mode))
     return found
+
+
+def test_client_secrets_rest_as_sha256_and_verify_in_one_hash(
+    db: Database, cli_env: dict[str, str]
+) -> None:
+    """A client secret is 256 random bits made by `clients add` / `rotate-secret`: no dictionary
+    to attack, so its SHA-256 is the right protection at rest (argon2 here would cost the token
+    endpoint tens of milliseconds a request). The secret is in no column; a rotation leaves no
+    trace of the old one; the check is the one hash, compared in constant time."""
+    from oauth.models import OAuthClient
+
+    uri = "https://layla.amazon.com/api/skill/link/M2AAAAAAAAAAAA"
+    added = json.loads(cli("clients", "add", "--name", "Alexa", "--redirect-uri", uri, "--json",
+                           env=cli_env))  # fmt: skip
+    rotated = json.loads(cli("clients", "rotate-secret", added["client_id"], "--json", env=cli_env))
+    stored = every_value(db, "oauth_clients")
+    assert added["client_secret"] not in stored and rotated["client_secret"] not in stored
+    assert hashlib.sha256(added["client_secret"].encode()).hexdigest() not in stored
+    with db.reading() as session:
+        client = session.get(OAuthClient, added["client_id"])
+    assert client is not None
+    assert client.secret_hash == hashlib.sha256(rotated["client_secret"].encode()).hexdigest()
+    assert client.check_client_secret(rotated["client_secret"])
+    assert not client.check_client_secret(added["client_secret"])
+    assert not client.check_client_secret(client.secret_hash)  # the hash is not the secret
 
 
 def test_data_dir_files_are_private(tmp_path: Path) -> None:
