@@ -6,8 +6,9 @@ So the first delivery claims the key and every later one, on any instance, is re
 
 With CAMVOICE_REDIS_URL the claim is a SET NX with an expiry (one round trip); without it, an
 INSERT into a table whose primary key is the key, which every instance shares too (the loser of
-two concurrent claims gets no row). A claim is one INSERT in its own transaction; at most once
-every PURGE_INTERVAL seconds a process's claim also deletes the expired rows, so the table holds
+two concurrent claims inserts nothing). A claim is one INSERT that commits by itself, durable
+before the directive is read (one round trip: no BEGIN or COMMIT around it); at most once every
+PURGE_INTERVAL seconds a process's claim also deletes the expired rows, so the table holds
 little more than one window's worth of forwards.
 """
 
@@ -48,15 +49,19 @@ class DatabaseOnce:
 
     def claim(self, key: str, ttl: int) -> bool:
         now = utcnow()
-        with self.db.session() as session:
+        insert = postgresql.insert if self.db.engine.dialect.name == "postgresql" else sqlite.insert
+        stmt = (
+            insert(UsedOnce)
+            .values(key=key, expires_at=now + timedelta(seconds=ttl))
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(UsedOnce.key)
+        )
+        with self.db.autocommit.connect() as conn:
             if time.monotonic() - self.purged >= PURGE_INTERVAL:
                 self.purged = time.monotonic()
-                session.execute(delete(UsedOnce).where(UsedOnce.expires_at < now))
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            stmt = insert(UsedOnce).values(key=key, expires_at=now + timedelta(seconds=ttl))
-            stmt = stmt.on_conflict_do_nothing(index_elements=["key"]).returning(UsedOnce.key)
-            return session.execute(stmt).first() is not None  # no row: claimed before
+                conn.execute(delete(UsedOnce).where(UsedOnce.expires_at < now))
+            # No row inserted: claimed before, by this instance or another.
+            return conn.execute(stmt).first() is not None
 
 
 class RedisOnce:

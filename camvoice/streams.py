@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,6 +144,8 @@ class Streams:
         protocol: Protocol,
         grant_id: str | None = None,
         session_ref: str | None = None,
+        *,
+        within: Session | None = None,
         **detail: Any,
     ) -> OpenStream:
         """Readiness on the last known state, one check with the backend, then a signed URL.
@@ -152,12 +155,22 @@ class Streams:
         StreamRefused with the blockers, or CameraGone. Both the refusal and the URL handed out
         are audited; `detail` goes into that audit row. A console stream names its sign-in
         session (`session_ref`): signing out ends it.
+
+        `within`: the caller's transaction, for a camera whose backend asks nobody
+        (`asks_backend` False): the audit row joins it, so the directive commits once. The
+        caller commits it before answering, and must not let StreamRefused roll it back.
         """
+        if within is not None and self.asks_backend(camera):
+            raise ValueError("a camera cloud is asked with no transaction open")
         blockers = blockers_for(camera, audience, protocol)
-        if not blockers and self.registry.backend_for(camera).recheck(camera, protocol):
+        if (
+            not blockers
+            and within is None
+            and self.registry.backend_for(camera).recheck(camera, protocol)
+        ):
             camera = self._reread(db, camera)  # what the backend learnt
             blockers = blockers_for(camera, audience, protocol)
-        with db.session() as session:
+        with nullcontext(within) if within is not None else db.session() as session:
             if blockers:
                 record_refusal(session, camera, audience, reason_of(blockers),
                                protocol=protocol.value, **detail)  # fmt: skip
@@ -181,6 +194,11 @@ class Streams:
             ),
             expires_at=datetime.fromtimestamp(int(datetime.now(UTC).timestamp() + ttl), UTC),
         )
+
+    def asks_backend(self, camera: Camera) -> bool:
+        """Whether opening this camera's stream asks a camera cloud first (so it must be opened
+        with no transaction held); a camera whose truth is the registry asks nobody."""
+        return self.registry.cloud(camera.backend) is not None
 
     @staticmethod
     def _reread(db: Database, camera: Camera) -> Camera:
