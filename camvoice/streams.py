@@ -17,6 +17,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +31,7 @@ from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
 from camvoice.readiness import Assistant, Blocker, readiness
 from camvoice.settings import Settings
-from camvoice.tickets import Audience, Protocol, Ticket, TicketError, new_ticket
+from camvoice.tickets import Audience, Protocol, Ticket, TicketError, TicketSigner, new_ticket
 
 VIEW_GAP = timedelta(seconds=60)  # a session whose player stopped fetching this long is over
 LAST_SEEN_RESOLUTION = timedelta(seconds=10)
@@ -135,6 +136,12 @@ class Streams:
         self.registry = registry
         self.grant_is_live = grant_is_live
         self.session_is_live = session_is_live
+        self.clouds: dict[str, bool] = {}  # registered backend's name -> is a camera cloud
+
+    @cached_property
+    def signer(self) -> TicketSigner:
+        """The settings' ticket signer, its keys derived once rather than for every ticket."""
+        return self.settings.signer()
 
     def open(
         self,
@@ -198,7 +205,12 @@ class Streams:
     def asks_backend(self, camera: Camera) -> bool:
         """Whether opening this camera's stream asks a camera cloud first (so it must be opened
         with no transaction held); a camera whose truth is the registry asks nobody."""
-        return self.registry.cloud(camera.backend) is not None
+        known = self.clouds.get(camera.backend)
+        if known is None:
+            known = self.registry.cloud(camera.backend) is not None
+            if camera.backend in self.registry.backends:
+                self.clouds[camera.backend] = known
+        return known
 
     @staticmethod
     def _reread(db: Database, camera: Camera) -> Camera:
@@ -253,7 +265,7 @@ class Streams:
             raise ValueError("refusing to mint a stream ticket for a blocked camera")
         ticket = new_ticket(camera.id, camera.owner_id, protocol, audience,
                             self.settings.stream_ticket_ttl, grant_id, session_ref)  # fmt: skip
-        return self.settings.signer().sign(ticket)
+        return self.signer.sign(ticket)
 
     def signaling_url(self) -> str:
         """Where WebRTC offers are posted (with the ticket as a bearer token)."""
@@ -286,7 +298,7 @@ class Streams:
         self, session: Session, token: str, camera_id: str, protocol: Protocol
     ) -> tuple[Camera, Ticket]:
         """Check one fetch; raises TicketError with the reason when it must be refused."""
-        ticket = self.settings.signer().verify(token, camera_id, protocol)
+        ticket = self.signer.verify(token, camera_id, protocol)
         view = session.get(StreamView, ticket.id)
         if ticket.expired:
             now = utcnow()
