@@ -1,10 +1,12 @@
 """What camvoice costs: throughput and latency of its endpoints against the floor of the same app.
 
-For SQLite and PostgreSQL in turn: starts `camvoice serve` (gunicorn, 2 gthread workers x 4
-threads, the same for every case), links two owners (5 and 300 cameras) with an Alexa and a
-Google client, and drives each case with wrk (Debian package) at 32 connections. Prints
+For SQLite and PostgreSQL in turn: starts `camvoice serve` (gunicorn gthread, 2 workers x 4
+threads unless --workers/--threads say otherwise, the same for every case), links two owners
+(5 and 300 cameras) with an Alexa and a Google client, and drives each case with wrk (Debian
+package) at 32 connections. Prints
 requests/s, p50, p99 and the ratio to the floor (a trivial JSON endpoint, /healthz) measured in
-the same run. Then counts SQL statements per directive for owners with 5 and 300 cameras, and
+the same run, and the memory (VmRSS, and its peak VmHWM) of each gunicorn worker after that
+database's cases. Then counts SQL statements per directive for owners with 5 and 300 cameras, and
 times the Lambda forwarder against a direct POST.
 
 A figure is printed only for an answer that is the case's success shape: before timing, each
@@ -13,6 +15,7 @@ access token). A case that answers anything else, or any request under load that
 (non-2xx, socket error, timeout), stops the run with a non-zero exit and says which.
 
     .venv/bin/python bench/load.py [--seconds 5] [--connections 32] [--skip-postgres]
+                                   [--workers 2] [--threads 4]
     .venv/bin/python bench/load.py --smoke   # SQLite, 1 s per case, built-in loop, no wrk
 """
 

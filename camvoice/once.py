@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 import redis
-from sqlalchemy import String, delete
+from sqlalchemy import String, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -46,22 +46,26 @@ class DatabaseOnce:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.purged = float("-inf")  # monotonic time of this process's last purge
-
-    def claim(self, key: str, ttl: int) -> bool:
-        now = utcnow()
-        insert = postgresql.insert if self.db.engine.dialect.name == "postgresql" else sqlite.insert
-        stmt = (
+        # Built once (its values are bound per claim): building it cost as much as running it.
+        insert = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
+        self.insert = (
             insert(UsedOnce)
-            .values(key=key, expires_at=now + timedelta(seconds=ttl))
+            .values(key=bindparam("key"), expires_at=bindparam("expires_at"))
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(UsedOnce.key)
         )
+
+    def claim(self, key: str, ttl: int) -> bool:
+        now = utcnow()
         with self.db.autocommit.connect() as conn:
             if time.monotonic() - self.purged >= PURGE_INTERVAL:
                 self.purged = time.monotonic()
                 conn.execute(delete(UsedOnce).where(UsedOnce.expires_at < now))
             # No row inserted: claimed before, by this instance or another.
-            return conn.execute(stmt).first() is not None
+            row = conn.execute(
+                self.insert, {"key": key, "expires_at": now + timedelta(seconds=ttl)}
+            )
+            return row.first() is not None
 
 
 class RedisOnce:
