@@ -1,10 +1,12 @@
 """What camvoice costs: throughput and latency of its endpoints against the floor of the same app.
 
-For SQLite and PostgreSQL in turn: starts `camvoice serve` (gunicorn, 2 gthread workers x 4
-threads, the same for every case), links two owners (5 and 300 cameras) with an Alexa and a
-Google client, and drives each case with wrk (Debian package) at 32 connections. Prints
+For SQLite and PostgreSQL in turn: starts `camvoice serve` (gunicorn gthread, 2 workers x 4
+threads unless --workers/--threads say otherwise, the same for every case), links two owners
+(5 and 300 cameras) with an Alexa and a Google client, and drives each case with wrk (Debian
+package) at 32 connections. Prints
 requests/s, p50, p99 and the ratio to the floor (a trivial JSON endpoint, /healthz) measured in
-the same run. Then counts SQL statements per directive for owners with 5 and 300 cameras, and
+the same run, and the memory (VmRSS, and its peak VmHWM) of each gunicorn worker after that
+database's cases. Then counts SQL statements per directive for owners with 5 and 300 cameras, and
 times the Lambda forwarder against a direct POST.
 
 A figure is printed only for an answer that is the case's success shape: before timing, each
@@ -13,6 +15,7 @@ access token). A case that answers anything else, or any request under load that
 (non-2xx, socket error, timeout), stops the run with a non-zero exit and says which.
 
     .venv/bin/python bench/load.py [--seconds 5] [--connections 32] [--skip-postgres]
+                                   [--workers 2] [--threads 4]
     .venv/bin/python bench/load.py --smoke   # SQLite, 1 s per case, built-in loop, no wrk
 """
 
@@ -340,13 +343,16 @@ class Server:
     says only "did not start" sends the reader hunting.
     """
 
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+    def __init__(self, env: dict[str, str], port: int, log: Path, model: tuple[int, int]) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
+        workers, threads = model
+        command = [str(BIN / "camvoice"), "serve", "--port", str(port),
+                   "--workers", str(workers), "--threads", str(threads)]  # fmt: skip
         with log.open("wb") as out:
-            self.process = subprocess.Popen([str(BIN / "camvoice"), "serve", "--port", str(port)],
-                                            env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-        deadline = time.monotonic() + 60
+            self.process = subprocess.Popen(command, env=env, stdout=out,
+                                            stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 180  # a loaded machine has taken over 60 s
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
                 if requests.get(self.url + "/readyz", timeout=5).ok:
@@ -355,17 +361,40 @@ class Server:
                 time.sleep(0.2)
         self.stop()
         tail = log.read_text(errors="replace")[-1500:]
-        raise BenchFailure(f"camvoice serve did not become ready within 60 s; {log}:\n{tail}")
+        raise BenchFailure(f"camvoice serve did not become ready within 180 s; {log}:\n{tail}")
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(15)
 
+    def worker_memory(self) -> list[tuple[int, int]]:
+        """(VmRSS, VmHWM) in kB of each gunicorn worker: the master's children that run its
+        command line (the RTSPS relay and the media node are children too, but other programs)."""
+        master = Path(f"/proc/{self.process.pid}/cmdline").read_bytes()
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if not proc.name.isdigit() or proc_field(proc, "PPid") != self.process.pid:
+                    continue
+                if (proc / "cmdline").read_bytes() == master:
+                    found.append((proc_field(proc, "VmRSS"), proc_field(proc, "VmHWM")))
+            except (OSError, ValueError):  # gone meanwhile, or not readable
+                continue
+        return sorted(found)
+
+
+def proc_field(proc: Path, name: str) -> int:
+    """A number from /proc/<pid>/status (kB for the memory fields)."""
+    for line in (proc / "status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"{proc} has no {name}")
+
 
 @contextmanager
-def serving(env: dict[str, str], port: int, log: Path) -> Iterator[Server]:
+def serving(env: dict[str, str], port: int, log: Path, model: tuple[int, int]) -> Iterator[Server]:
     """A server that is stopped however the bench ends."""
-    server = Server(env, port, log)
+    server = Server(env, port, log, model)
     try:
         yield server
     finally:
@@ -548,7 +577,7 @@ def print_rows(
 
 
 def run_suite(label: str, db_url: str, loader: Loader, seconds: int, connections: int,
-              scratch: Path, forwarder_runs: int = 0) -> None:  # fmt: skip
+              scratch: Path, model: tuple[int, int], forwarder_runs: int = 0) -> None:  # fmt: skip
     """Every case against one database, then (if asked) the forwarder against the same server."""
     port = free_port()
     db = Database(db_url)
@@ -557,13 +586,19 @@ def run_suite(label: str, db_url: str, loader: Loader, seconds: int, connections
     google = register(db, "Bench Google", GOOGLE_URIS, "google")
     env = server_env(label, db_url, port, scratch)
     try:
-        with serving(env, port, scratch / f"{label}.log") as server:
+        with serving(env, port, scratch / f"{label}.log", model) as server:
             owners = linked_owners(db, server.url, alexa, google)
             five = owners["five@example.com"]
             cases = [Case("floor /healthz", "/healthz", any_json), *stream_cases(five),
                      *discovery_cases(owners), refresh_case(five, alexa)]  # fmt: skip
             print(f"\n[{label}]")
             print_rows(server.url, cases, loader, seconds, connections)
+            memory = server.worker_memory()
+            if not memory:
+                raise BenchFailure("found no gunicorn worker to read the memory of")
+            print(f"  RSS per web worker after the cases ({label}): "
+                  + ", ".join(f"{rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB)"
+                              for rss, peak in memory), flush=True)  # fmt: skip
             if forwarder_runs:
                 direct, forwarded = forwarder_latency(server.url, five, forwarder_runs)
                 print(f"\nLambda forwarder ({label}): direct {direct:.1f} ms, through lambda_handler "
@@ -727,6 +762,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=5, help="seconds per case")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker")
     parser.add_argument("--smoke", action="store_true",
                         help="SQLite only, 1 s per case, 4 clients from a Python loop (no wrk), "
                              "3 forwarder runs: every case and check, no comparable figures")  # fmt: skip
@@ -741,14 +778,16 @@ def run(args: argparse.Namespace) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="camvoice-bench-"))
     loader: Loader = python_load if args.smoke else wrk
     tool = "Python loop (smoke)" if args.smoke else "wrk -t2"
+    model = (args.workers, args.threads)
     print(f"camvoice load benchmark: {tool} -c{args.connections} -d{args.seconds}s, "
-          "gunicorn 2 workers x 4 threads")  # fmt: skip
+          f"gunicorn {args.workers} workers x {args.threads} threads")  # fmt: skip
     sqlite = f"sqlite:///{scratch / 'bench.db'}"
     forwarder_runs = 3 if args.smoke else 30
-    run_suite("sqlite", sqlite, loader, args.seconds, args.connections, scratch, forwarder_runs)
+    run_suite("sqlite", sqlite, loader, args.seconds, args.connections, scratch, model,
+              forwarder_runs)  # fmt: skip
     if not args.skip_postgres:
         with postgres_database() as url:
-            run_suite("postgresql", url, loader, args.seconds, args.connections, scratch)
+            run_suite("postgresql", url, loader, args.seconds, args.connections, scratch, model)
     print("\nSQL statements per request, each BEGIN included, after one warm-up request")
     print("(owner with 5 cameras -> with 300), SQLite, in-process:")
     for case, (five, many) in query_counts(scratch).items():

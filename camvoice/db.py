@@ -49,6 +49,15 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Each statement its own transaction, committed when it returns: a one-statement write
+        # (a single-use claim) in one round trip instead of BEGIN, the statement and COMMIT.
+        self.autocommit = self.engine.execution_options(
+            **(
+                {"camvoice_autocommit": True}
+                if self.is_sqlite
+                else {"isolation_level": "AUTOCOMMIT"}
+            )
+        )
         self.readers = sessionmaker(
             self.engine.execution_options(camvoice_read_only=True),
             class_=ReadOnlySession,
@@ -121,8 +130,11 @@ def private_file(path: Path) -> None:
 def _sqlite_begin(conn: Any) -> None:
     """A writing transaction takes the write lock at BEGIN, so two writers queue on busy_timeout
     rather than failing with "database is locked" when a read turns into a write; a reading one
-    (Database.reading) takes no lock at all."""
-    read_only = conn.get_execution_options().get("camvoice_read_only", False)
+    (Database.reading) takes no lock at all, and Database.autocommit begins none."""
+    options = conn.get_execution_options()
+    if options.get("camvoice_autocommit"):
+        return  # Database.autocommit: no BEGIN, so SQLite commits each statement by itself
+    read_only = options.get("camvoice_read_only", False)
     conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 

@@ -6,8 +6,9 @@ So the first delivery claims the key and every later one, on any instance, is re
 
 With CAMVOICE_REDIS_URL the claim is a SET NX with an expiry (one round trip); without it, an
 INSERT into a table whose primary key is the key, which every instance shares too (the loser of
-two concurrent claims gets no row). A claim is one INSERT in its own transaction; at most once
-every PURGE_INTERVAL seconds a process's claim also deletes the expired rows, so the table holds
+two concurrent claims inserts nothing). A claim is one INSERT that commits by itself, durable
+before the directive is read (one round trip: no BEGIN or COMMIT around it); at most once every
+PURGE_INTERVAL seconds a process's claim also deletes the expired rows, so the table holds
 little more than one window's worth of forwards.
 """
 
@@ -18,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 import redis
-from sqlalchemy import String, delete
+from sqlalchemy import String, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -45,18 +46,26 @@ class DatabaseOnce:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.purged = float("-inf")  # monotonic time of this process's last purge
+        # Built once (its values are bound per claim): building it cost as much as running it.
+        insert = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
+        self.insert = (
+            insert(UsedOnce)
+            .values(key=bindparam("key"), expires_at=bindparam("expires_at"))
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(UsedOnce.key)
+        )
 
     def claim(self, key: str, ttl: int) -> bool:
         now = utcnow()
-        with self.db.session() as session:
+        with self.db.autocommit.connect() as conn:
             if time.monotonic() - self.purged >= PURGE_INTERVAL:
                 self.purged = time.monotonic()
-                session.execute(delete(UsedOnce).where(UsedOnce.expires_at < now))
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            stmt = insert(UsedOnce).values(key=key, expires_at=now + timedelta(seconds=ttl))
-            stmt = stmt.on_conflict_do_nothing(index_elements=["key"]).returning(UsedOnce.key)
-            return session.execute(stmt).first() is not None  # no row: claimed before
+                conn.execute(delete(UsedOnce).where(UsedOnce.expires_at < now))
+            # No row inserted: claimed before, by this instance or another.
+            row = conn.execute(
+                self.insert, {"key": key, "expires_at": now + timedelta(seconds=ttl)}
+            )
+            return row.first() is not None
 
 
 class RedisOnce:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +31,7 @@ from camvoice.db import Database
 from camvoice.models import Base, Camera, utcnow
 from camvoice.readiness import Assistant, Blocker, readiness
 from camvoice.settings import Settings
-from camvoice.tickets import Audience, Protocol, Ticket, TicketError, new_ticket
+from camvoice.tickets import Audience, Protocol, Ticket, TicketError, TicketSigner, new_ticket
 
 VIEW_GAP = timedelta(seconds=60)  # a session whose player stopped fetching this long is over
 LAST_SEEN_RESOLUTION = timedelta(seconds=10)
@@ -134,6 +136,12 @@ class Streams:
         self.registry = registry
         self.grant_is_live = grant_is_live
         self.session_is_live = session_is_live
+        self.clouds: dict[str, bool] = {}  # registered backend's name -> is a camera cloud
+
+    @cached_property
+    def signer(self) -> TicketSigner:
+        """The settings' ticket signer, its keys derived once rather than for every ticket."""
+        return self.settings.signer()
 
     def open(
         self,
@@ -143,6 +151,8 @@ class Streams:
         protocol: Protocol,
         grant_id: str | None = None,
         session_ref: str | None = None,
+        *,
+        within: Session | None = None,
         **detail: Any,
     ) -> OpenStream:
         """Readiness on the last known state, one check with the backend, then a signed URL.
@@ -152,12 +162,22 @@ class Streams:
         StreamRefused with the blockers, or CameraGone. Both the refusal and the URL handed out
         are audited; `detail` goes into that audit row. A console stream names its sign-in
         session (`session_ref`): signing out ends it.
+
+        `within`: the caller's transaction, for a camera whose backend asks nobody
+        (`asks_backend` False): the audit row joins it, so the directive commits once. The
+        caller commits it before answering, and must not let StreamRefused roll it back.
         """
+        if within is not None and self.asks_backend(camera):
+            raise ValueError("a camera cloud is asked with no transaction open")
         blockers = blockers_for(camera, audience, protocol)
-        if not blockers and self.registry.backend_for(camera).recheck(camera, protocol):
+        if (
+            not blockers
+            and within is None
+            and self.registry.backend_for(camera).recheck(camera, protocol)
+        ):
             camera = self._reread(db, camera)  # what the backend learnt
             blockers = blockers_for(camera, audience, protocol)
-        with db.session() as session:
+        with nullcontext(within) if within is not None else db.session() as session:
             if blockers:
                 record_refusal(session, camera, audience, reason_of(blockers),
                                protocol=protocol.value, **detail)  # fmt: skip
@@ -181,6 +201,16 @@ class Streams:
             ),
             expires_at=datetime.fromtimestamp(int(datetime.now(UTC).timestamp() + ttl), UTC),
         )
+
+    def asks_backend(self, camera: Camera) -> bool:
+        """Whether opening this camera's stream asks a camera cloud first (so it must be opened
+        with no transaction held); a camera whose truth is the registry asks nobody."""
+        known = self.clouds.get(camera.backend)
+        if known is None:
+            known = self.registry.cloud(camera.backend) is not None
+            if camera.backend in self.registry.backends:
+                self.clouds[camera.backend] = known
+        return known
 
     @staticmethod
     def _reread(db: Database, camera: Camera) -> Camera:
@@ -235,7 +265,7 @@ class Streams:
             raise ValueError("refusing to mint a stream ticket for a blocked camera")
         ticket = new_ticket(camera.id, camera.owner_id, protocol, audience,
                             self.settings.stream_ticket_ttl, grant_id, session_ref)  # fmt: skip
-        return self.settings.signer().sign(ticket)
+        return self.signer.sign(ticket)
 
     def signaling_url(self) -> str:
         """Where WebRTC offers are posted (with the ticket as a bearer token)."""
@@ -268,7 +298,7 @@ class Streams:
         self, session: Session, token: str, camera_id: str, protocol: Protocol
     ) -> tuple[Camera, Ticket]:
         """Check one fetch; raises TicketError with the reason when it must be refused."""
-        ticket = self.settings.signer().verify(token, camera_id, protocol)
+        ticket = self.signer.verify(token, camera_id, protocol)
         view = session.get(StreamView, ticket.id)
         if ticket.expired:
             now = utcnow()

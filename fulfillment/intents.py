@@ -169,58 +169,81 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
 
 
 def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict[str, Any]:
-    with ctx.services.db.reading() as session:
+    streams = ctx.services.streams
+    opened: OpenStream | None = None
+    with ctx.services.db.session() as session:  # one transaction, for a camera the registry holds
         camera = owned(ctx, session, camera_id)
-    if camera is None:
-        return error(camera_id, "deviceNotFound")
-    if execution["command"] != GET_CAMERA_STREAM:
-        return error(camera_id, "functionNotSupported")
-    params = execution["params"]
-    to_chromecast = params.get("StreamToChromecast") is True
-    chosen = next(
+        if camera is None:
+            return error(camera_id, "deviceNotFound")
+        if execution["command"] != GET_CAMERA_STREAM:
+            return error(camera_id, "functionNotSupported")
+        to_chromecast = execution["params"].get("StreamToChromecast") is True
+        chosen = chosen_protocol(camera, execution["params"], to_chromecast)
+        if chosen is None:
+            # Nothing to play it with: no camera-cloud call. A blocked camera still says why.
+            known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
+            record_refusal(session, camera, Audience.GOOGLE,
+                           reason_of(known) or "no_common_protocol")  # fmt: skip
+            return (
+                blocked(camera_id, known[0]) if known else error(camera_id, "functionNotSupported")
+            )
+        if not streams.asks_backend(camera):
+            try:
+                opened = streams.open(
+                    ctx.services.db, camera, Audience.GOOGLE, OUR_PROTOCOLS[chosen],
+                    ctx.principal.grant_id, within=session, to_chromecast=to_chromecast,
+                )  # fmt: skip
+            except StreamRefused as refused:  # audited in this transaction, kept by its commit
+                return blocked(camera_id, refused.blockers[0])
+    if opened is None:  # a camera cloud is asked, with no transaction open
+        try:
+            opened = streams.open(
+                ctx.services.db, camera, Audience.GOOGLE, OUR_PROTOCOLS[chosen],
+                ctx.principal.grant_id, to_chromecast=to_chromecast,
+            )  # fmt: skip
+        except CameraGone:
+            return error(camera_id, "deviceNotFound")
+        except StreamRefused as refused:
+            return blocked(camera_id, refused.blockers[0])
+    return {
+        "ids": [camera_id],
+        "status": "SUCCESS",
+        "states": stream_states(ctx, camera, opened, chosen, to_chromecast),
+    }
+
+
+def chosen_protocol(camera: Camera, params: dict[str, Any], to_chromecast: bool) -> str | None:
+    """Our first protocol the device supports; a Cast receiver plays HLS, not WebRTC."""
+    return next(
         (
             name
             for name in advertised(camera)
-            # A Cast receiver plays HLS, not WebRTC: a Chromecast keeps HLS.
             if name in params["SupportedStreamProtocols"]
             and not (to_chromecast and name == "webrtc")
         ),
         None,
     )
-    if chosen is None:
-        # Nothing to play it with: no camera-cloud call. A blocked camera still says why.
-        known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
-        with ctx.services.db.session() as session:
-            record_refusal(session, camera, Audience.GOOGLE,
-                           reason_of(known) or "no_common_protocol")  # fmt: skip
-        if known:
-            return blocked(camera_id, known[0])
-        return error(camera_id, "functionNotSupported")
-    try:
-        opened = ctx.services.streams.open(
-            ctx.services.db, camera, Audience.GOOGLE, OUR_PROTOCOLS[chosen],
-            ctx.principal.grant_id, to_chromecast=to_chromecast,
-        )  # fmt: skip
-    except CameraGone:
-        return error(camera_id, "deviceNotFound")
-    except StreamRefused as refused:
-        return blocked(camera_id, refused.blockers[0])
+
+
+def stream_states(
+    ctx: Context, camera: Camera, opened: OpenStream, chosen: str, to_chromecast: bool
+) -> dict[str, Any]:
+    """The EXECUTE states of a stream handed out for `camera` (as SYNC advertised it)."""
     if chosen == "webrtc":
-        states = webrtc_states(ctx, opened)
-    else:
-        states = {
-            "online": True,
-            "cameraStreamAccessUrl": opened.url,
-            "cameraStreamProtocol": chosen,
-        }
-        if needs_auth_token(camera):
-            # Promised in SYNC: without one Google would hand the owner's OAuth access token to
-            # the receiver. The HLS ticket (already in the URL) is camera-bound and short-lived.
-            states["cameraStreamAuthToken"] = opened.token
-        receiver = ctx.services.settings.google_receiver_app_id
-        if receiver and to_chromecast:  # a Cast receiver plays it
-            states["cameraStreamReceiverAppId"] = receiver
-    return {"ids": [camera_id], "status": "SUCCESS", "states": states}
+        return webrtc_states(ctx, opened)
+    states: dict[str, Any] = {
+        "online": True,
+        "cameraStreamAccessUrl": opened.url,
+        "cameraStreamProtocol": chosen,
+    }
+    if needs_auth_token(camera):
+        # Promised in SYNC: without one Google would hand the owner's OAuth access token to
+        # the receiver. The HLS ticket (already in the URL) is camera-bound and short-lived.
+        states["cameraStreamAuthToken"] = opened.token
+    receiver = ctx.services.settings.google_receiver_app_id
+    if receiver and to_chromecast:  # a Cast receiver plays it
+        states["cameraStreamReceiverAppId"] = receiver
+    return states
 
 
 def webrtc_states(ctx: Context, opened: OpenStream) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from camvoice.services import Services
 from fulfillment.intents import INTENTS, BadRequest, Context
-from oauth.tokens import Principal, authenticate_bearer
+from oauth.tokens import Principal, authenticate_bearer, touch_grant
 
 bp = Blueprint("fulfillment", __name__)
 
@@ -50,10 +50,15 @@ def fulfillment() -> Response:
     if not isinstance(intent, str) or intent not in INTENTS:
         return bad_request(f"the input needs an intent among {', '.join(INTENTS)}", request_id)
     services = Services.of(current_app)
-    with services.db.session() as session:
-        principal = authenticate_bearer(session, bearer_token(), "google")
+    # Checked in a reading transaction (no write lock on SQLite); the link's last use is
+    # written apart, at most once a minute.
+    with services.db.reading() as session:
+        principal = authenticate_bearer(session, bearer_token(), "google", touch=False)
     if not isinstance(principal, Principal):
         return unauthorized(principal.value)
+    if principal.stale:
+        with services.db.session() as session:
+            touch_grant(session, principal.grant_id)
     try:
         payload = INTENTS[intent](Context(services, principal), item.get("payload"))
     except BadRequest as exc:  # raised before the intent's own work is committed

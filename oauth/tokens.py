@@ -342,42 +342,66 @@ class Principal:
     assistant: str
     grant_id: str
     scopes: frozenset[str]
+    # The grant's last use is older than LAST_USED_RESOLUTION and was not written (a check
+    # made with touch=False, in a reading transaction): `touch` it in a writing one.
+    stale: bool = False
 
 
 def authenticate_bearer(
-    session: Session, token: str | None, assistant: str | None = None
+    session: Session, token: str | None, assistant: str | None = None, *, touch: bool = True
 ) -> Principal | Failure:
     """Turn an access token into (account, client, scopes), or a typed failure.
 
     With `assistant`, a token issued to any other audience's client is INVALID here (RFC 9700
     2.3: a token is for its audience): an Alexa token cannot disconnect Google, nor the reverse,
     and an `other` client's token is refused by both.
+
+    The grant's last use is written at most once a minute; with touch=False it is not written
+    here (a reading transaction takes no write lock) and the Principal says `stale` instead.
     """
     if not token:
         return Failure.MISSING
-    # One query for token, link and client: this runs on every directive.
-    row = session.execute(
-        select(Token, Grant, OAuthClient.assistant)
-        .join(Grant, Grant.id == Token.grant_id)
-        .join(OAuthClient, OAuthClient.client_id == Token.client_id)
-        .where(Token.token_hash == digest(token), Token.kind == "access")
-    ).one_or_none()
+    # One Core query for token, link and client (no ORM objects built): this runs on every
+    # directive, and its answer is read from the database each time, so a revocation through
+    # any instance refuses the very next request everywhere.
+    row = session.execute(BEARER, {"token_hash": digest(token)}).one_or_none()
     if row is None:
         return Failure.INVALID
-    access, grant, client_assistant = row
-    if assistant and client_assistant != assistant:
+    if assistant and row.assistant != assistant:
         return Failure.INVALID
-    if access.revoked_at is not None or grant.revoked_at is not None:
+    if row.revoked_at is not None or row.grant_revoked_at is not None:
         return Failure.REVOKED
-    if access.is_expired():
-        return Failure.EXPIRED
     now = utcnow()
-    if grant.last_used_at is None or now - grant.last_used_at > LAST_USED_RESOLUTION:
-        grant.last_used_at = now
+    if row.expires_at is not None and row.expires_at <= now:
+        return Failure.EXPIRED
+    stale = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION
+    if stale and touch:
+        touch_grant(session, row.grant_id)
     return Principal(
-        account_id=access.account_id,
-        client_id=access.client_id,
-        assistant=client_assistant,
-        grant_id=grant.id,
-        scopes=frozenset(access.scope.split()),
+        account_id=row.account_id,
+        client_id=row.client_id,
+        assistant=row.assistant,
+        grant_id=row.grant_id,
+        scopes=frozenset(row.scope.split()),
+        stale=stale and not touch,
     )
+
+
+def touch_grant(session: Session, grant_id: str) -> None:
+    """Record that a grant was used now (the console lists each link's last use)."""
+    session.execute(
+        update(Grant).where(Grant.id == grant_id).values(last_used_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+
+
+BEARER = (
+    select(
+        Token.account_id, Token.client_id, Token.scope, Token.expires_at, Token.revoked_at,
+        Grant.id.label("grant_id"), Grant.revoked_at.label("grant_revoked_at"),
+        Grant.last_used_at, OAuthClient.assistant,
+    )
+    .join(Grant, Grant.id == Token.grant_id)
+    .join(OAuthClient, OAuthClient.client_id == Token.client_id)
+    .where(Token.token_hash == bindparam("token_hash"), Token.kind == "access")
+)  # fmt: skip

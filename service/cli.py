@@ -548,12 +548,13 @@ def backends_remove(ctx: Context, kind: str, owner: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--threads", default=4, show_default=True, type=int, help="threads per worker")
 @pass_ctx
-def serve(ctx: Context, host: str, port: int, workers: int) -> None:
+def serve(ctx: Context, host: str, port: int, workers: int, threads: int) -> None:
     """Serve the web app under gunicorn (and the RTSPS relay when enabled)."""
     require_migrated(ctx)
     with rtsps_relay(ctx.settings, port), media_node(ctx.settings):
-        run_gunicorn(host, port, workers)
+        run_gunicorn(host, port, workers, threads=threads)
 
 
 @main.command()

@@ -19,7 +19,13 @@ from camvoice import audit
 from camvoice.cameras import CameraGone
 from camvoice.models import Camera
 from camvoice.services import Services
-from camvoice.streams import StreamRefused, blockers_for, reason_of, record_refusal
+from camvoice.streams import (
+    OpenStream,
+    StreamRefused,
+    blockers_for,
+    reason_of,
+    record_refusal,
+)
 from camvoice.tickets import Audience, Protocol
 from camvoice.webrtc import WebRTCError
 from oauth.tokens import Failure, Principal, authenticate_bearer
@@ -101,32 +107,33 @@ def discover(req: Request) -> Message:
 
 def initialize_camera_streams(req: Request) -> Message:
     services = req.services
-    with services.db.session() as session:
+    opened: OpenStream | None = None
+    with services.db.session() as session:  # one transaction, for a camera the registry holds
         principal, camera = req.endpoint_owner(session)
-        known = blockers_for(camera, Audience.ALEXA, Protocol.RTSPS)
-        if known:  # the owner hears why first, whatever else is missing
-            record_refusal(session, camera, Audience.ALEXA, reason_of(known))
-    if known:
-        raise errors.for_blocker(known[0])
-    if not services.rtsps_available():
-        with services.db.session() as session:
-            record_refusal(session, camera, Audience.ALEXA, "no_rtsps_relay")
-        raise errors.NotSupportedInCurrentMode("no RTSPS relay is configured", "NOT_PROVISIONED")
-    requested = req.payload.get("cameraStreams")
-    if not isinstance(requested, list) or not all(isinstance(s, dict) for s in requested):
-        raise errors.InvalidDirective("payload.cameraStreams must be a list")
-    chosen = next((s for s in requested if s.get("protocol") == "RTSP"
-                   and s.get("videoCodec") == "H264"), None)  # fmt: skip
-    if chosen is None:
-        raise errors.InvalidValue("only RTSP with H264 can be served")
-    try:
-        opened = services.streams.open(
-            services.db, camera, Audience.ALEXA, Protocol.RTSPS, principal.grant_id
-        )
-    except CameraGone:
-        raise errors.NoSuchEndpoint("no such camera for this account") from None
-    except StreamRefused as refused:
-        raise errors.for_blocker(refused.blockers[0]) from None
+        failure = stream_failure(req, session, camera)
+        if failure is None and not services.streams.asks_backend(camera):
+            try:
+                opened = services.streams.open(
+                    services.db,
+                    camera,
+                    Audience.ALEXA,
+                    Protocol.RTSPS,
+                    principal.grant_id,
+                    within=session,
+                )
+            except StreamRefused as refused:  # audited in this transaction, kept by its commit
+                failure = errors.for_blocker(refused.blockers[0])
+    if failure is not None:
+        raise failure
+    if opened is None:  # a camera cloud is asked, with no transaction open
+        try:
+            opened = services.streams.open(
+                services.db, camera, Audience.ALEXA, Protocol.RTSPS, principal.grant_id
+            )
+        except CameraGone:
+            raise errors.NoSuchEndpoint("no such camera for this account") from None
+        except StreamRefused as refused:
+            raise errors.for_blocker(refused.blockers[0]) from None
     controller = messages.CameraStreamController(opened.camera)
     stream = controller.stream(opened.url, opened.expires_at, IDLE_TIMEOUT_SECONDS)
     return messages.response(
@@ -134,6 +141,27 @@ def initialize_camera_streams(req: Request) -> Message:
         {"cameraStreams": [stream], "imageUri": opened.image_url},
         [messages.EndpointHealth.connectivity(opened.camera)],
     )  # fmt: skip
+
+
+def stream_failure(req: Request, session: Session, camera: Camera) -> errors.AlexaError | None:
+    """Why InitializeCameraStreams cannot be served before the stream is opened, in the order
+    the owner should hear it; a refusal is audited in `session`. Returned, not raised, so the
+    caller's transaction still commits (with the audit row and the bearer's last use)."""
+    known = blockers_for(camera, Audience.ALEXA, Protocol.RTSPS)
+    if known:  # the owner hears why first, whatever else is missing
+        record_refusal(session, camera, Audience.ALEXA, reason_of(known))
+        return errors.for_blocker(known[0])
+    if not req.services.rtsps_available():
+        record_refusal(session, camera, Audience.ALEXA, "no_rtsps_relay")
+        return errors.NotSupportedInCurrentMode("no RTSPS relay is configured", "NOT_PROVISIONED")
+    requested = req.payload.get("cameraStreams")
+    if not isinstance(requested, list) or not all(isinstance(s, dict) for s in requested):
+        return errors.InvalidDirective("payload.cameraStreams must be a list")
+    chosen = next((s for s in requested if s.get("protocol") == "RTSP"
+                   and s.get("videoCodec") == "H264"), None)  # fmt: skip
+    if chosen is None:
+        return errors.InvalidValue("only RTSP with H264 can be served")
+    return None
 
 
 def session_id_of(payload: dict[str, Any]) -> str:

@@ -98,6 +98,10 @@ def test_load_smoke() -> None:
         assert counts, f"no statement count for {case}:\n{out}"
         assert counts.group(1) == counts.group(2), f"{case} grows with cameras: {counts.group(0)}"
     assert re.search(r"Lambda forwarder \(sqlite\): direct [\d.]+ ms, through lambda_handler", out)
+    # Each gunicorn worker's memory (2 workers by default), read from /proc after the cases.
+    memory = re.search(r"^  RSS per web worker after the cases \(sqlite\): (.+)$", out, re.M)
+    assert memory, out
+    assert len(re.findall(r"\d+ MB \(peak \d+ MB\)", memory.group(1))) == 2, memory.group(0)
 
 
 def test_load_checks_refuse_error_answers() -> None:
