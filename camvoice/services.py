@@ -13,6 +13,7 @@ from typing import Any
 
 from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.metrics import Metrics
 from camvoice.once import Once
 from camvoice.outbox import Outbox
 from camvoice.purge import Purger
@@ -41,6 +42,8 @@ class Services:
     purger: Purger = field(default_factory=Purger)
     # Live WebRTC sessions: the engine media/ wires into a web or media process.
     webrtc: WebRTC = field(default_factory=NoWebRTC)
+    # Prometheus metrics of this process (camvoice/metrics.py), against its own registry.
+    metrics: Metrics = field(default_factory=Metrics)
 
     def install(self, app: Any) -> None:
         """Hand this wiring to a web app (anything with Flask's `extensions` dict)."""

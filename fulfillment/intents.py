@@ -187,6 +187,7 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
             record_refusal(session, camera, Audience.GOOGLE,
                            reason_of(known) or "no_common_protocol")  # fmt: skip
         if known:
+            ctx.services.metrics.stream_denied("google", "hls", known[0].value)
             return blocked(camera_id, known[0])
         return error(camera_id, "functionNotSupported")
     try:

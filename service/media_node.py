@@ -30,7 +30,7 @@ def create_media_app(
 
     private_files()
     settings = settings or load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     db = db or Database(settings.sqlalchemy_url)
     app = Flask("camvoice-media")
     app.config.update(MAX_CONTENT_LENGTH=256 * 1024)  # an SDP offer is a few kilobytes
@@ -60,7 +60,9 @@ def local_engine(services: Services) -> WebRTC:
 
     settings = services.settings
     feeds = Feeds(find_ffmpeg(settings.ffmpeg), settings.address_policy())
-    return WebRTCEngine(settings, services.db, services.streams, services.registry, feeds)
+    return WebRTCEngine(
+        settings, services.db, services.streams, services.registry, feeds, services.metrics
+    )
 
 
 def remote_engine(settings: Settings) -> RemoteWebRTC:

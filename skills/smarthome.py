@@ -102,6 +102,7 @@ def initialize_camera_streams(req: Request) -> Message:
         known = blockers_for(camera, Audience.ALEXA, Protocol.RTSPS)
         if known:  # the owner hears why first, whatever else is missing
             record_refusal(session, camera, Audience.ALEXA, reason_of(known))
+            services.metrics.stream_denied("alexa", "rtsps", known[0].value)
     if known:
         raise errors.for_blocker(known[0])
     if not services.rtsps_available():
@@ -175,6 +176,7 @@ def initiate_session(req: Request) -> Message:
         if known:  # the owner hears why first, whatever else is wrong
             record_refusal(session, camera, Audience.ALEXA, reason_of(known),
                            protocol=Protocol.WEBRTC.value)  # fmt: skip
+            services.metrics.stream_denied("alexa", "webrtc", known[0].value)
     if known:
         raise errors.for_blocker(known[0])
     session_id, offer = session_id_of(req.payload), offer_of(req.payload)
