@@ -19,6 +19,12 @@ control_socket_disable = True
 if os.environ.get("CAMVOICE_LOG_FORMAT", "").lower() == "json":
     logconfig_dict = {"formatters": {"generic": {"()": "service.logs.JSONFormatter"}}}
 
+# With /metrics on, the workers share a folder for their values (emptied in on_starting); set
+# before any worker imports prometheus_client, which reads it at import.
+if os.environ.get("CAMVOICE_METRICS_TOKEN"):
+    data_dir = os.environ.get("CAMVOICE_DATA_DIR", "instance")
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(data_dir, "prometheus"))
+
 
 def on_starting(server):
     """Before any worker: an empty PROMETHEUS_MULTIPROC_DIR (last run's values would add up)."""

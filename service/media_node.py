@@ -18,7 +18,7 @@ from camvoice.webrtc import WebRTC
 from media import node_views
 from media.nodes import node_secret
 from media.remote import RemoteWebRTC
-from service import private_files
+from service import metrics, private_files
 from service.wiring import build_services, redis_client
 
 
@@ -39,6 +39,7 @@ def create_media_app(
     services.install(app)
     app.extensions["camvoice.node_secret"] = node_secret(settings.key())
     app.register_blueprint(node_views.bp)
+    metrics.init_app(app, services)  # its live WebRTC sessions (bearer token, like the web's)
     app.add_url_rule("/healthz", "healthz", lambda: jsonify(status="ok"))
     app.register_error_handler(
         Exception, lambda exc: media_error(exc, http_error, unexpected_error)
