@@ -13,9 +13,9 @@ multiprocess mode) and a scrape, served by any worker, adds them up. What lives 
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -27,7 +27,11 @@ from sqlalchemy import func, select
 from camvoice.db import Database
 from camvoice.models import OutboxEvent, utcnow
 
-log = logging.getLogger("camvoice.requests")
+# What the request being answered was, for its access line (service/logs.py sets a dict here
+# per request when logging JSON; None otherwise, and then nothing is kept).
+request_fields: ContextVar[dict[str, object] | None] = ContextVar(
+    "camvoice_request_fields", default=None
+)
 
 # Seconds: directives are answered in milliseconds; Alexa gives up at 8 s, its target is 1 s.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 8.0)
@@ -85,18 +89,19 @@ class Metrics:
         seconds: float,
         camera_id: object = None,
     ) -> None:
-        """One directive or intent answered: counted, timed, and logged with what it was.
+        """One directive or intent answered: counted, timed, and kept for the request's access
+        line (no log line of its own: records cost their redaction, tens of microseconds).
 
         `name` and `outcome` must come from a closed set (the dispatch table's keys, the
         protocol's error types), never from the request as sent: label values are kept forever.
         """
         self.requests.labels(assistant, name, outcome).inc()
         self.latency.labels(assistant, name).observe(seconds)
-        fields = {"assistant": assistant, "directive": name, "outcome": outcome,
-                  "duration_ms": round(seconds * 1000, 1)}  # fmt: skip
-        if isinstance(camera_id, str) and CAMERA_ID.fullmatch(camera_id):
-            fields["camera_id"] = camera_id
-        log.info("%s %s answered: %s", assistant, name, outcome, extra=fields)
+        fields = request_fields.get()
+        if fields is not None:
+            fields.update(assistant=assistant, directive=name, outcome=outcome)
+            if isinstance(camera_id, str) and CAMERA_ID.fullmatch(camera_id):
+                fields["camera_id"] = camera_id
 
     def stream_opened(self, assistant: str, protocol: str, blockers: list[str]) -> None:
         """A stream asked for: handed out, or refused for its first blocker."""

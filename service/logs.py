@@ -4,7 +4,8 @@ CAMVOICE_LOG_FORMAT=json makes every line of the app, gunicorn, the worker and t
 one JSON object (`JSONFormatter`, a standard logging.Formatter). `RequestIds` gives each request
 an id (a sane X-Request-ID as sent, else a new one), echoes it in the response, stamps it on
 every line logged while the request runs and, in JSON mode, ends the request with one access
-line: method, route (never the path: stream paths carry tickets), status and duration.
+line: method, route (never the path: stream paths carry tickets), status and duration, and for
+a directive or an intent its assistant, name, outcome and camera (camvoice/metrics.py).
 Messages are redacted when their records are made (camvoice/redact.py); the fields added here
 are ids, names and numbers only.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 from flask import Flask, request
 
+from camvoice.metrics import request_fields
 from camvoice.redact import redact
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -78,6 +80,8 @@ class RequestIds:
         sent = environ.get("HTTP_X_REQUEST_ID", "")
         request_id = sent if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
         token = _request_id.set(request_id)
+        fields: dict[str, object] = {}
+        fields_token = request_fields.set(fields if self.access else None)
         started = time.perf_counter()
         status: list[str] = []
 
@@ -91,11 +95,13 @@ class RequestIds:
         finally:
             if self.access:
                 access_log.info("request", extra={
+                    **fields,
                     "method": environ.get("REQUEST_METHOD"),
                     "route": environ.get(ROUTE_KEY, "(no route)"),
                     "status": int(status[0].split()[0]) if status else None,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 })  # fmt: skip
+            request_fields.reset(fields_token)
             _request_id.reset(token)
 
 

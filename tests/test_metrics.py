@@ -276,14 +276,14 @@ def test_json_lines_carry_the_request_id_and_no_secret(
     by_id: dict[str, list[dict[str, Any]]] = {}
     for line in lines:
         by_id.setdefault(line.get("request_id", ""), []).append(line)
-    directive_lines = by_id["alexa-req-1"]
-    answered = next(line for line in directive_lines if line["logger"] == "camvoice.requests")
-    assert answered["assistant"] == "alexa" and answered["outcome"] == "ok"
-    assert answered["camera_id"] == demo["Front Door"] and answered["duration_ms"] >= 0
-    access = next(line for line in directive_lines if line["logger"] == "camvoice.access")
+    access = next(line for line in by_id["alexa-req-1"] if line["logger"] == "camvoice.access")
     assert access["route"] == "/alexa/smart-home" and access["status"] == 200
-    intent = next(line for line in by_id["google-req-1"] if line["logger"] == "camvoice.requests")
+    assert access["assistant"] == "alexa" and access["outcome"] == "ok"
+    assert access["directive"] == "Alexa.CameraStreamController.InitializeCameraStreams"
+    assert access["camera_id"] == demo["Front Door"] and access["duration_ms"] >= 0
+    intent = next(line for line in by_id["google-req-1"] if line["logger"] == "camvoice.access")
     assert intent["assistant"] == "google" and intent["camera_id"] == demo["Front Door"]
+    assert intent["directive"] == "action.devices.EXECUTE" and intent["outcome"] == "ok"
     fetch = next(line for line in by_id["fetch-req-1"] if line["logger"] == "camvoice.access")
     assert fetch["route"] == "/streams/<camera_id>/<token>/index.m3u8"
 
