@@ -168,3 +168,10 @@ def test_console_webrtc_smoke() -> None:
     out = smoke("console_webrtc.py", "--runs", "1")
     assert re.search(r"^cold view: gather \d+ ms, offer -> frame \d+ ms", out, re.M), out
     assert re.search(r"^offer -> frame: median \d+ ms, max \d+ ms \(1 views\)$", out, re.M), out
+
+
+def test_metrics_cost_smoke() -> None:
+    out = smoke("metrics_cost.py", "--runs", "10")
+    for case in ("metrics, one process", "request id, text logs", "JSON access line",
+                 "metrics, multiprocess"):  # fmt: skip
+        assert re.search(re.escape(case) + r"\s+-?[\d.]+ us", out), out
