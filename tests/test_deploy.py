@@ -229,6 +229,7 @@ def test_compose_monitoring_profile() -> None:
     assert "metrics-token" in prometheus["secrets"]
     assert "./monitoring/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
     assert services["web-a"]["environment"]["CAMVOICE_METRICS_TOKEN"] == "${CAMVOICE_METRICS_TOKEN}"
+    assert "respond /metrics 404" in (DEPLOY / "Caddyfile").read_text()  # not from outside
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     assert config["rule_files"] == ["/etc/prometheus/camvoice.rules.yml"]
     targets = set()

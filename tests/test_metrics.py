@@ -365,3 +365,31 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_media_node_serves_its_metrics(settings: Settings, db: Database) -> None:
+    from camvoice.webrtc import NoWebRTC
+    from service.media_node import create_media_app
+
+    configured = settings.model_copy(update={"metrics_token": SecretStr(METRICS_TOKEN)})
+    with LiveServer(create_media_app(configured, db, NoWebRTC())) as node:
+        assert requests.get(node.url + "/metrics", timeout=10).status_code == 401
+        assert value(scrape(node.url), "camvoice_webrtc_sessions_live") == 0
+
+
+def test_a_dead_workers_live_gauges_stop_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn's child_exit hook (service.metrics.worker_exited) removes a dead worker's
+    live gauges (relays, WebRTC sessions), which would otherwise count forever."""
+    from service.metrics import MULTIPROC_ENV, worker_exited
+
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    dead = folder / "gauge_livesum_4242.db"
+    dead.write_bytes(b"")
+    counter = folder / "counter_4242.db"
+    counter.write_bytes(b"")
+    monkeypatch.setenv(MULTIPROC_ENV, str(folder))
+    worker_exited(None, type("Worker", (), {"pid": 4242})())
+    assert not dead.exists() and counter.exists()  # counters keep counting what was done
