@@ -354,8 +354,11 @@ def test_gunicorn_workers_add_up_in_one_scrape(
     log.seek(0)
     output = [line for line in log.read().splitlines() if line.startswith("{")]
     parsed = [json.loads(line) for line in output]
-    assert any(p["logger"] == "gunicorn.error" and "Booting worker" in p["message"]
-               for p in parsed)  # fmt: skip
+    # Two web workers and the media node's one, each booted by a gunicorn logging JSON.
+    booted = [
+        p for p in parsed if p["logger"] == "gunicorn.error" and "Booting worker" in p["message"]
+    ]
+    assert len(booted) >= 3, booted
     access = [p for p in parsed if p["logger"] == "camvoice.access"]
     assert len(access) >= sent and all(len(p["request_id"]) == 32 for p in access)
 
@@ -393,3 +396,20 @@ def test_a_dead_workers_live_gauges_stop_counting(
     monkeypatch.setenv(MULTIPROC_ENV, str(folder))
     worker_exited(None, type("Worker", (), {"pid": 4242})())
     assert not dead.exists() and counter.exists()  # counters keep counting what was done
+
+
+def test_the_worker_logs_json(cli_env: dict[str, str]) -> None:
+    env = {**os.environ, **cli_env, "CAMVOICE_LOG_FORMAT": "json"}
+    worker = subprocess.Popen([str(VENV_BIN / "camvoice"), "worker"], env=env,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: list[dict[str, Any]] = []
+    try:
+        assert worker.stderr is not None
+        for raw in worker.stderr:  # until it says it started: a JSON object per line
+            lines.append(json.loads(raw))
+            if "started" in lines[-1]["message"]:
+                break
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert lines[-1]["logger"] == "camvoice.outbox" and lines[-1]["level"] == "INFO"
