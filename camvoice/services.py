@@ -14,6 +14,7 @@ from typing import Any
 from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.discovery import AnswerCache
+from camvoice.metrics import Metrics
 from camvoice.once import Once
 from camvoice.outbox import Outbox
 from camvoice.owner_data import OwnerData
@@ -47,6 +48,8 @@ class Services:
     webrtc: WebRTC = field(default_factory=NoWebRTC)
     # Discovery and SYNC answers kept per owner against their registry version.
     discovery: AnswerCache = field(default_factory=AnswerCache)
+    # Prometheus metrics of this process (camvoice/metrics.py), against its own registry.
+    metrics: Metrics = field(default_factory=Metrics)
 
     def install(self, app: Any) -> None:
         """Hand this wiring to a web app (anything with Flask's `extensions` dict)."""

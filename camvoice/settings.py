@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8080"
     secret_key: SecretStr | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Operations (README): log lines as text or one JSON object each; /metrics's bearer token
+    # (unset: /metrics answers 404).
+    log_format: Literal["text", "json"] = "text"
+    metrics_token: SecretStr | None = None
     access_token_ttl: int = Field(3600, ge=60, le=86400)
     # Sign-in throttling (README, "Sign-in"): one account from one address is stopped after a
     # few failures; one account from everywhere gets NIST 800-63B's ceiling of 100.

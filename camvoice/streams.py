@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from camvoice import audit
 from camvoice.cameras import CameraGone, Registry, protocols
 from camvoice.db import Database
+from camvoice.metrics import Metrics
 from camvoice.models import Base, Camera, utcnow
 from camvoice.readiness import Assistant, Blocker, readiness
 from camvoice.settings import Settings
@@ -131,7 +132,9 @@ class Streams:
         registry: Registry,
         grant_is_live: GrantCheck = no_live_grants,
         session_is_live: SessionCheck = no_live_sessions,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.registry = registry
         self.grant_is_live = grant_is_live
@@ -186,6 +189,7 @@ class Streams:
                              account_id=camera.owner_id, camera_id=camera.id,
                              assistant=audience.value, protocol=protocol.value,
                              **detail)  # fmt: skip
+        self.metrics.stream_opened(audience.value, protocol.value, [b.value for b in blockers])
         if blockers:
             raise StreamRefused(blockers)
         ttl = self.settings.stream_ticket_ttl

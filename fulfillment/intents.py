@@ -184,9 +184,10 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
             known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
             record_refusal(session, camera, Audience.GOOGLE,
                            reason_of(known) or "no_common_protocol")  # fmt: skip
-            return (
-                blocked(camera_id, known[0]) if known else error(camera_id, "functionNotSupported")
-            )
+            if known:
+                ctx.services.metrics.stream_denied("google", "hls", known[0].value)
+                return blocked(camera_id, known[0])
+            return error(camera_id, "functionNotSupported")
         if not streams.asks_backend(camera):
             try:
                 opened = streams.open(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from camvoice.services import Services
@@ -50,17 +53,32 @@ def fulfillment() -> Response:
     if not isinstance(intent, str) or intent not in INTENTS:
         return bad_request(f"the input needs an intent among {', '.join(INTENTS)}", request_id)
     services = Services.of(current_app)
+    started = time.perf_counter()
+    response, outcome, camera_id = answer(services, intent, item, request_id)
+    services.metrics.answered("google", intent, outcome, time.perf_counter() - started, camera_id)
+    return response
+
+
+def answer(
+    services: Services, intent: str, item: dict[str, Any], request_id: str
+) -> tuple[Response, str, object]:
+    """The intent's response, its outcome ("ok" or the first errorCode) and the camera it was
+    about, when it named one."""
     # Checked in a reading transaction (no write lock on SQLite); the link's last use is
     # written apart, at most once a minute.
     with services.db.reading() as session:
         principal = authenticate_bearer(session, bearer_token(), "google", touch=False)
     if not isinstance(principal, Principal):
-        return unauthorized(principal.value)
+        return unauthorized(principal.value), "unauthorized", None
     if principal.stale:
         with services.db.session() as session:
             touch_grant(session, principal.grant_id)
     try:
         payload = INTENTS[intent](Context(services, principal), item.get("payload"))
     except BadRequest as exc:  # raised before the intent's own work is committed
-        return bad_request(str(exc), request_id)
-    return jsonify(requestId=request_id, payload=payload)
+        return bad_request(str(exc), request_id), "protocolError", None
+    commands = payload.get("commands") or [{}]
+    codes = [payload.get("errorCode")] + [c.get("errorCode") for c in commands]
+    outcome = next((str(code) for code in codes if code), "ok")
+    ids = commands[0].get("ids") or [None]
+    return jsonify(requestId=request_id, payload=payload), outcome, ids[0]

@@ -28,6 +28,7 @@ def init_app(app: Flask, services: Services) -> None:
         settings.max_relays,
         settings.max_relays_per_owner,
         addresses=settings.address_policy(),
+        metrics=services.metrics,
     )
 
     def may_relay(camera_id: str) -> bool:
@@ -43,5 +44,5 @@ def init_app(app: Flask, services: Services) -> None:
     # WebRTC sessions of this web process (the CLI and the worker keep NoWebRTC).
     feeds = Feeds(find_ffmpeg(settings.ffmpeg), settings.address_policy())
     services.webrtc = WebRTCEngine(
-        settings, services.db, services.streams, services.registry, feeds
+        settings, services.db, services.streams, services.registry, feeds, services.metrics
     )

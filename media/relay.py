@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO
 
 from camvoice.addresses import AddressPolicy, AddressRefused
+from camvoice.metrics import Metrics
 from camvoice.redact import redact  # ffmpeg echoes its input URL, credentials included
 from media.rtsp_check import SourceRefused, guarded_source
 
@@ -224,8 +225,10 @@ class RelayManager:
         max_per_owner: int | None = None,
         start_wait: float = 2.0,
         addresses: AddressPolicy | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.base = base
+        self.metrics = metrics or Metrics()
         # Where camera sources may point; checked again at each start (DNS answers change).
         self.addresses = addresses or AddressPolicy()
         self.ffmpeg = ffmpeg
@@ -340,6 +343,7 @@ class RelayManager:
     def _remember_failure(self, camera_id: str, reason: str) -> None:
         """Answer the camera's fetches as failed for a while. Holds self.lock."""
         self.failed[camera_id] = Failed(reason, time.monotonic() + self.retry_after_failure)
+        self.metrics.relay_failures.labels(reason).inc()
 
     def _release_if_killed(self, camera_id: str) -> None:
         """Release a relay that was playing and whose ffmpeg has exited (killed, or the camera
@@ -445,6 +449,7 @@ class RelayManager:
             target=self._log_stderr, args=(camera_id, process), daemon=True, name="relay-log"
         ).start()
         log.info("relay started for camera %s (pid %s)", camera_id, process.pid)
+        self.metrics.relays.inc()
         return Running(camera_id, folder, lock, process)
 
     def _log_stderr(self, camera_id: str, process: subprocess.Popen[bytes]) -> None:
@@ -505,6 +510,7 @@ class RelayManager:
         fcntl.flock(run.lock, fcntl.LOCK_UN)
         run.lock.close()
         log.info("relay stopped for camera %s", run.camera_id)
+        self.metrics.relays.dec()
 
     def reap(self) -> None:
         """Stop idle relays and ones that never started; release dead ones so the next fetch

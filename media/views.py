@@ -63,6 +63,7 @@ def cast_headers(response: Response) -> Response:
 
 
 def denied(camera_id: str, reason: str, protocol: Protocol, audit: bool) -> Response:
+    services().metrics.stream_denied("media", protocol.value, reason)
     if audit:
         with services().db.session() as session:
             record_denial(session, camera_id, reason, protocol)

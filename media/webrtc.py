@@ -51,6 +51,7 @@ from aiortc.mediastreams import MediaStreamError
 from camvoice import audit
 from camvoice.cameras import Registry
 from camvoice.db import Database
+from camvoice.metrics import Metrics
 from camvoice.models import Camera
 from camvoice.sealing import Unsealable
 from camvoice.settings import Settings
@@ -174,7 +175,9 @@ class WebRTCEngine:
         streams: Streams,
         registry: Registry,
         feeds: Feeds,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.db = db
         self.streams = streams
@@ -232,6 +235,7 @@ class WebRTCEngine:
             if len(self.sessions) >= self.max_sessions:
                 raise MediaBusy("too many live WebRTC sessions")
             self.sessions[session_id] = session
+        self.metrics.webrtc_sessions.inc()
         try:
             sdp = self._run(self._negotiate(session, prepared), ANSWER_DEADLINE)
         except FutureTimeout:
@@ -273,6 +277,7 @@ class WebRTCEngine:
         except TicketError as exc:
             with self.db.session() as session:
                 record_denial(session, camera_id, exc.reason, Protocol.WEBRTC)
+            self.metrics.stream_denied("media", Protocol.WEBRTC.value, exc.reason)
             raise TicketRefused(exc.reason) from None
 
     def _source(self, camera: Camera) -> str:
@@ -331,6 +336,7 @@ class WebRTCEngine:
             session.ended = True
             if self.sessions.get(session.id) is session:
                 del self.sessions[session.id]
+                self.metrics.webrtc_sessions.dec()
         self.feeds.leave(session.camera_id, session.viewer)
         if not self.loop.is_closed():
             try:

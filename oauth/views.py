@@ -187,6 +187,7 @@ def login() -> Any:
     # Counted before the password is checked, forgiven on success; not counted when throttled.
     wait = attempt(limiter, keys, window)
     if wait:
+        services().metrics.signin_throttled.inc()
         body, _ = page(
             "login.html",
             next=target,

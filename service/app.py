@@ -24,7 +24,7 @@ from camvoice.db import UNAVAILABLE_RETRY_AFTER, Database, unavailable
 from camvoice.redact import RedactingFactory
 from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
-from service import languages, private_files
+from service import languages, logs, metrics, private_files
 from service.media_node import remote_engine
 from service.wiring import build_services, redis_client
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     """Build the WSGI app. Each process (gunicorn worker) calls this once."""
     private_files()
     settings = settings or load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     db = db or Database(settings.sqlalchemy_url)
     app = Flask("camvoice")
     app.json = UntrustedJSONProvider(app)
@@ -86,6 +86,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     fulfillment.init_app(app, services)
     skills.init_app(app, services)
     console.init_app(app, services)
+    metrics.init_app(app, services)
+    logs.init_app(app, settings.log_format)
 
     @app.before_request
     def check_csrf() -> None:
@@ -104,9 +106,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     return app
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "text") -> None:
     RedactingFactory.install()  # no secret in any record, whoever logs it (gunicorn included)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()  # unless the root has one (gunicorn's, pytest's) already
+    if log_format == "json":
+        handler.setFormatter(logs.JSONFormatter())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[handler])  # fmt: skip
     logging.getLogger().setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # /readyz would log on every probe
     # Authlib logs issued tokens at DEBUG ("Issue token ..."): never let that level through.

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -553,8 +554,19 @@ def backends_remove(ctx: Context, kind: str, owner: str) -> None:
 def serve(ctx: Context, host: str, port: int, workers: int, threads: int) -> None:
     """Serve the web app under gunicorn (and the RTSPS relay when enabled)."""
     require_migrated(ctx)
+    shared_metrics(ctx.settings)
     with rtsps_relay(ctx.settings, port), media_node(ctx.settings):
-        run_gunicorn(host, port, workers, threads=threads)
+        run_gunicorn(host, port, workers, threads=threads, log_format=ctx.settings.log_format)
+
+
+def shared_metrics(settings: Settings) -> None:
+    """With /metrics on, gunicorn's workers (and the media node) share an emptied
+    PROMETHEUS_MULTIPROC_DIR (the operator's, or one under the data dir) before any starts."""
+    from service.metrics import MULTIPROC_ENV, share_between_workers
+
+    if settings.metrics_token is not None:
+        folder = os.environ.get(MULTIPROC_ENV) or str(settings.data_dir / "prometheus")
+        share_between_workers(Path(folder))
 
 
 @main.command()
@@ -590,8 +602,9 @@ def demo(ctx: Context, host: str, port: int) -> None:
     click.echo(f"camvoice demo on http://{host}:{port}")
     click.echo(f"  sign in as {DEMO_EMAIL} / {DEMO_PASSWORD} ({count} cameras)")
     click.echo(f"  then open http://{host}:{port}/simulator and say: show the front door camera")
+    shared_metrics(settings)
     with rtsps_relay(settings, port), media_node(settings):
-        run_gunicorn(host, port, workers=2)
+        run_gunicorn(host, port, workers=2, log_format=settings.log_format)
 
 
 @contextmanager
@@ -603,7 +616,9 @@ def rtsps_relay(settings: Settings, port: int) -> Iterator[None]:
     if not settings.relay_enabled:
         yield
         return
-    configure_logging(settings.log_level)  # the relay's output is logged by this process
+    configure_logging(
+        settings.log_level, settings.log_format
+    )  # the relay's output is logged by this process
     problem = relay_problem(settings)
     if problem:
         click.echo(f"warning: RTSPS relay not started: {problem}", err=True)
@@ -682,7 +697,8 @@ def media(ctx: Context, host: str, port: int, threads: int) -> None:
 
     One process by design (its sessions live in memory); run more nodes to scale out."""
     require_migrated(ctx)
-    run_gunicorn(host, port, 1, "service.media_node:create_media_app", threads)
+    run_gunicorn(host, port, 1, "service.media_node:create_media_app", threads,
+                 ctx.settings.log_format)  # fmt: skip
 
 
 @main.command()
@@ -701,7 +717,9 @@ def relay(ctx: Context, app_url: str) -> None:
     problem = relay_problem(ctx.settings.model_copy(update={"relay_enabled": True}))
     if problem:
         fail(f"cannot run the RTSPS relay: {problem}")
-    configure_logging(ctx.settings.log_level)  # the relay's output is logged by this process
+    configure_logging(
+        ctx.settings.log_level, ctx.settings.log_format
+    )  # the relay's output is logged by this process
     process = start_relay(ctx.settings, app_url)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: process.terminate())
@@ -752,7 +770,7 @@ def worker(ctx: Context) -> None:
     from camvoice.purge import PurgeSchedule
     from service.app import configure_logging
 
-    configure_logging(ctx.settings.log_level)
+    configure_logging(ctx.settings.log_level, ctx.settings.log_format)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -780,10 +798,20 @@ def purge(ctx: Context, as_json: bool) -> None:
 
 
 def run_gunicorn(
-    host: str, port: int, workers: int, factory: str = "service.app:create_app", threads: int = 4
+    host: str,
+    port: int,
+    workers: int,
+    factory: str = "service.app:create_app",
+    threads: int = 4,
+    log_format: str = "text",
 ) -> None:
     """Run an app (`module:function` building it) under gunicorn; each worker builds its own."""
     from gunicorn.app.base import BaseApplication
+
+    from service.logs import gunicorn_logconfig
+    from service.metrics import worker_exited
+
+    logconfig = gunicorn_logconfig(log_format)
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -795,6 +823,9 @@ def run_gunicorn(
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("accesslog", None)  # access lines would carry query strings (tickets)
             self.cfg.set("control_socket_disable", True)  # one per user: clashes side by side
+            self.cfg.set("child_exit", worker_exited)  # its live gauges stop counting
+            if logconfig:
+                self.cfg.set("logconfig_dict", logconfig)
 
         def load(self) -> Any:
             module, function = factory.split(":")

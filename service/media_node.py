@@ -18,7 +18,7 @@ from camvoice.webrtc import WebRTC
 from media import node_views
 from media.nodes import node_secret
 from media.remote import RemoteWebRTC
-from service import private_files
+from service import metrics, private_files
 from service.wiring import build_services, redis_client
 
 
@@ -30,7 +30,7 @@ def create_media_app(
 
     private_files()
     settings = settings or load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     db = db or Database(settings.sqlalchemy_url)
     app = Flask("camvoice-media")
     app.config.update(MAX_CONTENT_LENGTH=256 * 1024)  # an SDP offer is a few kilobytes
@@ -39,6 +39,7 @@ def create_media_app(
     services.install(app)
     app.extensions["camvoice.node_secret"] = node_secret(settings.key())
     app.register_blueprint(node_views.bp)
+    metrics.init_app(app, services)  # its live WebRTC sessions (bearer token, like the web's)
     app.add_url_rule("/healthz", "healthz", lambda: jsonify(status="ok"))
     app.register_error_handler(
         Exception, lambda exc: media_error(exc, http_error, unexpected_error)
@@ -60,7 +61,9 @@ def local_engine(services: Services) -> WebRTC:
 
     settings = services.settings
     feeds = Feeds(find_ffmpeg(settings.ffmpeg), settings.address_policy())
-    return WebRTCEngine(settings, services.db, services.streams, services.registry, feeds)
+    return WebRTCEngine(
+        settings, services.db, services.streams, services.registry, feeds, services.metrics
+    )
 
 
 def remote_engine(settings: Settings) -> RemoteWebRTC:

@@ -13,6 +13,7 @@ from backends.local import LocalBackend
 from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.discovery import AnswerCache
+from camvoice.metrics import Metrics
 from camvoice.once import DatabaseOnce, RedisOnce
 from camvoice.outbox import Outbox
 from camvoice.purge import add_core
@@ -34,6 +35,7 @@ def build_services(
     emits the same outbox events and reads cameras through the same backends.
     """
     outbox = Outbox()
+    metrics = Metrics()
     registry = Registry(outbox, settings.address_policy(), settings.sealer())
     sessions = SessionStore.from_settings(settings)
     services = Services(
@@ -41,7 +43,7 @@ def build_services(
         db=db,
         outbox=outbox,
         registry=registry,
-        streams=Streams(settings, registry, grant_is_live, sessions.is_live),
+        streams=Streams(settings, registry, grant_is_live, sessions.is_live, metrics),
         limiter=limiter(db, redis_client),
         once=DatabaseOnce(db)
         if redis_client is None
@@ -49,6 +51,7 @@ def build_services(
         sessions=sessions,
         rtsps_available=lambda: bool(settings.rtsps_url_template) or not relay_problem(settings),
         discovery=AnswerCache(settings.discovery_cache_items),
+        metrics=metrics,
     )
     registry.register(LocalBackend())
     registry.register(EzvizBackend(services))

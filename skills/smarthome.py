@@ -150,6 +150,7 @@ def stream_failure(req: Request, session: Session, camera: Camera) -> errors.Ale
     known = blockers_for(camera, Audience.ALEXA, Protocol.RTSPS)
     if known:  # the owner hears why first, whatever else is missing
         record_refusal(session, camera, Audience.ALEXA, reason_of(known))
+        req.services.metrics.stream_denied("alexa", "rtsps", known[0].value)
         return errors.for_blocker(known[0])
     if not req.services.rtsps_available():
         record_refusal(session, camera, Audience.ALEXA, "no_rtsps_relay")
@@ -207,6 +208,7 @@ def initiate_session(req: Request) -> Message:
         if known:  # the owner hears why first, whatever else is wrong
             record_refusal(session, camera, Audience.ALEXA, reason_of(known),
                            protocol=Protocol.WEBRTC.value)  # fmt: skip
+            services.metrics.stream_denied("alexa", "webrtc", known[0].value)
     if known:
         raise errors.for_blocker(known[0])
     session_id, offer = session_id_of(req.payload), offer_of(req.payload)

@@ -15,13 +15,14 @@ import hashlib
 import hmac
 import logging
 import time
+from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from camvoice.db import unavailable
 from camvoice.services import Services
 from skills import errors, messages
-from skills.smarthome import handle
+from skills.smarthome import HANDLERS, handle
 
 log = logging.getLogger(__name__)
 bp = Blueprint("alexa_smart_home", __name__)
@@ -60,6 +61,7 @@ def smart_home() -> Response:
         return response
     # The app's JSON provider refuses (None here) bodies too deep or with unstorable text.
     message = request.get_json(force=True, silent=True)
+    started = time.perf_counter()
     try:
         answer = handle(services, message)
     except Exception as exc:
@@ -71,4 +73,25 @@ def smart_home() -> Response:
         directive = message.get("directive", {}) if isinstance(message, dict) else {}
         failure = errors.InternalError("internal error; it has been logged")
         answer = messages.error(directive if isinstance(directive, dict) else {}, failure)
+    services.metrics.answered("alexa", *name_and_outcome(message, answer),
+                              time.perf_counter() - started, endpoint_id(message))  # fmt: skip
     return jsonify(answer)
+
+
+def name_and_outcome(message: Any, answer: dict[str, Any]) -> tuple[str, str]:
+    """The directive as the dispatch table names it ("unknown" for any other: label values
+    must be a closed set), and "ok" or the ErrorResponse's type."""
+    head = message.get("directive", {}).get("header", {}) if isinstance(message, dict) else {}
+    key = (head.get("namespace"), head.get("name")) if isinstance(head, dict) else None
+    name = ".".join(key) if key in HANDLERS else "unknown"  # type: ignore[arg-type]
+    event = answer.get("event", {})
+    if event.get("header", {}).get("name") != "ErrorResponse":
+        return name, "ok"
+    return name, str(event.get("payload", {}).get("type", "error"))
+
+
+def endpoint_id(message: Any) -> object:
+    """The camera a directive names (logged only if it looks like one of our ids)."""
+    directive = message.get("directive") if isinstance(message, dict) else None
+    endpoint = directive.get("endpoint") if isinstance(directive, dict) else None
+    return endpoint.get("endpointId") if isinstance(endpoint, dict) else None

@@ -191,3 +191,10 @@ def test_discovery_smoke() -> None:
         assert row, out
         assert int(row.group(4)) == int(row.group(3)) - 1, out
     assert re.search(r"RSS of this's server children .*: \d+(, \d+)* MB$", out, re.M), out
+
+
+def test_metrics_cost_smoke() -> None:
+    out = smoke("metrics_cost.py", "--runs", "10")
+    for case in ("metrics, one process", "request id, text logs", "JSON access line",
+                 "metrics, multiprocess"):  # fmt: skip
+        assert re.search(re.escape(case) + r".*\s-?[\d.]+ us", out), out

@@ -133,6 +133,7 @@ def sync_now(services: Services, account_id: str) -> SyncReport:
                 link.last_error = str(exc)[:255]
                 log.warning("EZVIZ sync of %s failed (%s); next try in %.0f s",
                             account_id, exc, delay)  # fmt: skip
+        services.metrics.syncs.labels("ezviz", "failed").inc()
         raise SyncFailed(str(exc)[:255]) from None
     with db.session() as session:
         link = session.get(EzvizLink, account_id)
@@ -141,6 +142,7 @@ def sync_now(services: Services, account_id: str) -> SyncReport:
             link.last_error = None
             link.last_sync_at = now
             link.next_sync_at = now + timedelta(seconds=settings.ezviz_sync_interval)
+    services.metrics.syncs.labels("ezviz", "ok").inc()
     if report.added or report.changed or report.removed:
         log.info("EZVIZ sync of %s: %s", account_id, report)
     return report
