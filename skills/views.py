@@ -81,9 +81,12 @@ def smart_home() -> Response:
 def name_and_outcome(message: Any, answer: dict[str, Any]) -> tuple[str, str]:
     """The directive as the dispatch table names it ("unknown" for any other: label values
     must be a closed set), and "ok" or the ErrorResponse's type."""
-    head = message.get("directive", {}).get("header", {}) if isinstance(message, dict) else {}
+    directive = message.get("directive") if isinstance(message, dict) else None
+    head = directive.get("header") if isinstance(directive, dict) else None
     key = (head.get("namespace"), head.get("name")) if isinstance(head, dict) else None
-    name = ".".join(key) if key in HANDLERS else "unknown"  # type: ignore[arg-type]
+    # A hostile header may hold lists or objects: only a pair of strings can name a handler.
+    known = key is not None and all(isinstance(part, str) for part in key) and key in HANDLERS
+    name = ".".join(key) if known else "unknown"  # type: ignore[arg-type]
     event = answer.get("event", {})
     if event.get("header", {}).get("name") != "ErrorResponse":
         return name, "ok"
