@@ -37,9 +37,11 @@ def test_cli_start_smoke() -> None:
 def test_directive_cost_smoke() -> None:
     """Each case answered its success shape (the script asserts it) and was counted."""
     out = smoke("directive_cost.py", "--runs", "1")
-    for case in ("Alexa InitializeCameraStreams", "Google EXECUTE"):
+    # README's sizing: 5 statements each; Alexa in one transaction (beside its self-committing
+    # claim), Google in a reading and a writing one.
+    for case, transactions in (("Alexa InitializeCameraStreams", 1), ("Google EXECUTE", 2)):
         line = next(line for line in out.splitlines() if case in line)
-        assert "statements" in line and "transactions" in line and "median" in line
+        assert f"statements 5  transactions {transactions}  median" in line, line
 
 
 # --- bench/load.py ------------------------------------------------------------------------------
