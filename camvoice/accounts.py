@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import re
+import threading
 from functools import cache
+from typing import Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from camvoice.db import Database
 from camvoice.models import Account, utcnow
 from camvoice.sessions import end_all
 
-_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+
+class OneAtATimeHasher(PasswordHasher):
+    """argon2id (the library's recommended parameters: 64 MiB, 3 passes) that runs one hash or
+    verify at a time per process. Each holds its 64 MiB while it runs, so four threads of a web
+    worker signing in at once would add 256 MiB to that worker; queued, they add 64 MiB, and
+    on a machine with few cores they finish no later, since each one keeps a core busy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = threading.Lock()
+
+    def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        with self.running:
+            return super().hash(password, salt=salt)
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        with self.running:
+            return super().verify(hash, password)
+
+
+_hasher = OneAtATimeHasher()
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MIN_PASSWORD = 8
 
@@ -70,16 +93,31 @@ def find_account(session: Session, email: str) -> Account | None:
     return session.scalars(stmt).one_or_none()
 
 
-def authenticate(session: Session, email: str, password: str) -> Account | None:
-    """The account if the password matches; None for an unknown email, a wrong password or a
-    disabled account alike."""
-    account = find_account(session, email)
+def authenticate(db: Database, email: str, password: str) -> str | None:
+    """The account's id if the password matches; None for an unknown email, a wrong password or
+    a disabled account alike.
+
+    The password is checked with no transaction open: argon2id keeps a core busy for tens of
+    milliseconds, and on SQLite a writing transaction around it would hold every other writer
+    (each directive's audit row) that long. The caller starts what a sign-in starts in its own
+    transaction; an account disabled in between is refused there too (sessions of a disabled
+    account are never live)."""
+    with db.reading() as session:
+        account = find_account(session, email)
+        found = (account.id, account.password_hash, account.disabled_at) if account else None
     try:
-        _hasher.verify(account.password_hash if account else _dummy_hash(), password)
+        _hasher.verify(found[1] if found else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
-    if account is None or account.disabled_at is not None:
+    if found is None or found[2] is not None:
         return None
-    if _hasher.check_needs_rehash(account.password_hash):
-        account.password_hash = _hasher.hash(password)
-    return account
+    account_id, old_hash, _ = found
+    if _hasher.check_needs_rehash(old_hash):
+        new_hash = _hasher.hash(password)
+        with db.session() as session:  # unless the password was changed meanwhile
+            session.execute(
+                update(Account)
+                .where(Account.id == account_id, Account.password_hash == old_hash)
+                .values(password_hash=new_hash)
+            )
+    return account_id

@@ -286,11 +286,13 @@ def account_delete() -> Response | str:
             max(1, round(wait / 60)),
         )
         return Response(account_page(problem), 429, headers={"Retry-After": str(wait)})
-    with services().db.session() as db_session:
-        checked = authenticate(db_session, account.email, request.form.get("password", ""))
-        if checked is not None:
-            delete_account(db_session, services().owner_data, services().outbox, checked,
-                           key=settings.key(), actor="owner")  # fmt: skip
+    checked = authenticate(services().db, account.email, request.form.get("password", ""))
+    if checked is not None:
+        with services().db.session() as db_session:
+            gone = db_session.get(Account, checked)
+            if gone is not None:  # not deleted meanwhile (by the CLI, or another tab)
+                delete_account(db_session, services().owner_data, services().outbox, gone,
+                               key=settings.key(), actor="owner")  # fmt: skip
     if checked is None:
         return Response(
             account_page(gettext("That password is not right; nothing was deleted.")), 400

@@ -200,13 +200,13 @@ def login() -> Any:
             ),
         )
         return Response(body, 429, headers={"Retry-After": str(wait)}, mimetype="text/html")
-    with services().db.session() as db_session:
-        account = authenticate(db_session, email, password)
-        if account is not None:
+    account_id = authenticate(services().db, email, password)
+    if account_id is not None:
+        with services().db.session() as db_session:
             # A fresh session on sign-in (no fixation): the one this browser had ends.
             services().sessions.end(db_session, request.cookies.get(COOKIE), everywhere=False)
-            token = services().sessions.start(db_session, account.id)
-    if account is None:
+            token = services().sessions.start(db_session, account_id)
+    if account_id is None:
         return page(
             "login.html",
             401,

@@ -54,10 +54,10 @@ def test_account_password_is_argon2id_and_checks(db: Database) -> None:
         account = create_account(session, "Owner@Example.com", "correct horse")
         assert account.password_hash.startswith("$argon2id$")
         assert "correct horse" not in account.password_hash
+    assert authenticate(db, "owner@example.com", "correct horse") is not None
+    assert authenticate(db, "owner@example.com", "wrong password") is None
+    assert authenticate(db, "nobody@example.com", "correct horse") is None
     with db.session() as session:
-        assert authenticate(session, "owner@example.com", "correct horse") is not None
-        assert authenticate(session, "owner@example.com", "wrong password") is None
-        assert authenticate(session, "nobody@example.com", "correct horse") is None
         with pytest.raises(AccountError, match="already exists"):
             create_account(session, "OWNER@example.com", "another password")
 
