@@ -43,7 +43,9 @@ def test_hashes_run_one_at_a_time_per_process(monkeypatch: pytest.MonkeyPatch) -
     assert most[0] == 1
 
 
-def test_a_password_check_holds_no_write_lock(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_password_check_holds_no_write_lock(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While a sign-in's password is being checked, another writer commits at once: on SQLite a
     writing transaction around the check would hold every directive's audit row behind it."""
     if not db.is_sqlite:

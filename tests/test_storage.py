@@ -57,9 +57,8 @@ def test_account_password_is_argon2id_and_checks(db: Database) -> None:
     assert authenticate(db, "owner@example.com", "correct horse") is not None
     assert authenticate(db, "owner@example.com", "wrong password") is None
     assert authenticate(db, "nobody@example.com", "correct horse") is None
-    with db.session() as session:
-        with pytest.raises(AccountError, match="already exists"):
-            create_account(session, "OWNER@example.com", "another password")
+    with db.session() as session, pytest.raises(AccountError, match="already exists"):
+        create_account(session, "OWNER@example.com", "another password")
 
 
 def test_deleting_account_cascades_to_cameras(db: Database, registry: Registry) -> None:
