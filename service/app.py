@@ -35,6 +35,16 @@ HTML_PREFIXES: tuple[str, ...] = (
 )  # fmt: skip
 # OAuth endpoints whose errors are RFC 6749 5.2 JSON, whatever went wrong.
 OAUTH_API_PATHS: tuple[str, ...] = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
+# What create_app imports on its way (the adapters import lazily, so the CLI starts quickly).
+# `camvoice serve` imports them in gunicorn's master before it forks: the workers then share
+# those pages (copy on write) rather than each loading its own copy, about 17 MB of each
+# worker's own memory (USS). A module missing here costs memory, never correctness; the
+# WebRTC engine's aiortc and PyAV are not here on purpose (they load only without a media node).
+WORKER_IMPORTS: tuple[str, ...] = (
+    "oauth.server", "oauth.views", "oauth.purge", "skills.views", "skills.custom",
+    "fulfillment.views", "fulfillment.homegraph", "console.views", "media.views",
+    "media.signaling",
+)  # fmt: skip
 
 
 class UntrustedJSONProvider(DefaultJSONProvider):
