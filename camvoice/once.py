@@ -25,7 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from camvoice.db import Database
 from camvoice.models import Base, utcnow
 
-if TYPE_CHECKING:  # imported where used: a process without Redis never loads it (~13 MB)
+if TYPE_CHECKING:  # imported where used: a process without Redis never loads it (6 MB)
     import redis
 
 PURGE_INTERVAL = 60.0

@@ -25,7 +25,7 @@ from camvoice.db import Database
 from camvoice.models import Base, utcnow
 from camvoice.settings import Settings
 
-if TYPE_CHECKING:  # imported where used: a process without Redis never loads it (~13 MB)
+if TYPE_CHECKING:  # imported where used: a process without Redis never loads it (6 MB)
     import redis
 
 log = logging.getLogger(__name__)

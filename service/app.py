@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
 
     media.init_app(app, services)
     # WebRTC sessions live on media nodes (`camvoice serve` starts one) or, without any, in this
-    # process. Only the latter imports aiortc and PyAV: about 30 MB a web worker need not hold.
+    # process. Only the latter imports aiortc and PyAV: 26 MB a web worker need not hold.
     services.webrtc = remote_engine(settings) if settings.media_urls else local_engine(services)
     oauth.init_app(app, services)
     fulfillment.init_app(app, services)

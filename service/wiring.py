@@ -25,7 +25,7 @@ from camvoice.streams import Streams
 from media.rtsps import relay_problem
 from oauth.tokens import grant_is_live
 
-if TYPE_CHECKING:  # imported by redis_client: a process without Redis never loads it (~13 MB)
+if TYPE_CHECKING:  # imported by redis_client: a process without Redis never loads it (6 MB)
     import redis
 
 

@@ -57,7 +57,7 @@ def test_help_loads_no_database_or_web_stack() -> None:
 
 def test_web_worker_loads_no_webrtc_engine_or_redis_it_does_not_use(tmp_path: Path) -> None:
     """A web worker of `camvoice serve` (its WebRTC sessions on a media node, no Redis
-    configured) never imports aiortc, PyAV or redis: about 30 MB of every worker's memory. The
+    configured) never imports aiortc, PyAV or redis: 32 MB of every worker's RSS. The
     master's preloaded WORKER_IMPORTS keep to that too."""
     probe = (
         "import json, sys, importlib\n"
