@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import redis
 from sqlalchemy import String, bindparam, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 from camvoice.db import Database
 from camvoice.models import Base, utcnow
+
+if TYPE_CHECKING:  # imported where used: a process without Redis never loads it (6 MB)
+    import redis
 
 PURGE_INTERVAL = 60.0
 
@@ -79,6 +81,8 @@ class RedisOnce:
         self.fallback = fallback
 
     def claim(self, key: str, ttl: int) -> bool:
+        import redis  # loaded already: self.client is a redis.Redis
+
         try:
             return bool(self.client.set(self.PREFIX + key, b"1", nx=True, ex=ttl))
         except redis.RedisError:

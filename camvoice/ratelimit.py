@@ -15,9 +15,8 @@ import hashlib
 import logging
 import time
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis
 from sqlalchemy import Integer, String, case, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -25,6 +24,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from camvoice.db import Database
 from camvoice.models import Base, utcnow
 from camvoice.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: a process without Redis never loads it (6 MB)
+    import redis
 
 log = logging.getLogger(__name__)
 KEY_LENGTH = 200
@@ -185,6 +187,8 @@ class FallbackLimiter:
 
     def _either(self, method: str, *args: Any) -> Any:
         """Call `method` on Redis, or on the database while Redis is away."""
+        import redis  # loaded already: the primary's client is a redis.Redis
+
         if time.monotonic() >= self._skip_redis_until:
             try:
                 return getattr(self.primary, method)(*args)

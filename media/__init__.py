@@ -1,5 +1,6 @@
 """Players' protocols: ticketed HLS and snapshots, the HLS relay (ffmpeg), the RTSPS relay
-(GStreamer) and its auth hook, the proxy for a camera cloud's HLS, and the WebRTC engine."""
+(GStreamer) and its auth hook, the proxy for a camera cloud's HLS, and the WebRTC engine (built by
+the composition root only where sessions run: service/media_node.py's local_engine)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ if TYPE_CHECKING:
 def init_app(app: Flask, services: Services) -> None:
     """Register the media endpoints and this process's relay manager."""
     from media import signaling
-    from media.feeds import Feeds
     from media.relay import RelayManager, find_ffmpeg
     from media.snapshots import Snapshots
     from media.views import bp
-    from media.webrtc import WebRTCEngine
 
     settings = services.settings
     relays = RelayManager(
@@ -41,8 +40,3 @@ def init_app(app: Flask, services: Services) -> None:
     app.extensions["camvoice.snapshots"] = Snapshots(relays)
     app.register_blueprint(bp)
     app.register_blueprint(signaling.bp)
-    # WebRTC sessions of this web process (the CLI and the worker keep NoWebRTC).
-    feeds = Feeds(find_ffmpeg(settings.ffmpeg), settings.address_policy())
-    services.webrtc = WebRTCEngine(
-        settings, services.db, services.streams, services.registry, feeds, services.metrics
-    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from flask import Flask, Response, abort, current_app, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -25,7 +24,7 @@ from camvoice.redact import RedactingFactory
 from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
 from service import languages, logs, metrics, private_files
-from service.media_node import remote_engine
+from service.media_node import local_engine, remote_engine
 from service.wiring import build_services, redis_client
 
 log = logging.getLogger(__name__)
@@ -36,6 +35,16 @@ HTML_PREFIXES: tuple[str, ...] = (
 )  # fmt: skip
 # OAuth endpoints whose errors are RFC 6749 5.2 JSON, whatever went wrong.
 OAUTH_API_PATHS: tuple[str, ...] = ("/oauth/token", "/oauth/revoke", "/oauth/introspect")
+# What create_app imports on its way (the adapters import lazily, so the CLI starts quickly).
+# `camvoice serve` imports them in gunicorn's master before it forks: the workers then share
+# those pages (copy on write) rather than each loading its own copy, about 17 MB of each
+# worker's own memory (USS). A module missing here costs memory, never correctness; the
+# WebRTC engine's aiortc and PyAV are not here on purpose (they load only without a media node).
+WORKER_IMPORTS: tuple[str, ...] = (
+    "oauth.server", "oauth.views", "oauth.purge", "skills.views", "skills.custom",
+    "fulfillment.views", "fulfillment.homegraph", "console.views", "media.views",
+    "media.signaling",
+)  # fmt: skip
 
 
 class UntrustedJSONProvider(DefaultJSONProvider):
@@ -80,8 +89,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=0, x_host=0)  # type: ignore[method-assign]
 
     media.init_app(app, services)
-    if settings.media_urls:  # WebRTC sessions live on media nodes (service/media_node.py)
-        services.webrtc = remote_engine(settings)
+    # WebRTC sessions live on media nodes (`camvoice serve` starts one) or, without any, in this
+    # process. Only the latter imports aiortc and PyAV: 26 MB a web worker need not hold.
+    services.webrtc = remote_engine(settings) if settings.media_urls else local_engine(services)
     oauth.init_app(app, services)
     fulfillment.init_app(app, services)
     skills.init_app(app, services)
@@ -139,6 +149,8 @@ def readyz() -> tuple[Response, int]:
         checks["database"] = "unreachable"
     client = current_app.extensions["camvoice.redis"]
     if client is not None:
+        import redis  # loaded already (service/wiring.py's redis_client); never without Redis
+
         try:
             client.ping()
             checks["redis"] = "ok"

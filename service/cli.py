@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import importlib
@@ -553,10 +554,13 @@ def backends_remove(ctx: Context, kind: str, owner: str) -> None:
 @pass_ctx
 def serve(ctx: Context, host: str, port: int, workers: int, threads: int) -> None:
     """Serve the web app under gunicorn (and the RTSPS relay when enabled)."""
+    from service.app import WORKER_IMPORTS
+
     require_migrated(ctx)
     shared_metrics(ctx.settings)
     with rtsps_relay(ctx.settings, port), media_node(ctx.settings):
-        run_gunicorn(host, port, workers, threads=threads, log_format=ctx.settings.log_format)
+        run_gunicorn(host, port, workers, threads=threads, log_format=ctx.settings.log_format,
+                     shared=WORKER_IMPORTS)  # fmt: skip
 
 
 def shared_metrics(settings: Settings) -> None:
@@ -577,6 +581,7 @@ def demo(ctx: Context, host: str, port: int) -> None:
     """Migrate, create the demo account and cameras, and serve."""
     from camvoice.settings import load_settings
     from media.rtsps import gstreamer_available, self_signed
+    from service.app import WORKER_IMPORTS
     from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
 
     ctx.db.upgrade()
@@ -604,7 +609,7 @@ def demo(ctx: Context, host: str, port: int) -> None:
     click.echo(f"  then open http://{host}:{port}/simulator and say: show the front door camera")
     shared_metrics(settings)
     with rtsps_relay(settings, port), media_node(settings):
-        run_gunicorn(host, port, workers=2, log_format=settings.log_format)
+        run_gunicorn(host, port, workers=2, log_format=settings.log_format, shared=WORKER_IMPORTS)
 
 
 @contextmanager
@@ -804,8 +809,16 @@ def run_gunicorn(
     factory: str = "service.app:create_app",
     threads: int = 4,
     log_format: str = "text",
+    shared: tuple[str, ...] = (),
 ) -> None:
-    """Run an app (`module:function` building it) under gunicorn; each worker builds its own."""
+    """Run an app (`module:function` building it) under gunicorn; each worker builds its own.
+
+    Before gunicorn forks its workers, this process imports the factory's module and `shared`
+    (modules only: no app, thread or connection exists before the fork) and freezes the garbage
+    collector: the workers share those pages copy-on-write, and their collections never walk
+    (so never write to, so never copy) the objects inherited. RSS counts shared pages in every
+    worker; what a worker adds of its own (USS, bench/worker_memory.py) is what drops.
+    """
     from gunicorn.app.base import BaseApplication
 
     from service.logs import gunicorn_logconfig
@@ -831,6 +844,9 @@ def run_gunicorn(
             module, function = factory.split(":")
             return getattr(importlib.import_module(module), function)()
 
+    for module in (factory.split(":")[0], *shared):
+        importlib.import_module(module)
+    gc.freeze()
     Server().run()
 
 

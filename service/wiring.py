@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import redis
+from typing import TYPE_CHECKING
 
 import fulfillment
 import oauth
@@ -24,6 +24,9 @@ from camvoice.settings import Settings
 from camvoice.streams import Streams
 from media.rtsps import relay_problem
 from oauth.tokens import grant_is_live
+
+if TYPE_CHECKING:  # imported by redis_client: a process without Redis never loads it (6 MB)
+    import redis
 
 
 def build_services(
@@ -83,6 +86,8 @@ def limiter(db: Database, client: redis.Redis | None) -> Limiter:
 def redis_client(settings: Settings) -> redis.Redis | None:
     if settings.redis_url is None:
         return None
+    import redis
+
     return redis.Redis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
     )

@@ -4,6 +4,7 @@ globals), a grant check that fails closed, reads that never queue behind writers
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from camvoice.cameras import Registry
 from camvoice.db import Database
 from camvoice.models import Account, OutboxEvent
 from camvoice.outbox import Outbox
+from camvoice.services import Services
 from camvoice.settings import Settings
 from camvoice.streams import Streams
 from camvoice.tickets import Audience, Protocol, TicketError
@@ -51,6 +53,41 @@ def test_help_loads_no_database_or_web_stack() -> None:
     loaded = json.loads(result.stdout.split("MODULES=", 1)[1])
     heavy = {"sqlalchemy", "alembic", "flask", "authlib", "ask_sdk_core", "google", "requests"}
     assert sorted(heavy & {name.split(".")[0] for name in loaded}) == []
+
+
+def test_web_worker_loads_no_webrtc_engine_or_redis_it_does_not_use(tmp_path: Path) -> None:
+    """A web worker of `camvoice serve` (its WebRTC sessions on a media node, no Redis
+    configured) never imports aiortc, PyAV or redis: 32 MB of every worker's RSS. The
+    master's preloaded WORKER_IMPORTS keep to that too."""
+    probe = (
+        "import json, sys, importlib\n"
+        "from service.app import WORKER_IMPORTS, create_app\n"
+        "for name in WORKER_IMPORTS:\n    importlib.import_module(name)\n"
+        "client = create_app().test_client()\n"
+        "assert client.get('/healthz').status_code == 200\n"
+        "client.get('/readyz')\n"
+        "print('MODULES=' + json.dumps(sorted(sys.modules)))\n"
+    )
+    env = {**os.environ, "CAMVOICE_DATA_DIR": str(tmp_path), "CAMVOICE_SECRET_KEY": "k" * 48,
+           "CAMVOICE_DATABASE_URL": f"sqlite:///{tmp_path / 'web.db'}",
+           "CAMVOICE_MEDIA_URLS": "http://127.0.0.1:9"}  # fmt: skip
+    env.pop("CAMVOICE_REDIS_URL", None)
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "MODULES=" in result.stdout, result.stderr[-2000:]
+    loaded = set(json.loads(result.stdout.split("MODULES=", 1)[1]))
+    packages = {name.split(".")[0] for name in loaded}
+    assert sorted({"aiortc", "av", "redis"} & packages) == []
+    assert sorted({"media.webrtc", "media.feeds"} & loaded) == []
+    assert "media.views" in loaded  # the players' endpoints are there; only the engine is not
+
+
+def test_web_app_without_media_node_holds_its_own_webrtc_sessions(settings: Settings) -> None:
+    """Without CAMVOICE_MEDIA_URLS the app builds this process's aiortc engine."""
+    from media.webrtc import WebRTCEngine
+
+    assert not settings.media_urls
+    assert isinstance(Services.of(create_app(settings)).webrtc, WebRTCEngine)
 
 
 def test_grant_check_fails_closed_until_one_is_wired(settings: Settings, db: Database) -> None:
