@@ -251,8 +251,9 @@ class S256CodeChallenge(CodeChallenge):
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):
-    """The refresh grant in two round trips to the database: one read (token, grant and owner
-    in one query) and one write (the new pair and the rotation, committed together). A refusal
+    """The refresh grant in two round trips to the database: one read (token, grant, owner and
+    client in one query, the client then authenticated from it) and one write (the new pair and
+    the rotation, committed together), both on Core connections (no ORM session). A refusal
     writes only when it has something to record."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = [*CLIENT_AUTH_METHODS, "none"]
