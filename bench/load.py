@@ -60,7 +60,14 @@ from media.rtsps import self_signed  # noqa: E402
 from oauth.models import Grant  # noqa: E402
 from oauth.tokens import new_secret, store_tokens  # noqa: E402
 from service.app import create_app  # noqa: E402
-from tests.oauth_support import ALEXA_URIS, GOOGLE_URIS, Client, link, register  # noqa: E402
+from tests.oauth_support import (  # noqa: E402
+    ALEXA_URIS,
+    GOOGLE_URIS,
+    Client,
+    link,
+    register,
+    unused_refresh_tokens,
+)
 
 BIN = Path(sys.executable).parent
 SECRET = "bench-forwarder-secret-0123456789"
@@ -229,7 +236,10 @@ class Load:
 Loader = Callable[[str, Case, int, int], Load]
 
 
-WRK_FRESH_PER_SECOND = 1500  # fresh requests written per second of a run (far above any rps seen)
+# Fresh requests written per second of a run: far above any rate seen (refreshes: 1.5x the
+# fastest run and then some), so wrk never runs out; if it did, it would send an empty body
+# (an error answer, counted as failed) rather than resend one.
+WRK_FRESH_PER_SECOND = 1600
 
 
 def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
@@ -255,8 +265,10 @@ def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
 
 
 def fresh_requests(case: Case, count: int) -> list[str]:
-    """wrk's Lua for requests sent once each: `count` made beforehand (wrk's Lua cannot sign),
-    the two threads taking alternate ones. Running out would resend (counted as failures)."""
+    """wrk's Lua for requests sent once each: `count` made beforehand (wrk's Lua cannot sign,
+    nor issue a refresh token), the two threads taking alternate ones. None is ever sent twice:
+    a thread that has run out sends an empty body, which no case accepts (counted as failed,
+    so the run stops), where resending would time a replay (or a refresh token's retry)."""
     rows = []
     for _ in range(count if case.fresh is not None else 0):
         body, headers = case.request()
@@ -265,10 +277,11 @@ def fresh_requests(case: Case, count: int) -> list[str]:
     return [
         "fresh = {" + ",\n".join(rows) + "}",
         "local threads = 0",
-        "function setup(thread) thread:set('n', threads); threads = threads + 1 end",
+        "function setup(thread) thread:set('n', threads - 2); threads = threads + 1 end",
         "function request()",
         "  n = n + 2",
-        "  local r = fresh[(n % #fresh) + 1]",
+        "  local r = fresh[n + 1]",
+        "  if r == nil then return wrk.format(nil, nil, nil, '') end",
         "  for k, v in pairs(r[2]) do wrk.headers[k] = v end",
         "  return wrk.format(nil, nil, nil, r[1])",
         "end",
@@ -364,8 +377,10 @@ class Server:
         raise BenchFailure(f"camvoice serve did not become ready within 180 s; {log}:\n{tail}")
 
     def stop(self) -> None:
+        """Its gunicorns stop one after the other, each after its workers: on a loaded machine
+        that has taken over 15 s, which failed a run whose figures were all printed."""
         self.process.terminate()
-        self.process.wait(15)
+        self.process.wait(60)
 
     def worker_memory(self) -> list[tuple[int, int]]:
         """(VmRSS, VmHWM) in kB of each gunicorn worker: the master's children that run its
@@ -531,12 +546,31 @@ def discovery_cases(owners: dict[str, Owner]) -> list[Case]:
     return cases
 
 
-def refresh_case(owner: Owner, client: Client) -> Case:
-    """The same refresh token again and again: within the retry grace each use is a refresh."""
-    body = (f"grant_type=refresh_token&refresh_token={owner.alexa['refresh_token']}"
-            f"&client_id={client.client_id}&client_secret={client.secret}")  # fmt: skip
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    return Case("token refresh /oauth/token", "/oauth/token", issued_token, "POST", body, headers)
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def refresh_cases(db: Database, client: Client, retried: str, seconds: int) -> list[Case]:
+    """The refresh grant as Alexa and Google use it: each request presents a refresh token for
+    the first time (claim it, supersede its parent, store a new pair). Enough unused tokens are
+    issued beforehand, straight into the tables, for every request wrk can send (one thread's
+    share each); each answer must carry a new access token. Then the retry path, labelled: one
+    token sent again and again, each use after the first a retry within its grace period."""
+    with db.session() as session:
+        account = create_account(session, "refresh@example.com", PASSWORD).id
+    count = WRK_FRESH_PER_SECOND * seconds + 1  # and the request that checks the answer first
+    unused = iter(unused_refresh_tokens(db, account, client.client_id, count))
+    auth = f"&client_id={client.client_id}&client_secret={client.secret}"
+
+    def first_use() -> tuple[str, dict[str, str]]:
+        token = next(unused, None)  # none left: no token, an error answer, counted as failed
+        presented = f"&refresh_token={token}" if token else ""
+        return f"grant_type=refresh_token{auth}{presented}", FORM
+
+    retry = f"grant_type=refresh_token&refresh_token={retried}{auth}"
+    return [
+        Case("token refresh, first use", "/oauth/token", issued_token, "POST", fresh=first_use),
+        Case("token refresh, retry in grace", "/oauth/token", issued_token, "POST", retry, FORM),
+    ]
 
 
 # --- the suites -------------------------------------------------------------------------------
@@ -590,7 +624,8 @@ def run_suite(label: str, db_url: str, loader: Loader, seconds: int, connections
             owners = linked_owners(db, server.url, alexa, google)
             five = owners["five@example.com"]
             cases = [Case("floor /healthz", "/healthz", any_json), *stream_cases(five),
-                     *discovery_cases(owners), refresh_case(five, alexa)]  # fmt: skip
+                     *discovery_cases(owners),
+                     *refresh_cases(db, alexa, five.alexa["refresh_token"], seconds)]  # fmt: skip
             print(f"\n[{label}]")
             print_rows(server.url, cases, loader, seconds, connections)
             memory = server.worker_memory()

@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -80,6 +80,13 @@ class Database:
         never queue behind writers (WAL lets them see the last commit meanwhile)."""
         with self.readers() as session, session.begin():
             yield session
+
+    @contextmanager
+    def reading_connection(self) -> Iterator[Connection]:
+        """Database.reading for Core statements alone: the same reading transaction, without
+        the cost of an ORM session (the token endpoint's read, on every refresh)."""
+        with self.readers.kw["bind"].connect() as connection, connection.begin():
+            yield connection
 
     def upgrade(self) -> None:
         """Apply every pending migration."""

@@ -9,12 +9,17 @@ and revocation of what a replayed code issued.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError, grants
-from authlib.oauth2.rfc6749.authenticate_client import authenticate_client_secret_basic
+from authlib.oauth2.rfc6749.authenticate_client import (
+    authenticate_client_secret_basic,
+    authenticate_client_secret_post,
+    authenticate_none,
+)
 from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
@@ -118,6 +123,27 @@ def authenticate_basic(query_client: Any, request: Any) -> OAuthClient | None:
         return authenticate_client_secret_basic(query_client, request)  # type: ignore[no-any-return]
     except ValueError:  # UnicodeDecodeError included
         return None
+
+
+ClientAuth = Callable[[Any, Any], OAuthClient | None]
+
+
+def knowing_presented_client(method: ClientAuth) -> ClientAuth:
+    """Authlib's client authentication `method`, taking the client the refresh grant already
+    read with the presented token (RefreshTokenGrant.validate_token_request) instead of querying
+    it again, when the request names that client. Authlib checks its secret all the same."""
+
+    def authenticate(query_client: Any, request: Any) -> OAuthClient | None:
+        known: OAuthClient | None = getattr(request, "presented_client", None)
+
+        def query(client_id: str) -> OAuthClient | None:
+            if known is not None and client_id == known.client_id:
+                return known
+            return query_client(client_id)  # type: ignore[no-any-return]
+
+        return method(query, request)
+
+    return authenticate
 
 
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
@@ -225,16 +251,32 @@ class S256CodeChallenge(CodeChallenge):
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):
-    """The refresh grant in two round trips to the database: one read (token, grant and owner
-    in one query) and one write (the new pair and the rotation, committed together). A refusal
+    """The refresh grant in two round trips to the database: one read (token, grant, owner and
+    client in one query, the client then authenticated from it) and one write (the new pair and
+    the rotation, committed together), both on Core connections (no ORM session). A refusal
     writes only when it has something to record."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = [*CLIENT_AUTH_METHODS, "none"]
     INCLUDE_NEW_REFRESH_TOKEN = True
 
+    def validate_token_request(self) -> None:
+        """Read the presented token, with its grant, owner and client, in one statement before
+        Authlib authenticates the client: the client is then taken from what was read (see
+        knowing_presented_client) instead of a query of its own."""
+        value = self.request.form.get("refresh_token")
+        self.presented = None
+        if isinstance(value, str):
+            with database().reading_connection() as connection:
+                self.presented = find_refresh(connection, value)
+            self.request.presented_client = self.presented and self.presented.client
+        super().validate_token_request()
+
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential | None:
-        with database().reading() as session:
-            credential = find_refresh(session, refresh_token)
+        """The token validate_token_request read, if it may be used now."""
+        return self.judged(self.presented)
+
+    def judged(self, credential: RefreshCredential | None) -> RefreshCredential | None:
+        """`credential` if it may be used now; a refusal is recorded."""
         if credential is None:
             return None
         reason = refusal(credential)
@@ -267,11 +309,11 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         was superseded or revoked since it was read (a race), nothing is stored and the answer
         is invalid_grant, as it would have been a moment later."""
         credential: RefreshCredential = self.request.refresh_token
-        with database().session() as session:
-            claimed = rotate(session, credential)
+        with database().engine.begin() as connection:  # Core alone: no ORM session to pay for
+            claimed = rotate(connection, credential)
             if claimed:
                 store_refreshed(
-                    session,
+                    connection,
                     credential,
                     token["access_token"],
                     token["refresh_token"],
@@ -279,7 +321,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 )
         if not claimed:
             # Read it again: the refusal it now earns is recorded (reuse revokes the link).
-            self.authenticate_refresh_token(self.request.payload.data["refresh_token"])
+            with database().reading_connection() as connection:
+                self.judged(find_refresh(connection, self.request.form["refresh_token"]))
             raise InvalidGrantError()
 
     def revoke_old_credential(self, refresh_token: RefreshCredential) -> None:
@@ -355,7 +398,12 @@ def create_server(app: Flask, access_token_ttl: int) -> AuthorizationServer:
             expires_generator=lambda client, grant_type: access_token_ttl,
         ),
     )
-    server.register_client_auth_method("client_secret_basic", authenticate_basic)
+    for method, authenticate in (
+        ("client_secret_basic", authenticate_basic),
+        ("client_secret_post", authenticate_client_secret_post),
+        ("none", authenticate_none),
+    ):
+        server.register_client_auth_method(method, knowing_presented_client(authenticate))
     server.register_grant(AuthorizationCodeGrant, [S256CodeChallenge(required=True)])
     server.register_grant(RefreshTokenGrant)
     server.register_endpoint(Revocation)

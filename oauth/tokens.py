@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from camvoice import audit
@@ -36,16 +36,23 @@ def find_token(session: Session, value: str, kind: str) -> Token | None:
 # Core: no ORM objects are made, and the write lock is held for the statements alone.
 TOKENS = Token.__table__
 INSERT_TOKENS = TOKENS.insert()  # a pair in one statement
+CLIENTS = OAuthClient.__table__
+# The presented refresh token with its grant's state, its owner, and its client (outer joined:
+# a token's client_id has no foreign key), so the token endpoint authenticates the client
+# without a query of its own.
 FIND_REFRESH = (
     select(
         Token.id, Token.grant_id, Token.client_id, Token.account_id, Token.scope,
         Token.parent_id, Token.used_at, Token.superseded_at, Token.revoked_at,
         Grant.revoked_at.label("grant_revoked_at"), Account.id.label("owner"),
+        *(column.label(f"client_{column.name}") for column in CLIENTS.c),
     )
     .join(Grant, Grant.id == Token.grant_id)
     .outerjoin(Account, Account.id == Token.account_id)
+    .outerjoin(CLIENTS, CLIENTS.c.client_id == Token.client_id)
     .where(Token.token_hash == bindparam("hash"), Token.kind == "refresh")
 )  # fmt: skip
+CREDENTIAL_FIELDS = 11  # FIND_REFRESH's columns before the client's
 LIVE = (TOKENS.c.superseded_at.is_(None), TOKENS.c.revoked_at.is_(None))
 CLAIM = (
     update(TOKENS)
@@ -76,11 +83,11 @@ def store_tokens(
     """Persist a token pair of a new link (or the simulator's access token) as hashes."""
     issued = {"grant_id": grant.id, "client_id": grant.client_id,
               "account_id": grant.account_id, "scope": grant.scope}  # fmt: skip
-    insert_pair(session, issued, access_token, refresh_token, expires_in, None)
+    insert_pair(session.connection(), issued, access_token, refresh_token, expires_in, None)
 
 
 def store_refreshed(
-    session: Session,
+    connection: Connection,
     used: RefreshCredential,
     access_token: str,
     refresh_token: str,
@@ -90,11 +97,11 @@ def store_refreshed(
     client, owner and scope)."""
     issued = {"grant_id": used.grant_id, "client_id": used.client_id,
               "account_id": used.account_id, "scope": used.scope}  # fmt: skip
-    insert_pair(session, issued, access_token, refresh_token, expires_in, used.id)
+    insert_pair(connection, issued, access_token, refresh_token, expires_in, used.id)
 
 
 def insert_pair(
-    session: Session,
+    connection: Connection,
     issued: dict[str, str],
     access_token: str,
     refresh_token: str | None,
@@ -110,7 +117,7 @@ def insert_pair(
     if refresh_token:
         rows.append({**common, "kind": "refresh", "token_hash": digest(refresh_token),
                      "expires_at": None, "parent_id": parent_id})  # fmt: skip
-    session.connection().execute(INSERT_TOKENS, rows)
+    connection.execute(INSERT_TOKENS, rows)
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,9 @@ class RefreshCredential:
     revoked_at: datetime | None
     grant_revoked_at: datetime | None
     owner: str | None  # the account's id, None once the account is gone
+    # The token's client as the token endpoint may authenticate it (read in the same query),
+    # or None: gone, or one of the console's simulator clients, which nobody may use there.
+    client: OAuthClient | None = None
 
     def check_client(self, client: OAuthClient) -> bool:
         return self.client_id == client.client_id
@@ -137,10 +147,17 @@ class RefreshCredential:
         return self.scope
 
 
-def find_refresh(session: Session, value: str) -> RefreshCredential | None:
-    """The refresh token `value` with its grant's state and its owner, or None if no such token."""
-    row = session.connection().execute(FIND_REFRESH, {"hash": digest(value)}).one_or_none()
-    return None if row is None else RefreshCredential(*row)
+def find_refresh(connection: Connection, value: str) -> RefreshCredential | None:
+    """The refresh token `value` with its grant's state, its owner and its client, or None if
+    there is no such token."""
+    row = connection.execute(FIND_REFRESH, {"hash": digest(value)}).one_or_none()
+    if row is None:
+        return None
+    client = dict(zip(CLIENTS.c.keys(), row[CREDENTIAL_FIELDS:], strict=True))
+    usable = client["client_id"] is not None and not client["simulator"]
+    return RefreshCredential(
+        *row[:CREDENTIAL_FIELDS], client=OAuthClient(**client) if usable else None
+    )
 
 
 def refusal(credential: RefreshCredential) -> str | None:
@@ -154,7 +171,7 @@ def refusal(credential: RefreshCredential) -> str | None:
     return None
 
 
-def rotate(session: Session, used: RefreshCredential) -> bool:
+def rotate(connection: Connection, used: RefreshCredential) -> bool:
     """A refresh token is being used: mark it used (its first use is kept), and its parent and
     the parent's other children die now.
 
@@ -169,7 +186,6 @@ def rotate(session: Session, used: RefreshCredential) -> bool:
     transaction serialises anyway), so retries of one token do not queue behind each other.
     """
     params = {"used": used.id, "parent": used.parent_id, "now": utcnow()}
-    connection = session.connection()
     if used.used_at is None:
         claimed = connection.execute(CLAIM, params).rowcount == 1
     else:

@@ -177,3 +177,40 @@ def streams_requested(db: Database) -> list[tuple[str | None, str | None]]:
             .order_by(AuditEvent.id)
         ).all()
         return [(row.assistant, row.detail.get("protocol")) for row in rows]
+
+
+def unused_refresh_tokens(db: Database, account_id: str, client_id: str, count: int) -> list[str]:
+    """`count` refresh tokens as a refresh left them, each ready for its first use: each of its
+    own grant (one link per token, as many owners' assistants would refresh), the child of a
+    used parent (so its use supersedes that parent, as every refresh but a link's first does).
+
+    Written straight into the tables (three bulk INSERTs), not through `count` real refreshes:
+    the benches need thousands (one per request under load)."""
+    from sqlalchemy import insert
+
+    from camvoice.models import new_id, utcnow
+    from oauth.models import Grant, Token
+
+    now = utcnow()
+    grants = [new_id("grt") for _ in range(count)]
+    tokens = [secrets.token_urlsafe(32) for _ in range(count)]
+    common = {"client_id": client_id, "account_id": account_id, "scope": "cameras",
+              "kind": "refresh", "issued_at": now, "expires_at": None, "superseded_at": None,
+              "revoked_at": None}  # fmt: skip
+    with db.session() as session:
+        session.execute(insert(Grant), [
+            {"id": grant, "account_id": account_id, "client_id": client_id, "scope": "cameras",
+             "created_at": now, "last_used_at": None, "revoked_at": None, "revoked_reason": None}
+            for grant in grants
+        ])  # fmt: skip
+        parents = session.scalars(
+            insert(Token).returning(Token.id, sort_by_parameter_order=True),
+            [{**common, "grant_id": grant, "token_hash": digest(secrets.token_urlsafe(32)),
+              "parent_id": None, "used_at": now} for grant in grants],
+        ).all()  # fmt: skip
+        session.execute(insert(Token), [
+            {**common, "grant_id": grant, "token_hash": digest(token), "parent_id": parent,
+             "used_at": None}
+            for grant, token, parent in zip(grants, tokens, parents, strict=True)
+        ])  # fmt: skip
+    return tokens

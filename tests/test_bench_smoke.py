@@ -44,6 +44,15 @@ def test_directive_cost_smoke() -> None:
         assert f"statements 5  transactions {transactions}  median" in line, line
 
 
+def test_token_cost_smoke() -> None:
+    """A first-use refresh answered a new access token (the script asserts it) in one reading
+    and one writing transaction: the token with its client, then claim, supersede, new pair."""
+    out = smoke("token_cost.py", "--runs", "1")
+    line = next(line for line in out.splitlines() if "token refresh, first use" in line)
+    assert re.search(r"statements 6  transactions 2  median [\d.]+ ms  cpu [\d.]+ ms  "
+                     r"python calls \d+$", line), line  # fmt: skip
+
+
 # --- bench/load.py ------------------------------------------------------------------------------
 
 LOAD_CASES = (
@@ -54,7 +63,8 @@ LOAD_CASES = (
     "alexa Discover, 5 cameras",
     "google SYNC, 300 cameras",
     "alexa Discover, 300 cameras",
-    "token refresh /oauth/token",
+    "token refresh, first use",
+    "token refresh, retry in grace",
 )
 ROW = r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s*$"
 WRK_OUT = """Running 1s test @ http://127.0.0.1:18765/nothing
