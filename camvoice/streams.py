@@ -193,16 +193,17 @@ class Streams:
         if blockers:
             raise StreamRefused(blockers)
         ttl = self.settings.stream_ticket_ttl
-        token = self.ticket(camera, protocol, audience, grant_id, session_ref)
+        token = self._signed(camera, protocol, audience, grant_id, session_ref)
+        image = (
+            self._signed(camera, Protocol.JPEG, audience, grant_id, session_ref)
+            if Protocol.JPEG in protocols(camera)
+            else None
+        )
         return OpenStream(
             camera=camera,
             url=self.url(camera, protocol, token),
             token=token,
-            image_url=(
-                self.mint(camera, Protocol.JPEG, audience, grant_id, session_ref)
-                if Protocol.JPEG in protocols(camera)
-                else None
-            ),
+            image_url=None if image is None else self.url(camera, Protocol.JPEG, image),
             expires_at=datetime.fromtimestamp(int(datetime.now(UTC).timestamp() + ttl), UTC),
         )
 
@@ -267,6 +268,17 @@ class Streams:
         """A signed, short-lived ticket for a camera that passed its readiness rules."""
         if blockers_for(camera, audience, protocol):
             raise ValueError("refusing to mint a stream ticket for a blocked camera")
+        return self._signed(camera, protocol, audience, grant_id, session_ref)
+
+    def _signed(
+        self,
+        camera: Camera,
+        protocol: Protocol,
+        audience: Audience,
+        grant_id: str | None,
+        session_ref: str | None,
+    ) -> str:
+        """`ticket` once the readiness rules were checked (by `open`, which just did)."""
         ticket = new_ticket(camera.id, camera.owner_id, protocol, audience,
                             self.settings.stream_ticket_ttl, grant_id, session_ref)  # fmt: skip
         return self.signer.sign(ticket)

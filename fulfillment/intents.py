@@ -51,7 +51,7 @@ def owned(ctx: Context, session: Session, camera_id: object) -> Camera | None:
     """The caller's camera, or None for an unknown or another owner's device (never revealed)."""
     if not isinstance(camera_id, str):
         raise BadRequest("device id must be a string")
-    return ctx.services.registry.owned_camera(session, ctx.principal.account_id, camera_id)
+    return ctx.services.registry.read_owned_camera(session, ctx.principal.account_id, camera_id)
 
 
 def device_ids(payload: Any, key: str = "devices") -> list[Any]:

@@ -10,12 +10,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from camvoice import audit
-from camvoice.models import Account, utcnow
+from camvoice.cameras import CAMERA_COLUMNS, camera_of
+from camvoice.models import Account, Camera, utcnow
 from oauth.models import AuthorizationCode, Grant, OAuthClient, Token, digest
 
 LAST_USED_RESOLUTION = timedelta(seconds=60)  # don't write last_used_at on every request
@@ -380,7 +382,33 @@ def authenticate_bearer(
     # One Core query for token, link and client (no ORM objects built): this runs on every
     # directive, and its answer is read from the database each time, so a revocation through
     # any instance refuses the very next request everywhere.
-    row = session.execute(BEARER, {"token_hash": digest(token)}).one_or_none()
+    row = session.connection().execute(BEARER, {"token_hash": digest(token)}).one_or_none()
+    return judged(session, row, assistant, touch)
+
+
+def authenticate_for_camera(
+    session: Session, token: str | None, assistant: str, camera_id: str
+) -> tuple[Principal | Failure, Camera | None]:
+    """`authenticate_bearer` (touching) and the token owner's camera `camera_id`, read in the
+    same statement: a directive names both, and each statement costs more to run than to read.
+
+    The camera is None when the token is refused, or when no camera of the token's owner has
+    that id (another owner's camera looks the same as none). It is a copy in no session
+    (cameras.camera_of), for reading."""
+    if not token:
+        return Failure.MISSING, None
+    values = {"token_hash": digest(token), "camera_id": camera_id}
+    row = session.connection().execute(BEARER_AND_CAMERA, values).one_or_none()
+    principal = judged(session, row, assistant, touch=True)
+    if row is None or not isinstance(principal, Principal) or row.camera_found is None:
+        return principal, None
+    return principal, camera_of(row[-len(CAMERA_COLUMNS) :])
+
+
+def judged(
+    session: Session, row: Row[Any] | None, assistant: str | None, touch: bool
+) -> Principal | Failure:
+    """What a BEARER row (None: no such token) says of the token presented."""
     if row is None:
         return Failure.INVALID
     if assistant and row.assistant != assistant:
@@ -421,3 +449,7 @@ BEARER = (
     .join(OAuthClient, OAuthClient.client_id == Token.client_id)
     .where(Token.token_hash == bindparam("token_hash"), Token.kind == "access")
 )  # fmt: skip
+# BEARER and the camera a directive names, when the token's owner has it: its columns last.
+BEARER_AND_CAMERA = BEARER.add_columns(Camera.id.label("camera_found"), *CAMERA_COLUMNS).outerjoin(
+    Camera, (Camera.id == bindparam("camera_id")) & (Camera.owner_id == Token.account_id)
+)

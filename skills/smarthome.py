@@ -28,7 +28,7 @@ from camvoice.streams import (
 )
 from camvoice.tickets import Audience, Protocol
 from camvoice.webrtc import WebRTCError
-from oauth.tokens import Failure, Principal, authenticate_bearer
+from oauth.tokens import Failure, Principal, authenticate_bearer, authenticate_for_camera
 from skills import errors, messages
 from skills.events import LwaError, accept_grant, discovery_facts
 
@@ -55,24 +55,32 @@ class Request:
     def principal(self, session: Session, token: object) -> Principal:
         """The owner behind a bearer token. Only real token failures unlink the skill."""
         result = authenticate_bearer(session, token if isinstance(token, str) else None, "alexa")
-        if result is Failure.EXPIRED:
-            raise errors.ExpiredCredential("access token expired")
-        if isinstance(result, Failure):
-            raise errors.InvalidCredential(f"access token {result.value}")
-        return result
+        return trusted(result)
 
     def endpoint_owner(self, session: Session) -> tuple[Principal, Camera]:
+        """The owner behind the scope's token and their camera the directive names, read in
+        one statement; the token is judged first (its failures are Alexa's credential errors)."""
         endpoint = self.directive.get("endpoint")
         if not isinstance(endpoint, dict) or not isinstance(endpoint.get("endpointId"), str):
             raise errors.InvalidDirective("endpoint.endpointId is required")
         scope = endpoint.get("scope") if isinstance(endpoint.get("scope"), dict) else {}
-        principal = self.principal(session, scope.get("token"))  # type: ignore[union-attr]
-        camera = self.services.registry.owned_camera(
-            session, principal.account_id, endpoint["endpointId"]
+        token = scope.get("token")  # type: ignore[union-attr]
+        result, camera = authenticate_for_camera(
+            session, token if isinstance(token, str) else None, "alexa", endpoint["endpointId"]
         )
+        principal = trusted(result)
         if camera is None:
             raise errors.NoSuchEndpoint("no such camera for this account")
         return principal, camera
+
+
+def trusted(result: Principal | Failure) -> Principal:
+    """The principal, or the credential error Alexa gets: only real token failures unlink."""
+    if result is Failure.EXPIRED:
+        raise errors.ExpiredCredential("access token expired")
+    if isinstance(result, Failure):
+        raise errors.InvalidCredential(f"access token {result.value}")
+    return result
 
 
 def discover(req: Request) -> Message:

@@ -37,11 +37,14 @@ def test_cli_start_smoke() -> None:
 def test_directive_cost_smoke() -> None:
     """Each case answered its success shape (the script asserts it) and was counted."""
     out = smoke("directive_cost.py", "--runs", "1")
-    # README's sizing: 5 statements each; Alexa in one transaction (beside its self-committing
-    # claim), Google in a reading and a writing one.
-    for case, transactions in (("Alexa InitializeCameraStreams", 1), ("Google EXECUTE", 2)):
+    # Alexa: its self-committing claim, then one transaction reading the token and the camera in
+    # one statement; Google: a reading transaction (the token) and a writing one (the camera).
+    for case, statements, transactions in (
+        ("Alexa InitializeCameraStreams", 4, 1),
+        ("Google EXECUTE", 5, 2),
+    ):
         line = next(line for line in out.splitlines() if case in line)
-        assert f"statements 5  transactions {transactions}  median" in line, line
+        assert f"statements {statements}  transactions {transactions}  median" in line, line
 
 
 def test_token_cost_smoke() -> None:

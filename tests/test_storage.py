@@ -145,6 +145,24 @@ def test_one_owner_never_sees_another_owners_camera(db: Database, registry: Regi
         assert [c.name for c in registry.owned_cameras(session, bob.id)] == ["Bob Garage"]
 
 
+def test_read_owned_camera_is_a_copy_of_every_column(db: Database, registry: Registry) -> None:
+    """The directives' Core read gives what the ORM loads, column for column, or None for
+    another owner's camera; the copy is in no session (a reader's: nothing is written)."""
+    with db.session() as session:
+        alice = create_account(session, "alice@example.com", "password-a")
+        bob = create_account(session, "bob@example.com", "password-b")
+        camera = registry.add(session, alice, "Porch", actor="test", nicknames=["door"],
+                              model="C6", width=640, height=360)  # fmt: skip
+        alice_id, bob_id, camera_id = alice.id, bob.id, camera.id
+    with db.reading() as session:
+        loaded = session.get(Camera, camera_id)
+        copy = registry.read_owned_camera(session, alice_id, camera_id)
+        assert registry.read_owned_camera(session, bob_id, camera_id) is None
+        assert copy is not None and copy not in session
+        for column in Camera.__table__.c:
+            assert getattr(copy, column.key) == getattr(loaded, column.key), column.key
+
+
 def test_remove_camera_audits_and_publishes(db: Database, registry: Registry) -> None:
     registry.outbox.subscribe("camera.removed", "recorder", lambda topic, p: None)
     with db.session() as session:
