@@ -5,8 +5,9 @@ threads unless --workers/--threads say otherwise, the same for every case), link
 (5 and 300 cameras) with an Alexa and a Google client, and drives each case with wrk (Debian
 package) at 32 connections. Prints
 requests/s, p50, p99 and the ratio to the floor (a trivial JSON endpoint, /healthz) measured in
-the same run, and the memory (VmRSS, and its peak VmHWM) of each gunicorn worker after that
-database's cases. Then counts SQL statements per directive for owners with 5 and 300 cameras, and
+the same run, and the memory of each gunicorn worker after that database's cases (VmRSS; VmHWM,
+its peak during the cases; PSS and USS, which count the pages shared with the master apart),
+with the peak of the linking before them (sign-ins). Then counts SQL statements per directive for owners with 5 and 300 cameras, and
 times the Lambda forwarder against a direct POST.
 
 A figure is printed only for an answer that is the case's success shape: before timing, each
@@ -382,9 +383,9 @@ class Server:
         self.process.terminate()
         self.process.wait(60)
 
-    def worker_memory(self) -> list[tuple[int, int]]:
-        """(VmRSS, VmHWM) in kB of each gunicorn worker: the master's children that run its
-        command line (the RTSPS relay and the media node are children too, but other programs)."""
+    def workers(self) -> list[Path]:
+        """/proc of each gunicorn worker: the master's children that run its command line (the
+        RTSPS relay and the media node are children too, but other programs)."""
         master = Path(f"/proc/{self.process.pid}/cmdline").read_bytes()
         found = []
         for proc in Path("/proc").iterdir():
@@ -392,10 +393,27 @@ class Server:
                 if not proc.name.isdigit() or proc_field(proc, "PPid") != self.process.pid:
                     continue
                 if (proc / "cmdline").read_bytes() == master:
-                    found.append((proc_field(proc, "VmRSS"), proc_field(proc, "VmHWM")))
+                    found.append(proc)
             except (OSError, ValueError):  # gone meanwhile, or not readable
                 continue
-        return sorted(found)
+        return sorted(found, key=lambda proc: int(proc.name))
+
+
+def reset_peak(proc: Path) -> None:
+    """VmHWM starts again from the current RSS (proc(5), clear_refs "5"), so the peak printed
+    after the cases is theirs, not the linking's: each sign-in's argon2id takes 64 MiB."""
+    (proc / "clear_refs").write_text("5")
+
+
+def memory_kb(proc: Path) -> tuple[int, int, int, int]:
+    """(RSS, peak RSS, PSS, USS) in kB. RSS counts the pages a worker shares with the master
+    (imports made before the fork) in full; PSS shares them out, USS is the worker's own."""
+    rollup = {}
+    for line in (proc / "smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        rollup[name] = int(value.split()[0])
+    own = rollup["Private_Clean"] + rollup["Private_Dirty"]
+    return proc_field(proc, "VmRSS"), proc_field(proc, "VmHWM"), rollup["Pss"], own
 
 
 def proc_field(proc: Path, name: str) -> int:
@@ -626,14 +644,20 @@ def run_suite(label: str, db_url: str, loader: Loader, seconds: int, connections
             cases = [Case("floor /healthz", "/healthz", any_json), *stream_cases(five),
                      *discovery_cases(owners),
                      *refresh_cases(db, alexa, five.alexa["refresh_token"], seconds)]  # fmt: skip
+            workers = server.workers()
+            if not workers:
+                raise BenchFailure("found no gunicorn worker to read the memory of")
+            linking = [memory_kb(proc)[1] for proc in workers]
+            for proc in workers:
+                reset_peak(proc)
             print(f"\n[{label}]")
             print_rows(server.url, cases, loader, seconds, connections)
-            memory = server.worker_memory()
-            if not memory:
-                raise BenchFailure("found no gunicorn worker to read the memory of")
             print(f"  RSS per web worker after the cases ({label}): "
-                  + ", ".join(f"{rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB)"
-                              for rss, peak in memory), flush=True)  # fmt: skip
+                  + ", ".join(f"{rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB, PSS "
+                              f"{pss / 1024:.0f}, USS {uss / 1024:.0f})"
+                              for rss, peak, pss, uss in map(memory_kb, workers))
+                  + "; peak while linking (sign-ins, argon2id): "
+                  + ", ".join(f"{peak / 1024:.0f} MB" for peak in linking), flush=True)  # fmt: skip
             if forwarder_runs:
                 direct, forwarded = forwarder_latency(server.url, five, forwarder_runs)
                 print(f"\nLambda forwarder ({label}): direct {direct:.1f} ms, through lambda_handler "

@@ -116,7 +116,10 @@ def test_load_smoke() -> None:
     # Each gunicorn worker's memory (2 workers by default), read from /proc after the cases.
     memory = re.search(r"^  RSS per web worker after the cases \(sqlite\): (.+)$", out, re.M)
     assert memory, out
-    assert len(re.findall(r"\d+ MB \(peak \d+ MB\)", memory.group(1))) == 2, memory.group(0)
+    figures = r"\d+ MB \(peak \d+ MB, PSS \d+, USS \d+\)"
+    assert len(re.findall(figures, memory.group(1))) == 2, memory.group(0)
+    assert re.search(r"; peak while linking \(sign-ins, argon2id\): \d+ MB, \d+ MB$",
+                     memory.group(1)), memory.group(0)  # fmt: skip
 
 
 def test_load_checks_refuse_error_answers() -> None:
