@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone
+from camvoice.discovery import Encoded, encoded
 from camvoice.models import Camera
 from camvoice.services import Services
 from camvoice.streams import (
@@ -91,16 +92,16 @@ def discover(req: Request) -> Message:
         settings, owner = req.services.settings, principal.account_id
         version, proactive = discovery_facts(session, settings, owner)
 
-        def build() -> list[Message]:
+        def build() -> Encoded:
             cameras = req.services.registry.owned_cameras(session, owner)
-            return [messages.endpoint(c, settings, streams, proactive, webrtc)
-                    for c in cameras[: messages.MAX_ENDPOINTS]]  # fmt: skip
+            return encoded([messages.endpoint(c, settings, streams, proactive, webrtc)
+                            for c in cameras[: messages.MAX_ENDPOINTS]])  # fmt: skip
 
         # Everything an endpoint is built from: the cameras (their version) and these flags.
         key = ("alexa", owner, proactive, streams, webrtc, settings.manufacturer)
         endpoints = req.services.discovery.answer(key, version, build)
         audit.record(session, "alexa.discover", actor="alexa", account_id=principal.account_id,
-                     assistant="alexa", endpoints=len(endpoints))  # fmt: skip
+                     assistant="alexa", endpoints=endpoints.count)  # fmt: skip
     return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                              {"endpoints": endpoints})  # fmt: skip
 
