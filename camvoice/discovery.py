@@ -25,13 +25,15 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from camvoice.db import Database
 from camvoice.models import Account
 
 # Encoded, an endpoint is ~0.7 KiB and a device ~0.4 KiB: 3000 items keep at most ~2 MiB.
@@ -55,9 +57,27 @@ def encoded(items: list[Any]) -> Encoded:
 
 
 def registry_version(session: Session, account_id: str) -> int | None:
-    """The owner's registry version (None when the account is gone): one primary-key read."""
-    stmt = select(Account.registry_version).where(Account.id == account_id)
-    return session.scalars(stmt).one_or_none()
+    """The owner's registry version (None when the account is gone): one primary-key read, in
+    Core (read on every Discover and SYNC, where the ORM's statement handling cost ~5 times the
+    query)."""
+    found = session.connection().execute(VERSION, {"account_id": account_id})
+    version: int | None = found.scalar_one_or_none()
+    return version
+
+
+ACCOUNTS = Account.__table__
+VERSION = select(ACCOUNTS.c.registry_version).where(ACCOUNTS.c.id == bindparam("account_id"))
+
+
+@contextmanager
+def each_statement_committed(db: Database) -> Iterator[Session]:
+    """A session whose statements commit one by one as they run (Database.autocommit), for
+    the audit row of an answer read in a reading transaction: one INSERT, durable before the
+    answer is sent, that holds SQLite's write lock for that statement only, not for the reads
+    and the build before it (nor costs PostgreSQL a BEGIN and a COMMIT)."""
+    with Session(db.autocommit) as session:
+        yield session
+        session.commit()
 
 
 class Flight:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone
-from camvoice.discovery import Encoded, encoded
+from camvoice.discovery import Encoded, each_statement_committed, encoded
 from camvoice.models import Camera
 from camvoice.services import Services
 from camvoice.streams import (
@@ -29,7 +29,7 @@ from camvoice.streams import (
 )
 from camvoice.tickets import Audience, Protocol
 from camvoice.webrtc import WebRTCError
-from oauth.tokens import Failure, Principal, authenticate_bearer
+from oauth.tokens import Failure, Principal, authenticate_bearer, touch_grant
 from skills import errors, messages
 from skills.events import LwaError, accept_grant, discovery_facts
 
@@ -77,30 +77,39 @@ class Request:
 
 
 def discover(req: Request) -> Message:
+    """The owner's endpoints, read in a reading transaction (no write lock while the token,
+    the version and, after a change, the cameras are read); the audit row is then written by
+    itself, before the answer is sent."""
+    services = req.services
     scope = req.payload.get("scope")
-    streams = messages.advertises_streams(req.services)
-    webrtc = messages.advertises_webrtc(req.services)
-    with req.services.db.session() as session:
-        try:
-            principal = req.principal(
-                session, scope.get("token") if isinstance(scope, dict) else None
-            )
-        except errors.AlexaError:
+    token = scope.get("token") if isinstance(scope, dict) else None
+    streams = messages.advertises_streams(services)
+    webrtc = messages.advertises_webrtc(services)
+    settings = services.settings
+    with services.db.reading() as session:
+        principal = authenticate_bearer(
+            session, token if isinstance(token, str) else None, "alexa", touch=False
+        )
+        if not isinstance(principal, Principal):
             # Amazon's rule for Discovery: a bad or expired token gets no endpoints, not an error.
             return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                                      {"endpoints": []})  # fmt: skip
-        settings, owner = req.services.settings, principal.account_id
+        owner = principal.account_id
         version, proactive = discovery_facts(session, settings, owner)
 
         def build() -> Encoded:
-            cameras = req.services.registry.owned_cameras(session, owner)
+            cameras = services.registry.owned_cameras(session, owner)
             return encoded([messages.endpoint(c, settings, streams, proactive, webrtc)
                             for c in cameras[: messages.MAX_ENDPOINTS]])  # fmt: skip
 
         # Everything an endpoint is built from: the cameras (their version) and these flags.
         key = ("alexa", owner, proactive, streams, webrtc, settings.manufacturer)
-        endpoints = req.services.discovery.answer(key, version, build)
-        audit.record(session, "alexa.discover", actor="alexa", account_id=principal.account_id,
+        endpoints = services.discovery.answer(key, version, build)
+    if principal.stale:  # at most once a minute
+        with services.db.session() as session:
+            touch_grant(session, principal.grant_id)
+    with each_statement_committed(services.db) as session:
+        audit.record(session, "alexa.discover", actor="alexa", account_id=owner,
                      assistant="alexa", endpoints=endpoints.count)  # fmt: skip
     return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                              {"endpoints": endpoints})  # fmt: skip

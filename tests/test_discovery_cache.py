@@ -106,6 +106,47 @@ def test_cached_answer_is_byte_for_byte_the_fresh_one_and_268dd16s(
     assert fresh == expected
 
 
+TRICKY: list[Any] = [
+    {"b": "Cámara del jardín ñ", "a": ["porch", "\u2028", "📷"], "c": {"z": None, "y": True}},
+    {"quote": 'say "hi" \\ there', "control": "\x00\x1f\t", "html": "</script><b>&amp;"},
+    [],
+    {},
+    0,
+    -1,
+    2**40,
+    False,
+    "",
+]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_encoded_list_is_written_as_the_app_writes_the_list(debug: bool) -> None:
+    """What the JSON provider writes for an `Encoded` is what Flask writes for the list itself,
+    whatever surrounds it (a requestId that looks like a marker included); in debug mode (which
+    indents) the list stays as it was encoded, still one valid document."""
+    import json
+
+    from flask import Flask, jsonify
+
+    from service.app import UntrustedJSONProvider
+
+    app = Flask("splice")
+    app.debug = debug
+    app.json = UntrustedJSONProvider(app)
+    envelope = {"requestId": '"' + "0" * 32 + '"', "payload": {"agentUserId": "ü", "devices": None}}
+    with app.app_context():
+        plain = jsonify({**envelope, "payload": {**envelope["payload"], "devices": TRICKY}})
+        spliced = jsonify(
+            {**envelope, "payload": {**envelope["payload"], "devices": encoded(TRICKY)}}
+        )
+        two = jsonify([encoded(TRICKY), {"k": encoded([])}, encoded(TRICKY)])
+    assert json.loads(spliced.data) == json.loads(plain.data)
+    assert json.loads(two.data) == [TRICKY, {"k": []}, TRICKY]
+    if not debug:
+        assert spliced.data == plain.data
+        assert spliced.data.endswith(b"}\n") and spliced.mimetype == "application/json"
+
+
 # --- the version -----------------------------------------------------------------------------
 
 
