@@ -25,15 +25,13 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from camvoice.db import Database
 from camvoice.models import Account
 
 # Encoded, an endpoint is ~0.7 KiB and a device ~0.4 KiB: 3000 items keep at most ~2 MiB.
@@ -67,17 +65,6 @@ def registry_version(session: Session, account_id: str) -> int | None:
 
 ACCOUNTS = Account.__table__
 VERSION = select(ACCOUNTS.c.registry_version).where(ACCOUNTS.c.id == bindparam("account_id"))
-
-
-@contextmanager
-def each_statement_committed(db: Database) -> Iterator[Session]:
-    """A session whose statements commit one by one as they run (Database.autocommit), for
-    the audit row of an answer read in a reading transaction: one INSERT, durable before the
-    answer is sent, that holds SQLite's write lock for that statement only, not for the reads
-    and the build before it (nor costs PostgreSQL a BEGIN and a COMMIT)."""
-    with Session(db.autocommit) as session:
-        yield session
-        session.commit()
 
 
 class Flight:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone, protocols
-from camvoice.discovery import Encoded, each_statement_committed, encoded, registry_version
+from camvoice.discovery import Encoded, encoded, registry_version
 from camvoice.models import Camera
 from camvoice.readiness import BLOCKERS, Blocker
 from camvoice.services import Services
@@ -76,8 +76,8 @@ def sync(ctx: Context, payload: Any) -> dict[str, Any]:
         # Everything a device is built from: the cameras (their version) and these settings.
         key = ("google", owner, ctx.homegraph, services.settings.manufacturer)
         devices = services.discovery.answer(key, version, build)
-    with each_statement_committed(services.db) as session:
-        audit.record(session, "google.sync", actor="google", account_id=owner,
+    with services.db.autocommit.connect() as committing:  # the INSERT commits by itself
+        audit.record(committing, "google.sync", actor="google", account_id=owner,
                      assistant="google", devices=devices.count)  # fmt: skip
     return {"agentUserId": owner, "devices": devices}
 

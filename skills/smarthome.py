@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone
-from camvoice.discovery import Encoded, each_statement_committed, encoded
+from camvoice.discovery import Encoded, encoded
 from camvoice.models import Camera
 from camvoice.services import Services
 from camvoice.streams import (
@@ -108,8 +108,8 @@ def discover(req: Request) -> Message:
     if principal.stale:  # at most once a minute
         with services.db.session() as session:
             touch_grant(session, principal.grant_id)
-    with each_statement_committed(services.db) as session:
-        audit.record(session, "alexa.discover", actor="alexa", account_id=owner,
+    with services.db.autocommit.connect() as committing:  # the INSERT commits by itself
+        audit.record(committing, "alexa.discover", actor="alexa", account_id=owner,
                      assistant="alexa", endpoints=endpoints.count)  # fmt: skip
     return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                              {"endpoints": endpoints})  # fmt: skip

@@ -147,6 +147,40 @@ def test_an_encoded_list_is_written_as_the_app_writes_the_list(debug: bool) -> N
         assert spliced.data.endswith(b"}\n") and spliced.mimetype == "application/json"
 
 
+@pytest.mark.parametrize("kind", sorted(ANSWERS))
+def test_a_kept_answer_takes_no_write_lock_to_read_and_commits_its_audit_row(
+    kind: str, golden: Settings, db: Database
+) -> None:
+    """The token, the version (and after a change the cameras) are read in a reading
+    transaction: on SQLite no BEGIN IMMEDIATE, whose write lock every writer queues for. The
+    audit row is one INSERT committed by itself, there before the answer is sent."""
+    from camvoice.models import AuditEvent
+
+    http = create_app(golden, db).test_client()
+    ask = ANSWERS[kind]
+    ask(http)  # built, and the grant's first use written
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split())[:40])
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        ask(http)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    action = {"alexa_discover": "alexa.discover", "google_sync": "google.sync"}[kind]
+    writes = [s for s in seen if s.startswith(("INSERT", "UPDATE", "DELETE"))]
+    assert all("audit_events" in s or "used_once" in s for s in writes), seen
+    if db.is_sqlite:
+        assert "BEGIN IMMEDIATE" not in " ".join(seen), seen
+    with db.reading() as session:
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.action == action)).all()
+    assert len(rows) == 2 and rows[-1].detail == {
+        ("endpoints" if "alexa" in kind else "devices"): 6
+    }
+
+
 # --- the version -----------------------------------------------------------------------------
 
 
