@@ -9,7 +9,7 @@ on every request, before the cameras would be, so a change committed by any inst
 the very next request on every other one: a kept answer is served only under the version it was
 built at.
 
-What is kept is the list already encoded (`Encoded`): a 300-camera Discover is ~220 kB of JSON
+What is kept is the list already encoded (`Encoded`): a 300-camera Discover is ~260 kB of JSON
 whose encoding cost 2-4 ms on every request when the Python lists were kept; the web app's JSON
 provider writes an `Encoded` into the envelope as it is (service/app.py). Built once per key
 and version: requests that ask while it is being built wait for that build instead of making
