@@ -8,14 +8,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Connection, func, select
 from sqlalchemy.orm import Session
 
 from camvoice.models import AuditEvent, utcnow
 
 
 def record(
-    session: Session,
+    session: Session | Connection,
     action: str,
     *,
     actor: str,
@@ -24,11 +24,12 @@ def record(
     assistant: str | None = None,
     **detail: Any,
 ) -> None:
-    """Insert an audit event in the caller's transaction, so it commits or rolls back with it.
+    """Insert an audit event in the caller's transaction, so it commits or rolls back with it
+    (given a Database.autocommit connection, it is committed by itself as it returns).
 
     A plain INSERT on the session's connection, not an ORM object: every directive writes one,
     and the unit of work would cost more than the statement."""
-    session.connection().execute(
+    (session.connection() if isinstance(session, Session) else session).execute(
         INSERT,
         {"action": action, "actor": actor, "account_id": account_id, "camera_id": camera_id,
          "assistant": assistant, "detail": detail, "at": utcnow()},

@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     alexa_skill_id: str | None = None
     alexa_verify_requests: bool = True
     redis_url: SecretStr | None = None
-    # Endpoints and devices of Discovery/SYNC answers kept per process (camvoice/discovery.py).
+    # Endpoints and devices of Discovery/SYNC answers kept per process, as JSON text (~0.9 KiB
+    # an endpoint, ~0.4 KiB a device; camvoice/discovery.py).
     discovery_cache_items: int = Field(3000, ge=0)
     worker_poll_interval: float = Field(1.0, gt=0)
     ezviz_api_url: str = "https://open.ezvizlife.com"

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone, protocols
-from camvoice.discovery import registry_version
+from camvoice.discovery import Encoded, encoded, registry_version
 from camvoice.models import Camera
 from camvoice.readiness import BLOCKERS, Blocker
 from camvoice.services import Services
@@ -62,20 +62,23 @@ def device_ids(payload: Any, key: str = "devices") -> list[Any]:
 
 
 def sync(ctx: Context, payload: Any) -> dict[str, Any]:
-    """Every camera of the owner, blocked ones included."""
+    """Every camera of the owner, blocked ones included: read in a reading transaction (no
+    write lock while the version and, after a change, the cameras are read); the audit row is
+    then written by itself, before the answer is sent."""
     services, owner = ctx.services, ctx.principal.account_id
-    with services.db.session() as session:
+    with services.db.reading() as session:
         version = registry_version(session, owner)  # first: before the cameras would be read
 
-        def build() -> list[dict[str, Any]]:
+        def build() -> Encoded:
             cameras = services.registry.owned_cameras(session, owner)
-            return [sync_device(ctx, camera) for camera in cameras]
+            return encoded([sync_device(ctx, camera) for camera in cameras])
 
         # Everything a device is built from: the cameras (their version) and these settings.
         key = ("google", owner, ctx.homegraph, services.settings.manufacturer)
         devices = services.discovery.answer(key, version, build)
-        audit.record(session, "google.sync", actor="google", account_id=owner,
-                     assistant="google", devices=len(devices))  # fmt: skip
+    with services.db.autocommit.connect() as committing:  # the INSERT commits by itself
+        audit.record(committing, "google.sync", actor="google", account_id=owner,
+                     assistant="google", devices=devices.count)  # fmt: skip
     return {"agentUserId": owner, "devices": devices}
 
 

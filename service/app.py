@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from flask import Flask, Response, abort, current_app, jsonify, request
@@ -20,6 +21,7 @@ import oauth
 import skills
 from camvoice import untrusted
 from camvoice.db import UNAVAILABLE_RETRY_AFTER, Database, unavailable
+from camvoice.discovery import Encoded
 from camvoice.redact import RedactingFactory
 from camvoice.services import Services
 from camvoice.settings import Settings, load_settings
@@ -54,6 +56,25 @@ class UntrustedJSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return untrusted.loads(s)
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        """Flask's encoding, with each `Encoded` value (a kept Discovery list, already in this
+        encoding) written as its text rather than encoded again. It goes in first as a random
+        marker string, made after the request was read: nothing else in the answer can be it."""
+        parts: dict[str, str] = {}
+        fallback = kwargs.pop("default", self.default)
+
+        def default(value: Any) -> Any:
+            if not isinstance(value, Encoded):
+                return fallback(value)
+            marker = secrets.token_hex(16)
+            parts[f'"{marker}"'] = value.text
+            return marker
+
+        text = super().dumps(obj, default=default, **kwargs)
+        for marker, part in parts.items():
+            text = text.replace(marker, part, 1)
+        return text
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> Flask:

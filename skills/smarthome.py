@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone
+from camvoice.discovery import Encoded, encoded
 from camvoice.models import Camera
 from camvoice.services import Services
 from camvoice.streams import (
@@ -28,7 +29,13 @@ from camvoice.streams import (
 )
 from camvoice.tickets import Audience, Protocol
 from camvoice.webrtc import WebRTCError
-from oauth.tokens import Failure, Principal, authenticate_bearer, authenticate_for_camera
+from oauth.tokens import (
+    Failure,
+    Principal,
+    authenticate_bearer,
+    authenticate_for_camera,
+    touch_grant,
+)
 from skills import errors, messages
 from skills.events import LwaError, accept_grant, discovery_facts
 
@@ -84,31 +91,40 @@ def trusted(result: Principal | Failure) -> Principal:
 
 
 def discover(req: Request) -> Message:
+    """The owner's endpoints, read in a reading transaction (no write lock while the token,
+    the version and, after a change, the cameras are read); the audit row is then written by
+    itself, before the answer is sent."""
+    services = req.services
     scope = req.payload.get("scope")
-    streams = messages.advertises_streams(req.services)
-    webrtc = messages.advertises_webrtc(req.services)
-    with req.services.db.session() as session:
-        try:
-            principal = req.principal(
-                session, scope.get("token") if isinstance(scope, dict) else None
-            )
-        except errors.AlexaError:
+    token = scope.get("token") if isinstance(scope, dict) else None
+    streams = messages.advertises_streams(services)
+    webrtc = messages.advertises_webrtc(services)
+    settings = services.settings
+    with services.db.reading() as session:
+        principal = authenticate_bearer(
+            session, token if isinstance(token, str) else None, "alexa", touch=False
+        )
+        if not isinstance(principal, Principal):
             # Amazon's rule for Discovery: a bad or expired token gets no endpoints, not an error.
             return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                                      {"endpoints": []})  # fmt: skip
-        settings, owner = req.services.settings, principal.account_id
+        owner = principal.account_id
         version, proactive = discovery_facts(session, settings, owner)
 
-        def build() -> list[Message]:
-            cameras = req.services.registry.owned_cameras(session, owner)
-            return [messages.endpoint(c, settings, streams, proactive, webrtc)
-                    for c in cameras[: messages.MAX_ENDPOINTS]]  # fmt: skip
+        def build() -> Encoded:
+            cameras = services.registry.owned_cameras(session, owner)
+            return encoded([messages.endpoint(c, settings, streams, proactive, webrtc)
+                            for c in cameras[: messages.MAX_ENDPOINTS]])  # fmt: skip
 
         # Everything an endpoint is built from: the cameras (their version) and these flags.
         key = ("alexa", owner, proactive, streams, webrtc, settings.manufacturer)
-        endpoints = req.services.discovery.answer(key, version, build)
-        audit.record(session, "alexa.discover", actor="alexa", account_id=principal.account_id,
-                     assistant="alexa", endpoints=len(endpoints))  # fmt: skip
+        endpoints = services.discovery.answer(key, version, build)
+    if principal.stale:  # at most once a minute
+        with services.db.session() as session:
+            touch_grant(session, principal.grant_id)
+    with services.db.autocommit.connect() as committing:  # the INSERT commits by itself
+        audit.record(committing, "alexa.discover", actor="alexa", account_id=owner,
+                     assistant="alexa", endpoints=endpoints.count)  # fmt: skip
     return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                              {"endpoints": endpoints})  # fmt: skip
 

@@ -4,6 +4,9 @@ every instance, and never keeping a revoked token's answer."""
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +17,7 @@ from sqlalchemy import event, select
 
 from camvoice.cameras import Registry
 from camvoice.db import Database
-from camvoice.discovery import AnswerCache, registry_version
+from camvoice.discovery import AnswerCache, Encoded, encoded, registry_version
 from camvoice.models import Account, Camera
 from camvoice.outbox import Outbox
 from camvoice.settings import Settings
@@ -101,6 +104,81 @@ def test_cached_answer_is_byte_for_byte_the_fresh_one_and_268dd16s(
     assert first == expected
     assert second == expected
     assert fresh == expected
+
+
+TRICKY: list[Any] = [
+    {"b": "Cámara del jardín ñ", "a": ["porch", "\u2028", "📷"], "c": {"z": None, "y": True}},
+    {"quote": 'say "hi" \\ there', "control": "\x00\x1f\t", "html": "</script><b>&amp;"},
+    [],
+    {},
+    0,
+    -1,
+    2**40,
+    False,
+    "",
+]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_an_encoded_list_is_written_as_the_app_writes_the_list(debug: bool) -> None:
+    """What the JSON provider writes for an `Encoded` is what Flask writes for the list itself,
+    whatever surrounds it (a requestId that looks like a marker included); in debug mode (which
+    indents) the list stays as it was encoded, still one valid document."""
+    import json
+
+    from flask import Flask, jsonify
+
+    from service.app import UntrustedJSONProvider
+
+    app = Flask("splice")
+    app.debug = debug
+    app.json = UntrustedJSONProvider(app)
+    envelope = {"requestId": '"' + "0" * 32 + '"', "payload": {"agentUserId": "ü", "devices": None}}
+    with app.app_context():
+        plain = jsonify({**envelope, "payload": {**envelope["payload"], "devices": TRICKY}})
+        spliced = jsonify(
+            {**envelope, "payload": {**envelope["payload"], "devices": encoded(TRICKY)}}
+        )
+        two = jsonify([encoded(TRICKY), {"k": encoded([])}, encoded(TRICKY)])
+    assert json.loads(spliced.data) == json.loads(plain.data)
+    assert json.loads(two.data) == [TRICKY, {"k": []}, TRICKY]
+    if not debug:
+        assert spliced.data == plain.data
+        assert spliced.data.endswith(b"}\n") and spliced.mimetype == "application/json"
+
+
+@pytest.mark.parametrize("kind", sorted(ANSWERS))
+def test_a_kept_answer_takes_no_write_lock_to_read_and_commits_its_audit_row(
+    kind: str, golden: Settings, db: Database
+) -> None:
+    """The token, the version (and after a change the cameras) are read in a reading
+    transaction: on SQLite no BEGIN IMMEDIATE, whose write lock every writer queues for. The
+    audit row is one INSERT committed by itself, there before the answer is sent."""
+    from camvoice.models import AuditEvent
+
+    http = create_app(golden, db).test_client()
+    ask = ANSWERS[kind]
+    ask(http)  # built, and the grant's first use written
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split())[:40])
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        ask(http)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    action = {"alexa_discover": "alexa.discover", "google_sync": "google.sync"}[kind]
+    writes = [s for s in seen if s.startswith(("INSERT", "UPDATE", "DELETE"))]
+    assert all("audit_events" in s or "used_once" in s for s in writes), seen
+    if db.is_sqlite:
+        assert "BEGIN IMMEDIATE" not in " ".join(seen), seen
+    with db.reading() as session:
+        rows = session.scalars(select(AuditEvent).where(AuditEvent.action == action)).all()
+    assert len(rows) == 2 and rows[-1].detail == {
+        ("endpoints" if "alexa" in kind else "devices"): 6
+    }
 
 
 # --- the version -----------------------------------------------------------------------------
@@ -251,18 +329,22 @@ def stream_request(http: Any, camera_id: str) -> bytes:
 # --- the table itself ------------------------------------------------------------------------
 
 
+def listed(label: str, size: int) -> Encoded:
+    return encoded([label] * size)
+
+
 def test_answer_cache_keeps_the_newest_version_within_its_bound() -> None:
     cache = AnswerCache(max_items=5)
     built: list[str] = []
 
-    def build(label: str, size: int) -> Callable[[], list[Any]]:
-        return lambda: built.append(label) or [label] * size  # type: ignore[func-returns-value]
+    def build(label: str, size: int) -> Callable[[], Encoded]:
+        return lambda: built.append(label) or listed(label, size)  # type: ignore[func-returns-value]
 
-    assert cache.answer("a", 1, build("a1", 2)) == ["a1", "a1"]
-    assert cache.answer("a", 1, build("again", 2)) == ["a1", "a1"]  # kept
-    assert cache.answer("a", 2, build("a2", 2)) == ["a2", "a2"]  # a new version: built
+    assert cache.answer("a", 1, build("a1", 2)).text == '["a1","a1"]'
+    assert cache.answer("a", 1, build("again", 2)).text == '["a1","a1"]'  # kept
+    assert cache.answer("a", 2, build("a2", 2)).text == '["a2","a2"]'  # a new version: built
     cache.answer("a", 1, build("late a1", 2))  # a slow request's older list
-    assert cache.answer("a", 2, build("again", 2)) == ["a2", "a2"]  # the newer one stayed
+    assert cache.answer("a", 2, build("again", 2)).text == '["a2","a2"]'  # the newer one stayed
     cache.answer("b", 1, build("b1", 3))
     cache.answer("c", 1, build("c1", 1))  # 2 + 3 + 1 > 5: the least recently used goes
     assert "a" not in cache.entries and set(cache.entries) == {"b", "c"} and cache.items == 4
@@ -274,5 +356,87 @@ def test_answer_cache_keeps_the_newest_version_within_its_bound() -> None:
 
 def test_no_cache_when_the_bound_is_zero() -> None:
     cache = AnswerCache(max_items=0)
-    cache.answer("a", 1, lambda: [])
-    assert cache.entries == {}
+    built: list[str] = []
+    for _ in range(2):
+        cache.answer("a", 1, lambda: built.append("a") or listed("a", 1))  # type: ignore[func-returns-value]
+    assert cache.entries == {} and built == ["a", "a"]
+
+
+def test_requests_for_one_answer_while_it_is_built_wait_for_that_build() -> None:
+    """Threads that ask for a key and version being built get that build's answer: one build
+    in memory at a time, not one per thread."""
+    cache = AnswerCache(max_items=100)
+    building, release = threading.Event(), threading.Event()
+    builds: list[str] = []
+
+    def build() -> Encoded:
+        builds.append("built")
+        building.set()
+        assert release.wait(30), "never released"
+        return listed("x", 3)
+
+    answers: list[Encoded] = []
+    first = threading.Thread(target=lambda: answers.append(cache.answer("k", 1, build)))
+    first.start()
+    assert building.wait(30)
+    waiters = [threading.Thread(target=lambda: answers.append(cache.answer("k", 1, build)))
+               for _ in range(3)]  # fmt: skip
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 30
+    while not all(waiting(waiter) for waiter in waiters):  # each is in Event.wait
+        assert time.monotonic() < deadline, "the waiters never reached the flight"
+        time.sleep(0.01)
+    release.set()
+    for thread in (first, *waiters):
+        thread.join(30)
+    assert builds == ["built"] and len(answers) == 4
+    assert all(answer is answers[0] for answer in answers)
+    assert cache.flights == {}
+
+
+def test_a_failed_build_is_tried_again_by_a_waiting_request() -> None:
+    cache = AnswerCache(max_items=100)
+    building, release = threading.Event(), threading.Event()
+
+    def failing() -> Encoded:
+        building.set()
+        assert release.wait(30), "never released"
+        raise RuntimeError("database gone")
+
+    failed: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            cache.answer("k", 1, failing)
+        except RuntimeError as exc:
+            failed.append(exc)
+
+    builder = threading.Thread(target=first)
+    builder.start()
+    assert building.wait(30)
+    answers: list[Encoded] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(cache.answer("k", 1, lambda: listed("y", 1)))
+    )
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while not waiting(waiter):
+        assert time.monotonic() < deadline, "the waiter never reached the flight"
+        time.sleep(0.01)
+    release.set()
+    builder.join(30)
+    waiter.join(30)
+    assert len(failed) == 1 and [a.text for a in answers] == ['["y"]']
+    assert cache.flights == {} and cache.entries["k"][0] == 1
+
+
+def waiting(thread: threading.Thread) -> bool:
+    """Whether `thread` is blocked in threading.Event.wait (its innermost frame is in
+    threading.py's Condition.wait)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return (
+        frame is not None
+        and frame.f_code.co_name == "wait"
+        and "threading" in frame.f_code.co_filename
+    )
