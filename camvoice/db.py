@@ -65,8 +65,14 @@ class Database:
                 else {"isolation_level": "AUTOCOMMIT"}
             )
         )
+        # On PostgreSQL a reading unit of work runs without BEGIN and ROLLBACK (two round trips
+        # fewer): at READ COMMITTED, the default, each statement takes its own snapshot inside a
+        # transaction too, so it sees exactly what it would there.
         self.readers = sessionmaker(
-            self.engine.execution_options(camvoice_read_only=True),
+            self.engine.execution_options(
+                camvoice_read_only=True,
+                **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}),
+            ),
             class_=ReadOnlySession,
             expire_on_commit=False,
         )
@@ -84,7 +90,8 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A unit of work that only reads. On SQLite it begins without the write lock, so reads
-        never queue behind writers (WAL lets them see the last commit meanwhile)."""
+        never queue behind writers (WAL lets them see the last commit meanwhile); on PostgreSQL
+        it begins no transaction at all."""
         with self.readers() as session, session.begin():
             yield session
 
@@ -198,13 +205,14 @@ class WriteQueue:
 
     SQLite's own busy handler sleep-polls (sleeps of 1 to 100 ms) while another connection
     holds the write lock, so a waiter wakes late and the CPU idles meanwhile. Here a writer first
-    takes this process's lock (threads wake the moment it is released; the wait is bounded by
-    BUSY_TIMEOUT, after which the writer goes on to SQLite's busy handler as before), then an
-    exclusive flock on a file beside the database (processes queue on it; the kernel drops it if
-    a process dies), and only then BEGIN IMMEDIATE. Both are released once the COMMIT or
-    ROLLBACK has finished (QueuedConnection). A thread that already holds the queue (a write
-    opened inside another write) does not wait on it again: it goes to the busy handler, as a
-    process that does not use the queue (an older camvoice, the sqlite3 CLI) always does.
+    takes this process's lock (threads wake the moment it is released; after BUSY_TIMEOUT the
+    writer fails with "database is locked", as it did in the busy handler), then an exclusive
+    flock on a file beside the database (one thread per process waits there, until the other
+    process's transaction ends; the kernel drops the flock if a process dies), and only then
+    BEGIN IMMEDIATE. Both are released once the COMMIT or ROLLBACK has finished
+    (QueuedConnection). A thread that already holds the queue (a write opened inside another
+    write) does not wait on it again: it goes to the busy handler, as a process that does not use
+    the queue (an older camvoice, the sqlite3 CLI) always does.
     """
 
     def __init__(self, path: Path) -> None:
@@ -219,11 +227,13 @@ class WriteQueue:
         dbapi_conn.queue = self
 
     def enter(self) -> bool:
-        """Wait for this database's write turn; False when going on without it."""
+        """Wait for this database's write turn; False when this thread holds it already."""
         if self.owner == threading.get_ident():
             return False
         if not self.threads.acquire(timeout=BUSY_TIMEOUT):
-            return False
+            # What SQLite's busy handler says after busy_timeout: the caller answers 503.
+            locked = sqlite3.OperationalError("database is locked")
+            raise exc.OperationalError("BEGIN IMMEDIATE", None, locked)
         try:
             fd = self.file()
             if fd is not None:

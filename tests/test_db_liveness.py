@@ -1,6 +1,6 @@
 """PostgreSQL connections are checked before use without a round trip while in steady use
 (camvoice/db.py Liveness): a connection the server ended is replaced before anyone gets it, one
-idle for a while is pinged, one in steady use is not."""
+idle for a while is pinged, one in steady use is not. And reads open no transaction there."""
 
 from __future__ import annotations
 
@@ -75,3 +75,17 @@ def test_a_connection_the_server_ended_is_replaced_before_use(
     wait_for(lambda: poller.poll(0), "the server's goodbye to reach the pooled connection", 10)
     assert backend_pid(db) != pid  # no error: a new connection, found without a ping
     assert pings == []
+
+
+def test_reads_open_no_transaction_and_writes_do(db: Database) -> None:
+    """A reading unit of work sends no BEGIN or ROLLBACK (at READ COMMITTED each statement has
+    its own snapshot either way); a writing one is one transaction."""
+    idle, in_transaction = psycopg.pq.TransactionStatus.IDLE, psycopg.pq.TransactionStatus.INTRANS
+    with db.reading() as session:
+        session.execute(text("SELECT 1"))
+        status = session.connection().connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+        assert status == idle
+    with db.session() as session:
+        session.execute(text("SELECT 1"))
+        status = session.connection().connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+        assert status == in_transaction

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import OperationalError
 
-from camvoice.db import Database
+import camvoice.db
+from camvoice.db import Database, unavailable
 from camvoice.once import DatabaseOnce, UsedOnce
 from tests.conftest import wait_for
 
@@ -123,7 +125,8 @@ WRITER = """
 import sys, threading
 from datetime import timedelta
 from sqlalchemy import event
-from camvoice.db import Database
+import camvoice.db
+from camvoice.db import Database, unavailable
 from camvoice.models import utcnow
 from camvoice.once import DatabaseOnce, UsedOnce
 
@@ -182,3 +185,29 @@ def test_memory_and_bare_file_databases(tmp_path: Path, monkeypatch: pytest.Monk
     assert DatabaseOnce(bare).claim("k", 60)
     bare.dispose()
     assert (tmp_path / "bare.db-writelock").exists()
+
+
+def test_a_writer_gives_up_after_the_busy_timeout_with_database_is_locked(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As it did in SQLite's busy handler: the app answers 503 (unavailable), not 500."""
+    monkeypatch.setattr(camvoice.db, "BUSY_TIMEOUT", 0.1)
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with db.session() as session:
+            session.execute(text("UPDATE accounts SET email = email"))
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(OperationalError, match="database is locked") as raised:
+            write_session(db)
+        assert unavailable(raised.value)
+    finally:
+        release.set()
+        thread.join(10)
+    write_session(db)  # the queue is free again
