@@ -68,14 +68,11 @@ class Database:
         # On PostgreSQL a reading unit of work runs without BEGIN and ROLLBACK (two round trips
         # fewer): at READ COMMITTED, the default, each statement takes its own snapshot inside a
         # transaction too, so it sees exactly what it would there.
-        self.readers = sessionmaker(
-            self.engine.execution_options(
-                camvoice_read_only=True,
-                **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}),
-            ),
-            class_=ReadOnlySession,
-            expire_on_commit=False,
+        self.reader = self.engine.execution_options(
+            camvoice_read_only=True,
+            **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}),
         )
+        self.readers = sessionmaker(self.reader, class_=ReadOnlySession, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -105,12 +102,12 @@ class Database:
     def pending_migrations(self) -> bool:
         """True when the database is behind the newest migration (or empty)."""
         head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:  # never queues behind writers (readyz)
             current = MigrationContext.configure(conn).get_current_revision()
         return current != head
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:

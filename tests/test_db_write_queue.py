@@ -105,6 +105,8 @@ def test_reads_take_no_turn_in_the_queue(db: Database, tmp_path: Path) -> None:
     try:
         with db.reading() as session:  # would wait on the flock if it queued
             assert session.execute(select(func.count()).select_from(UsedOnce)).scalar() == 0
+        db.ping()  # /readyz's checks read only too
+        assert not db.pending_migrations()
     finally:
         os.close(fd)
 
