@@ -5,7 +5,12 @@ SQLite is the embedded default (WAL, foreign keys on); PostgreSQL is the scale-o
 
 from __future__ import annotations
 
+import fcntl
 import os
+import select
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,13 +20,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Seconds a caller is told to wait (Retry-After) while the database cannot be reached: the pool
-# checks each connection before use (pool_pre_ping), so service resumes with the database.
+# checks each connection before use (Liveness), so service resumes with the database.
 UNAVAILABLE_RETRY_AFTER = 5
+# Seconds a SQLite writer waits for the write lock (in WriteQueue, then in SQLite's busy handler).
+BUSY_TIMEOUT = 15
 
 
 def unavailable(error: BaseException) -> bool:
@@ -58,11 +65,14 @@ class Database:
                 else {"isolation_level": "AUTOCOMMIT"}
             )
         )
-        self.readers = sessionmaker(
-            self.engine.execution_options(camvoice_read_only=True),
-            class_=ReadOnlySession,
-            expire_on_commit=False,
+        # On PostgreSQL a reading unit of work runs without BEGIN and ROLLBACK (two round trips
+        # fewer): at READ COMMITTED, the default, each statement takes its own snapshot inside a
+        # transaction too, so it sees exactly what it would there.
+        self.reader = self.engine.execution_options(
+            camvoice_read_only=True,
+            **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}),
         )
+        self.readers = sessionmaker(self.reader, class_=ReadOnlySession, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
@@ -77,7 +87,8 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A unit of work that only reads. On SQLite it begins without the write lock, so reads
-        never queue behind writers (WAL lets them see the last commit meanwhile)."""
+        never queue behind writers (WAL lets them see the last commit meanwhile); on PostgreSQL
+        it begins no transaction at all."""
         with self.readers() as session, session.begin():
             yield session
 
@@ -85,7 +96,7 @@ class Database:
     def reading_connection(self) -> Iterator[Connection]:
         """Database.reading for Core statements alone: the same reading transaction, without
         the cost of an ORM session (the token endpoint's read, on every refresh)."""
-        with self.readers.kw["bind"].connect() as connection, connection.begin():
+        with self.reader.connect() as connection, connection.begin():
             yield connection
 
     def upgrade(self) -> None:
@@ -98,12 +109,12 @@ class Database:
     def pending_migrations(self) -> bool:
         """True when the database is behind the newest migration (or empty)."""
         head = ScriptDirectory.from_config(alembic_config(self.url)).get_current_head()
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:  # never queues behind writers (readyz)
             current = MigrationContext.configure(conn).get_current_revision()
         return current != head
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
@@ -111,18 +122,77 @@ class Database:
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout for concurrent use."""
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    """Create an engine; SQLite gets WAL, foreign keys, a busy timeout and a write queue."""
+    kwargs: dict[str, Any] = {}
+    queue: WriteQueue | None = None
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = make_url(url).database or ""  # "sqlite://" and ":memory:": a memory database
+        connect_args: dict[str, Any] = {"timeout": BUSY_TIMEOUT, "check_same_thread": False}
+        kwargs = {"connect_args": connect_args}
+        if path and path != ":memory:" and not path.startswith("file:"):
+            # Memory databases (one per connection: nothing to queue for) and URI filenames
+            # (which may name one too) keep SQLite's busy handler alone.
             private_file(Path(path))
-        kwargs = {"connect_args": {"timeout": 15, "check_same_thread": False}}
+            queue = WriteQueue(Path(path + "-writelock"))
+            connect_args["factory"] = QueuedConnection
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
+        if queue is not None:
+            event.listen(engine, "connect", queue.join)
+    else:
+        liveness = Liveness(engine.dialect)
+        event.listen(engine.pool, "checkin", liveness.checkin)
+        event.listen(engine.pool, "checkout", liveness.checkout)
     return engine
+
+
+class Liveness:
+    """Checks a pooled server connection before use, as pool_pre_ping does, without its round
+    trip (a SELECT 1 per checkout: several per directive) while the connection is in steady use.
+
+    A server that restarts, fails over or ends a session (pg_terminate_backend, an idle timeout)
+    sends its goodbye and closes the socket, so an idle connection with bytes to read is dead:
+    that check costs no round trip and is made at every checkout. A connection that sat idle
+    longer than PING_AFTER_IDLE is pinged too (a silently dropped one: a firewall, a NAT
+    timeout). A dead connection is replaced before the caller gets it (DisconnectionError makes
+    the pool connect anew); one that breaks mid-statement invalidates the whole pool, as before.
+    """
+
+    PING_AFTER_IDLE = 1.0  # seconds
+
+    def __init__(self, dialect: Any) -> None:
+        self.dialect = dialect
+
+    def checkin(self, _dbapi_conn: Any, record: Any) -> None:
+        record.info["camvoice_idle_since"] = time.monotonic()
+
+    def checkout(self, dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("camvoice_idle_since")
+        if idle_since is None:
+            return  # connected just now
+        if self.hung_up(dbapi_conn):
+            raise exc.DisconnectionError("the server closed the connection")
+        if time.monotonic() - idle_since >= self.PING_AFTER_IDLE:
+            try:
+                self.dialect.do_ping(dbapi_conn)
+            except Exception as error:
+                raise exc.DisconnectionError("the connection failed its ping") from error
+
+    @staticmethod
+    def hung_up(dbapi_conn: Any) -> bool:
+        """Whether an idle connection's socket has anything to read (or is closed)."""
+        fileno = getattr(dbapi_conn, "fileno", None)
+        if fileno is None:
+            return False
+        try:
+            fd = fileno()
+        except Exception:  # the driver knows it is closed
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
 
 
 def private_file(path: Path) -> None:
@@ -134,15 +204,126 @@ def private_file(path: Path) -> None:
         path.chmod(0o600)  # made before camvoice created its files private
 
 
+class WriteQueue:
+    """Where SQLite writers of one database wait for the write lock, in the kernel.
+
+    SQLite's own busy handler sleep-polls (sleeps of 1 to 100 ms) while another connection
+    holds the write lock, so a waiter wakes late and the CPU idles meanwhile. Here a writer first
+    takes this process's lock (threads wake the moment it is released; after BUSY_TIMEOUT the
+    writer fails with "database is locked", as it did in the busy handler), then an exclusive
+    flock on a file beside the database (one thread per process waits there, until the other
+    process's transaction ends; the kernel drops the flock if a process dies), and only then
+    BEGIN IMMEDIATE. Both are released once the COMMIT or ROLLBACK has finished
+    (QueuedConnection). A thread that already holds the queue (a write opened inside another
+    write) does not wait on it again: it goes to the busy handler, as a process that does not use
+    the queue (an older camvoice, the sqlite3 CLI) always does.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.threads = threading.Lock()
+        self.owner: int | None = None  # thread holding the queue
+        self.fd: int | None = None
+        self.pid = 0  # process that opened fd (a forked child opens its own)
+
+    def join(self, dbapi_conn: Any, _record: Any) -> None:
+        """On connect: the connection enters the queue before each write (the "begin" hook)."""
+        dbapi_conn.queue = self
+
+    def enter(self) -> bool:
+        """Wait for this database's write turn; False when this thread holds it already."""
+        if self.owner == threading.get_ident():
+            return False
+        if not self.threads.acquire(timeout=BUSY_TIMEOUT):
+            # What SQLite's busy handler says after busy_timeout: the caller answers 503.
+            locked = sqlite3.OperationalError("database is locked")
+            raise exc.OperationalError("BEGIN IMMEDIATE", None, locked)
+        try:
+            fd = self.file()
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # waits with the GIL released
+        except BaseException:
+            self.threads.release()
+            raise
+        self.owner = threading.get_ident()
+        return True
+
+    def leave(self) -> None:
+        self.owner = None
+        try:
+            if self.fd is not None and self.pid == os.getpid():
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            self.threads.release()
+
+    def file(self) -> int | None:
+        """The lock file's descriptor for this process; None when it cannot be opened (a
+        read-only folder): then processes queue on SQLite's busy handler, threads still here."""
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self.fd = None
+        return self.fd
+
+
+class QueuedConnection(sqlite3.Connection):
+    """A pysqlite connection that leaves the write queue once its COMMIT or ROLLBACK is done
+    (SQLAlchemy's commit and rollback events fire before them; the pool's reset on checkin is a
+    rollback too, which ends a Database.autocommit connection's turn)."""
+
+    queue: WriteQueue | None = None
+    queued = False
+
+    def enter_queue(self) -> None:
+        if self.queue is not None and not self.queued:
+            self.queued = self.queue.enter()
+
+    def leave_queue(self) -> None:
+        if self.queued and self.queue is not None:
+            self.queued = False
+            self.queue.leave()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.leave_queue()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.leave_queue()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.leave_queue()
+
+
 def _sqlite_begin(conn: Any) -> None:
-    """A writing transaction takes the write lock at BEGIN, so two writers queue on busy_timeout
-    rather than failing with "database is locked" when a read turns into a write; a reading one
-    (Database.reading) takes no lock at all, and Database.autocommit begins none."""
+    """A writing transaction takes the write lock at BEGIN, so two writers queue (WriteQueue,
+    then busy_timeout) rather than failing with "database is locked" when a read turns into a
+    write; a reading one (Database.reading) takes no lock at all, and Database.autocommit begins
+    none but queues too, as each of its statements takes the write lock."""
     options = conn.get_execution_options()
+    if options.get("camvoice_read_only", False):
+        conn.exec_driver_sql("BEGIN")
+        return
+    dbapi_conn = conn.connection.dbapi_connection
+    if isinstance(dbapi_conn, QueuedConnection):
+        dbapi_conn.enter_queue()
     if options.get("camvoice_autocommit"):
-        return  # Database.autocommit: no BEGIN, so SQLite commits each statement by itself
-    read_only = options.get("camvoice_read_only", False)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        return  # no BEGIN, so SQLite commits each statement by itself
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        if isinstance(dbapi_conn, QueuedConnection):
+            dbapi_conn.leave_queue()
+        raise
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -153,7 +334,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # corruption), and a power cut can lose only the last commits. FULL costs an fsync a write.
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=15000")
+    # The backstop behind WriteQueue: for writers outside it (another program, a nested write).
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
     cur.close()
 
 
