@@ -56,6 +56,17 @@ def test_token_cost_smoke() -> None:
                      r"python calls \d+$", line), line  # fmt: skip
 
 
+def test_worker_memory_smoke() -> None:
+    """A real `camvoice serve` answered /readyz, and its master and two web workers were read:
+    RSS, PSS and USS, with PSS and USS never above RSS."""
+    out = smoke("worker_memory.py", "--requests", "2")
+    rows = re.findall(r"^(gunicorn master|web worker)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)
+    assert [name for name, *_ in rows].count("web worker") == 2, out
+    assert any(name == "gunicorn master" for name, *_ in rows), out
+    for _, rss, pss, uss in rows:
+        assert float(uss) <= float(pss) <= float(rss), out
+
+
 # --- bench/load.py ------------------------------------------------------------------------------
 
 LOAD_CASES = (
