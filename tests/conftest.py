@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import requests
 from flask import Flask
+from sqlalchemy import text
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from camvoice.db import Database
@@ -54,6 +55,28 @@ VENV_BIN = Path(sys.executable).parent
 # Fakes and test cameras listen on loopback, and a few tests name LAN or documentation
 # addresses: listed as an operator lists a VPN's networks (camvoice refuses them otherwise).
 TEST_SOURCE_NETWORKS = "127.0.0.0/8, 10.0.0.0/8, 192.0.2.0/24"
+
+
+@contextmanager
+def write_held(db: Database) -> Iterator[threading.Thread]:
+    """A writing transaction (on SQLite: the write lock) held by another thread for the
+    block's length; the thread, to check it still holds it."""
+    holding, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with db.session() as session:
+            session.execute(text("UPDATE accounts SET email = email"))
+            holding.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert holding.wait(10), "the writer did not get its transaction"
+        yield thread
+    finally:
+        release.set()
+        thread.join(10)
 
 
 def _pg_reachable() -> str | None:

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from camvoice.settings import Settings
 from camvoice.streams import Streams
 from camvoice.tickets import Audience, Protocol, TicketError
 from service.app import create_app
-from tests.conftest import VENV_BIN, wiring
+from tests.conftest import VENV_BIN, wiring, write_held
 from tests.oauth_support import make_owner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,24 +133,10 @@ def test_reads_do_not_queue_behind_a_writer(tmp_path: Path) -> None:
     write lock (every write transaction takes it at BEGIN). And it cannot write."""
     db = Database(f"sqlite:///{tmp_path / 'camvoice.db'}")
     db.upgrade()
-    holding, release = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        with db.session() as session:
-            session.execute(text("UPDATE accounts SET email = email"))
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    with write_held(db) as writer:
         with db.reading() as session:  # would wait out busy_timeout (15 s) behind the writer
             assert session.execute(text("SELECT count(*) FROM accounts")).scalar() == 0
-        assert thread.is_alive()  # the writer still held its lock while we read
+        assert writer.is_alive()  # the writer still held its lock while we read
         with pytest.raises(RuntimeError, match="must not write"), db.reading() as session:
             session.add(Account(email="a@example.com", password_hash="x"))
-    finally:
-        release.set()
-        thread.join(10)
     db.dispose()

@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 import camvoice.db
 from camvoice.db import Database, unavailable
 from camvoice.once import DatabaseOnce, UsedOnce
-from tests.conftest import wait_for
+from tests.conftest import wait_for, write_held
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,22 +194,7 @@ def test_a_writer_gives_up_after_the_busy_timeout_with_database_is_locked(
 ) -> None:
     """As it did in SQLite's busy handler: the app answers 503 (unavailable), not 500."""
     monkeypatch.setattr(camvoice.db, "BUSY_TIMEOUT", 0.1)
-    holding, release = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        with db.session() as session:
-            session.execute(text("UPDATE accounts SET email = email"))
-            holding.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
-        assert holding.wait(10)
-        with pytest.raises(OperationalError, match="database is locked") as raised:
-            write_session(db)
-        assert unavailable(raised.value)
-    finally:
-        release.set()
-        thread.join(10)
+    with write_held(db), pytest.raises(OperationalError, match="database is locked") as raised:
+        write_session(db)
+    assert unavailable(raised.value)
     write_session(db)  # the queue is free again
