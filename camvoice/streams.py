@@ -21,7 +21,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import String, select
+from sqlalchemy import Connection, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -70,9 +70,10 @@ class StreamRefused(Exception):
 
 
 def record_refusal(
-    session: Session, camera: Camera, audience: Audience, reason: str, **detail: Any
+    session: Session | Connection, camera: Camera, audience: Audience, reason: str, **detail: Any
 ) -> None:
-    """Audit a stream asked for and refused before any URL was handed out."""
+    """Audit a stream asked for and refused before any URL was handed out (in the caller's
+    transaction, or committed by itself on a Database.autocommit connection)."""
     audit.record(session, "stream.denied", actor=audience.value, account_id=camera.owner_id,
                  camera_id=camera.id, assistant=audience.value, reason=reason,
                  **detail)  # fmt: skip
@@ -155,7 +156,7 @@ class Streams:
         grant_id: str | None = None,
         session_ref: str | None = None,
         *,
-        within: Session | None = None,
+        within: Session | Connection | None = None,
         **detail: Any,
     ) -> OpenStream:
         """Readiness on the last known state, one check with the backend, then a signed URL.
@@ -166,9 +167,10 @@ class Streams:
         are audited; `detail` goes into that audit row. A console stream names its sign-in
         session (`session_ref`): signing out ends it.
 
-        `within`: the caller's transaction, for a camera whose backend asks nobody
-        (`asks_backend` False): the audit row joins it, so the directive commits once. The
-        caller commits it before answering, and must not let StreamRefused roll it back.
+        `within`: the caller's transaction, or a Database.autocommit connection (the row then
+        commits by itself), for a camera whose backend asks nobody (`asks_backend` False): the
+        audit row is written there, so the directive commits once. The caller commits it before
+        answering, and must not let StreamRefused roll it back.
         """
         if within is not None and self.asks_backend(camera):
             raise ValueError("a camera cloud is asked with no transaction open")

@@ -172,33 +172,37 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
 
 
 def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict[str, Any]:
+    """One device's command. The camera is read in a reading transaction (no write lock); the
+    audit row, of the stream handed out or of the refusal, then commits by itself."""
     streams = ctx.services.streams
     opened: OpenStream | None = None
-    with ctx.services.db.session() as session:  # one transaction, for a camera the registry holds
+    with ctx.services.db.reading() as session:
         camera = owned(ctx, session, camera_id)
-        if camera is None:
-            return error(camera_id, "deviceNotFound")
-        if execution["command"] != GET_CAMERA_STREAM:
-            return error(camera_id, "functionNotSupported")
-        to_chromecast = execution["params"].get("StreamToChromecast") is True
-        chosen = chosen_protocol(camera, execution["params"], to_chromecast)
-        if chosen is None:
-            # Nothing to play it with: no camera-cloud call. A blocked camera still says why.
-            known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
-            record_refusal(session, camera, Audience.GOOGLE,
+    if camera is None:
+        return error(camera_id, "deviceNotFound")
+    if execution["command"] != GET_CAMERA_STREAM:
+        return error(camera_id, "functionNotSupported")
+    to_chromecast = execution["params"].get("StreamToChromecast") is True
+    chosen = chosen_protocol(camera, execution["params"], to_chromecast)
+    if chosen is None:
+        # Nothing to play it with: no camera-cloud call. A blocked camera still says why.
+        known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
+        with ctx.services.db.autocommit.connect() as committing:
+            record_refusal(committing, camera, Audience.GOOGLE,
                            reason_of(known) or "no_common_protocol")  # fmt: skip
-            if known:
-                ctx.services.metrics.stream_denied("google", "hls", known[0].value)
-                return blocked(camera_id, known[0])
-            return error(camera_id, "functionNotSupported")
-        if not streams.asks_backend(camera):
-            try:
+        if known:
+            ctx.services.metrics.stream_denied("google", "hls", known[0].value)
+            return blocked(camera_id, known[0])
+        return error(camera_id, "functionNotSupported")
+    if not streams.asks_backend(camera):
+        try:
+            with ctx.services.db.autocommit.connect() as committing:  # the row commits by itself
                 opened = streams.open(
                     ctx.services.db, camera, Audience.GOOGLE, OUR_PROTOCOLS[chosen],
-                    ctx.principal.grant_id, within=session, to_chromecast=to_chromecast,
+                    ctx.principal.grant_id, within=committing, to_chromecast=to_chromecast,
                 )  # fmt: skip
-            except StreamRefused as refused:  # audited in this transaction, kept by its commit
-                return blocked(camera_id, refused.blockers[0])
+        except StreamRefused as refused:  # its audit row is committed already
+            return blocked(camera_id, refused.blockers[0])
     if opened is None:  # a camera cloud is asked, with no transaction open
         try:
             opened = streams.open(

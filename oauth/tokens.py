@@ -387,10 +387,10 @@ def authenticate_bearer(
 
 
 def authenticate_for_camera(
-    session: Session, token: str | None, assistant: str, camera_id: str
+    session: Session, token: str | None, assistant: str, camera_id: str, *, touch: bool = True
 ) -> tuple[Principal | Failure, Camera | None]:
-    """`authenticate_bearer` (touching) and the token owner's camera `camera_id`, read in the
-    same statement: a directive names both, and each statement costs more to run than to read.
+    """`authenticate_bearer` and the token owner's camera `camera_id`, read in the same
+    statement: a directive names both, and each statement costs more to run than to read.
 
     The camera is None when the token is refused, or when no camera of the token's owner has
     that id (another owner's camera looks the same as none). It is a copy in no session
@@ -399,7 +399,7 @@ def authenticate_for_camera(
         return Failure.MISSING, None
     values = {"token_hash": digest(token), "camera_id": camera_id}
     row = session.connection().execute(BEARER_AND_CAMERA, values).one_or_none()
-    principal = judged(session, row, assistant, touch=True)
+    principal = judged(session, row, assistant, touch=touch)
     if row is None or not isinstance(principal, Principal) or row.camera_found is None:
         return principal, None
     return principal, camera_of(row[-len(CAMERA_COLUMNS) :])

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from camvoice import audit
@@ -64,16 +65,22 @@ class Request:
         result = authenticate_bearer(session, token if isinstance(token, str) else None, "alexa")
         return trusted(result)
 
-    def endpoint_owner(self, session: Session) -> tuple[Principal, Camera]:
+    def endpoint_owner(self, session: Session, *, touch: bool = True) -> tuple[Principal, Camera]:
         """The owner behind the scope's token and their camera the directive names, read in
-        one statement; the token is judged first (its failures are Alexa's credential errors)."""
+        one statement; the token is judged first (its failures are Alexa's credential errors).
+        With touch=False (a reading transaction) a stale link is not touched here: the
+        principal says `stale`, and the caller touches it in a writing one."""
         endpoint = self.directive.get("endpoint")
         if not isinstance(endpoint, dict) or not isinstance(endpoint.get("endpointId"), str):
             raise errors.InvalidDirective("endpoint.endpointId is required")
         scope = endpoint.get("scope") if isinstance(endpoint.get("scope"), dict) else {}
         token = scope.get("token")  # type: ignore[union-attr]
         result, camera = authenticate_for_camera(
-            session, token if isinstance(token, str) else None, "alexa", endpoint["endpointId"]
+            session,
+            token if isinstance(token, str) else None,
+            "alexa",
+            endpoint["endpointId"],
+            touch=touch,
         )
         principal = trusted(result)
         if camera is None:
@@ -130,11 +137,18 @@ def discover(req: Request) -> Message:
 
 
 def initialize_camera_streams(req: Request) -> Message:
+    """The token and the camera are read in a reading transaction (no write lock); the audit
+    row, of the stream handed out or of the refusal, then commits by itself before the answer
+    is sent, so on SQLite the write lock is held for that one INSERT alone."""
     services = req.services
     opened: OpenStream | None = None
-    with services.db.session() as session:  # one transaction, for a camera the registry holds
-        principal, camera = req.endpoint_owner(session)
-        failure = stream_failure(req, session, camera)
+    with services.db.reading() as session:
+        principal, camera = req.endpoint_owner(session, touch=False)
+    if principal.stale:  # at most once a minute
+        with services.db.session() as session:
+            touch_grant(session, principal.grant_id)
+    with services.db.autocommit.connect() as committing:  # each audit row commits by itself
+        failure = stream_failure(req, committing, camera)
         if failure is None and not services.streams.asks_backend(camera):
             try:
                 opened = services.streams.open(
@@ -143,9 +157,9 @@ def initialize_camera_streams(req: Request) -> Message:
                     Audience.ALEXA,
                     Protocol.RTSPS,
                     principal.grant_id,
-                    within=session,
+                    within=committing,
                 )
-            except StreamRefused as refused:  # audited in this transaction, kept by its commit
+            except StreamRefused as refused:  # its audit row is committed already
                 failure = errors.for_blocker(refused.blockers[0])
     if failure is not None:
         raise failure
@@ -167,17 +181,19 @@ def initialize_camera_streams(req: Request) -> Message:
     )  # fmt: skip
 
 
-def stream_failure(req: Request, session: Session, camera: Camera) -> errors.AlexaError | None:
+def stream_failure(
+    req: Request, committing: Connection, camera: Camera
+) -> errors.AlexaError | None:
     """Why InitializeCameraStreams cannot be served before the stream is opened, in the order
-    the owner should hear it; a refusal is audited in `session`. Returned, not raised, so the
-    caller's transaction still commits (with the audit row and the bearer's last use)."""
+    the owner should hear it; a refusal's audit row is committed on `committing` (a
+    Database.autocommit connection) before the caller raises it."""
     known = blockers_for(camera, Audience.ALEXA, Protocol.RTSPS)
     if known:  # the owner hears why first, whatever else is missing
-        record_refusal(session, camera, Audience.ALEXA, reason_of(known))
+        record_refusal(committing, camera, Audience.ALEXA, reason_of(known))
         req.services.metrics.stream_denied("alexa", "rtsps", known[0].value)
         return errors.for_blocker(known[0])
     if not req.services.rtsps_available():
-        record_refusal(session, camera, Audience.ALEXA, "no_rtsps_relay")
+        record_refusal(committing, camera, Audience.ALEXA, "no_rtsps_relay")
         return errors.NotSupportedInCurrentMode("no RTSPS relay is configured", "NOT_PROVISIONED")
     requested = req.payload.get("cameraStreams")
     if not isinstance(requested, list) or not all(isinstance(s, dict) for s in requested):
