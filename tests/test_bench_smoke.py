@@ -37,8 +37,9 @@ def test_cli_start_smoke() -> None:
 def test_directive_cost_smoke() -> None:
     """Each case answered its success shape (the script asserts it) and was counted."""
     out = smoke("directive_cost.py", "--runs", "1")
-    # Alexa: its self-committing claim, then one transaction reading the token and the camera in
-    # one statement; Google: a reading transaction (the token) and a writing one (the camera).
+    # Alexa: its self-committing claim, a reading transaction (the token and the camera in one
+    # statement), the self-committing audit row; Google: a reading transaction for the token,
+    # another for the camera, the self-committing audit row.
     for case, statements, transactions in (
         ("Alexa InitializeCameraStreams", 4, 1),
         ("Google EXECUTE", 5, 2),
