@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +23,7 @@ from camvoice.settings import Settings
 from oauth.tokens import revoke_account
 from service.app import create_app
 from skills.events import AlexaLink
-from tests.conftest import LiveServer, run_cli, wiring
+from tests.conftest import LiveServer, run_cli, until, wiring
 from tests.discovery_golden import (
     GOLDEN,
     OWNER,
@@ -383,10 +382,9 @@ def test_requests_for_one_answer_while_it_is_built_wait_for_that_build() -> None
                for _ in range(3)]  # fmt: skip
     for waiter in waiters:
         waiter.start()
-    deadline = time.monotonic() + 30
-    while not all(waiting(waiter) for waiter in waiters):  # each is in Event.wait
-        assert time.monotonic() < deadline, "the waiters never reached the flight"
-        time.sleep(0.01)
+    assert until(lambda: all(waiting(waiter) for waiter in waiters), 30), (
+        "the waiters never reached the flight"  # each is in Event.wait
+    )
     release.set()
     for thread in (first, *waiters):
         thread.join(30)
@@ -420,10 +418,7 @@ def test_a_failed_build_is_tried_again_by_a_waiting_request() -> None:
         target=lambda: answers.append(cache.answer("k", 1, lambda: listed("y", 1)))
     )
     waiter.start()
-    deadline = time.monotonic() + 30
-    while not waiting(waiter):
-        assert time.monotonic() < deadline, "the waiter never reached the flight"
-        time.sleep(0.01)
+    assert until(lambda: waiting(waiter), 30), "the waiter never reached the flight"
     release.set()
     builder.join(30)
     waiter.join(30)
