@@ -8,14 +8,15 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, select
+from sqlalchemy import ColumnElement, Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from camvoice.db import Driver
 from camvoice.models import AuditEvent, utcnow
 
 
 def record(
-    session: Session | Connection,
+    session: Session | Connection | Driver,
     action: str,
     *,
     actor: str,
@@ -25,18 +26,21 @@ def record(
     **detail: Any,
 ) -> None:
     """Insert an audit event in the caller's transaction, so it commits or rolls back with it
-    (given a Database.autocommit connection, it is committed by itself as it returns).
+    (given a Database.driver connection, it is committed by itself as it returns).
 
-    A plain INSERT on the session's connection, not an ORM object: every directive writes one,
-    and the unit of work would cost more than the statement."""
-    (session.connection() if isinstance(session, Session) else session).execute(
-        INSERT,
-        {"action": action, "actor": actor, "account_id": account_id, "camera_id": camera_id,
-         "assistant": assistant, "detail": detail, "at": utcnow()},
-    )  # fmt: skip
+    A plain INSERT, not an ORM object: every directive writes one, and the unit of work would
+    cost more than the statement."""
+    values = {"action": action, "actor": actor, "account_id": account_id, "camera_id": camera_id,
+              "assistant": assistant, "detail": detail, "at": utcnow()}  # fmt: skip
+    if isinstance(session, Driver):
+        session.write(INSERT, values)
+    else:
+        (session.connection() if isinstance(session, Session) else session).execute(INSERT, values)
 
 
-INSERT = AuditEvent.__table__.insert()
+COLUMNS = ("action", "actor", "account_id", "camera_id", "assistant", "detail", "at")
+# inline(): the new row's id is not asked for (no RETURNING on PostgreSQL).
+INSERT = AuditEvent.__table__.insert().values({name: bindparam(name) for name in COLUMNS}).inline()
 
 
 def recent(session: Session, account_id: str | None = None, limit: int = 100) -> list[AuditEvent]:

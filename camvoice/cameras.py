@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit, tickets
 from camvoice.addresses import CAMERA_SCHEMES, AddressPolicy, AddressRefused
-from camvoice.db import Database
+from camvoice.db import Database, Driver
 from camvoice.models import Account, Camera
 from camvoice.outbox import Outbox
 from camvoice.readiness import Assistant, explain, readiness
@@ -179,12 +179,17 @@ class Registry:
         return camera if camera is not None and camera.owner_id == account_id else None
 
     @staticmethod
-    def read_owned_camera(session: Session, account_id: str, camera_id: str) -> Camera | None:
+    def read_owned_camera(
+        session: Session | Driver, account_id: str, camera_id: str
+    ) -> Camera | None:
         """`owned_camera` for a caller that only reads the camera (a directive): one prebuilt
-        Core statement and a `camera_of` copy, outside the session, instead of an ORM load,
+        Core statement and a `camera_of` copy, outside any session, instead of an ORM load,
         which cost a directive more than its statements."""
         values = {"camera_id": camera_id, "account_id": account_id}
-        row = session.connection().execute(OWNED_CAMERA, values).one_or_none()
+        if isinstance(session, Driver):
+            row = session.row(OWNED_CAMERA, values)
+        else:
+            row = session.connection().execute(OWNED_CAMERA, values).one_or_none()
         return None if row is None else camera_of(row)
 
     def add(

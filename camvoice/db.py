@@ -11,7 +11,8 @@ import select
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections import namedtuple
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, text
+from sqlalchemy import Connection, Engine, Executable, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -73,6 +74,40 @@ class Database:
             **({} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}),
         )
         self.readers = sessionmaker(self.reader, class_=ReadOnlySession, expire_on_commit=False)
+        self.prepared: dict[int, Prepared] = {}  # id(statement) -> its compiled form here
+
+    @contextmanager
+    def driver(self) -> Iterator[Driver]:
+        """A pooled connection used through the driver (Driver): for the hot paths' one-statement
+        reads and self-committing writes, which SQLAlchemy's per-call machinery would cost
+        several times over. It is in autocommit mode: no transaction spans two statements."""
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            fairy = self.engine.raw_connection()
+        except dbapi_error as error:  # the server cannot be reached: what Connection raises
+            raise exc.DBAPIError.instance(
+                None, None, error, dbapi_error, dialect=self.engine.dialect
+            ) from error
+        connection = fairy.dbapi_connection
+        try:
+            if not self.is_sqlite:
+                connection.autocommit = True  # SQLite's connections are (isolation_level None)
+            yield Driver(self, fairy)
+        finally:
+            if not self.is_sqlite and fairy.is_valid:
+                try:
+                    connection.autocommit = False  # as the pool's other users expect it
+                except dbapi_error as error:
+                    fairy.invalidate(error)
+            fairy.close()
+
+    def prepare(self, statement: Executable) -> Prepared:
+        """`statement` compiled for this database once (a module-level constant: the cache is
+        keyed by identity and keeps the statement alive)."""
+        prepared = self.prepared.get(id(statement))
+        if prepared is None:
+            prepared = self.prepared[id(statement)] = Prepared(statement, self.engine.dialect)
+        return prepared
 
     @property
     def is_sqlite(self) -> bool:
@@ -119,6 +154,112 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class Prepared:
+    """A Core statement compiled once for one dialect, with the conversions SQLAlchemy applies
+    to its parameters and columns (the types' own bind and result processors).
+
+    Connection.execute does the same for a cached statement, but its per-call machinery
+    (events, an execution context, a Result) costs several times what a short statement costs
+    the database: on the directives' paths, more than all their statements together. Only for
+    statements whose parameters are all bound by name (bindparam), never rendered inline."""
+
+    def __init__(self, statement: Executable, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        if compiled.escaped_bind_names:
+            raise ValueError("a bound parameter's name needs escaping: rename it")
+        if getattr(compiled, "implicit_returning", None):
+            raise ValueError("an INSERT that returns its new key unasked: make it .inline()")
+        self.statement = statement  # keeps id(statement) from being reused while cached
+        self.sql = str(compiled)
+        self.defaults = dict(compiled.params)  # literal values the statement binds itself
+        self.order = list(compiled.positiontup or ()) if compiled.positional else None
+        self.binds = {}
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                self.binds[name] = process
+        columns = list(getattr(statement, "exported_columns", ()))
+        self.row = namedtuple("Row", [column.key for column in columns], rename=True)  # type: ignore[misc]
+        self.results = []
+        for index, column in enumerate(columns):
+            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if process is not None:
+                self.results.append((index, process))
+
+    def parameters(self, params: Mapping[str, Any]) -> Any:
+        """The driver's parameters: defaults, then the caller's, each converted for the driver."""
+        values = {**self.defaults, **params}
+        for name, process in self.binds.items():
+            values[name] = process(values[name])
+        return values if self.order is None else tuple(values[name] for name in self.order)
+
+    def converted(self, raw: Any) -> Any:
+        """A driver's row as the statement's named row, with SQLAlchemy's values."""
+        if self.results:
+            raw = list(raw)
+            for index, process in self.results:
+                raw[index] = process(raw[index])
+        return self.row._make(raw)
+
+
+class Driver:
+    """One pooled connection, in autocommit mode, for Prepared statements (Database.driver).
+
+    Errors are SQLAlchemy's, as Connection raises them (unavailable() reads them the same way),
+    and a connection the server dropped is thrown away rather than put back in the pool; the
+    engine's before_cursor_execute listeners hear each statement (with no Connection). On
+    SQLite a write waits its turn in the WriteQueue, and leaves it once its statement is done
+    (the statement commits by itself)."""
+
+    def __init__(self, db: Database, fairy: Any) -> None:
+        self.db = db
+        self.fairy = fairy
+        self.connection = fairy.dbapi_connection
+
+    def row(self, statement: Executable, params: Mapping[str, Any]) -> Any | None:
+        """The first row of a one-statement read (its own snapshot), or None."""
+        rows = self.run(statement, params)
+        return rows[0] if rows else None
+
+    def write(self, statement: Executable, params: Mapping[str, Any]) -> list[Any]:
+        """Run one write, committed by itself before this returns; the RETURNING rows."""
+        queued = isinstance(self.connection, QueuedConnection)
+        if queued:
+            self.connection.enter_queue()
+        try:
+            return self.run(statement, params)
+        finally:
+            if queued:
+                self.connection.leave_queue()
+
+    def run(self, statement: Executable, params: Mapping[str, Any]) -> list[Any]:
+        prepared = self.db.prepare(statement)
+        cursor = self.connection.cursor()
+        parameters = prepared.parameters(params)
+        heard = self.db.engine.dispatch.before_cursor_execute
+        if heard:  # what counts statements (tests, benches) hears these too
+            heard(None, cursor, prepared.sql, parameters, None, False)
+        try:
+            cursor.execute(prepared.sql, parameters)
+            # Every row is read, so SQLite's statement ends (and its write commits) here.
+            raw = cursor.fetchall() if cursor.description is not None else []
+        except self.db.engine.dialect.loaded_dbapi.Error as error:
+            raise self.failed(error, prepared, cursor) from error
+        finally:
+            cursor.close()
+        return [prepared.converted(row) for row in raw]
+
+    def failed(self, error: Exception, prepared: Prepared, cursor: Any) -> exc.DBAPIError:
+        dialect = self.db.engine.dialect
+        lost = dialect.is_disconnect(error, self.connection, cursor)
+        if lost:
+            self.fairy.invalidate(error)
+        return exc.DBAPIError.instance(
+            prepared.sql, None, error, dialect.loaded_dbapi.Error,
+            connection_invalidated=lost, dialect=dialect,
+        )  # fmt: skip
 
 
 def make_engine(url: str) -> Engine:

@@ -44,37 +44,31 @@ class Once(Protocol):
         ...
 
 
+PURGE = delete(UsedOnce).where(UsedOnce.expires_at < bindparam("now"))
+
+
 class DatabaseOnce:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.purged = float("-inf")  # monotonic time of this process's last purge
-        # Compiled once and sent as the driver's SQL: SQLAlchemy never caches the compiled form
-        # of a dialect's INSERT ... ON CONFLICT (its cache key is None), so executing the
-        # statement compiled it again on every claim, which cost more than running it.
-        dialect = db.engine.dialect
-        insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-        compiled = (
+        insert = postgresql.insert if db.engine.dialect.name == "postgresql" else sqlite.insert
+        self.insert = (
             insert(UsedOnce)
             .values(key=bindparam("key"), expires_at=bindparam("expires_at"))
             .on_conflict_do_nothing(index_elements=["key"])
             .returning(UsedOnce.key)
-            .compile(dialect=dialect)
         )
-        self.insert = str(compiled)
-        self.names = compiled.positiontup if compiled.positional else None
-        to_driver = UsedOnce.__table__.c.expires_at.type.bind_processor(dialect)
-        self.expires_at = to_driver or (lambda value: value)
 
     def claim(self, key: str, ttl: int) -> bool:
         now = utcnow()
-        values = {"key": key, "expires_at": self.expires_at(now + timedelta(seconds=ttl))}
-        params = tuple(values[name] for name in self.names) if self.names else values
-        with self.db.autocommit.connect() as conn:
+        with self.db.driver() as driver:  # each statement commits by itself
             if time.monotonic() - self.purged >= PURGE_INTERVAL:
                 self.purged = time.monotonic()
-                conn.execute(delete(UsedOnce).where(UsedOnce.expires_at < now))
-            # No row inserted: claimed before, by this instance or another.
-            return conn.exec_driver_sql(self.insert, params).first() is not None
+                driver.write(PURGE, {"now": now})
+            claimed = driver.write(
+                self.insert, {"key": key, "expires_at": now + timedelta(seconds=ttl)}
+            )
+            return bool(claimed)  # no row inserted: claimed before, by this instance or another
 
 
 class RedisOnce:

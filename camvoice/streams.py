@@ -27,7 +27,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from camvoice import audit
 from camvoice.cameras import CameraGone, Registry, protocols
-from camvoice.db import Database
+from camvoice.db import Database, Driver
 from camvoice.metrics import Metrics
 from camvoice.models import Base, Camera, utcnow
 from camvoice.readiness import Assistant, Blocker, readiness
@@ -70,10 +70,14 @@ class StreamRefused(Exception):
 
 
 def record_refusal(
-    session: Session | Connection, camera: Camera, audience: Audience, reason: str, **detail: Any
+    session: Session | Connection | Driver,
+    camera: Camera,
+    audience: Audience,
+    reason: str,
+    **detail: Any,
 ) -> None:
     """Audit a stream asked for and refused before any URL was handed out (in the caller's
-    transaction, or committed by itself on a Database.autocommit connection)."""
+    transaction, or committed by itself through a Database.driver connection)."""
     audit.record(session, "stream.denied", actor=audience.value, account_id=camera.owner_id,
                  camera_id=camera.id, assistant=audience.value, reason=reason,
                  **detail)  # fmt: skip
@@ -156,7 +160,7 @@ class Streams:
         grant_id: str | None = None,
         session_ref: str | None = None,
         *,
-        within: Session | Connection | None = None,
+        within: Session | Connection | Driver | None = None,
         **detail: Any,
     ) -> OpenStream:
         """Readiness on the last known state, one check with the backend, then a signed URL.
@@ -167,7 +171,7 @@ class Streams:
         are audited; `detail` goes into that audit row. A console stream names its sign-in
         session (`session_ref`): signing out ends it.
 
-        `within`: the caller's transaction, or a Database.autocommit connection (the row then
+        `within`: the caller's transaction, or a Database.driver connection (the row then
         commits by itself), for a camera whose backend asks nobody (`asks_backend` False): the
         audit row is written there, so the directive commits once. The caller commits it before
         answering, and must not let StreamRefused roll it back.

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone, protocols
+from camvoice.db import Driver
 from camvoice.discovery import Encoded, encoded, registry_version
 from camvoice.models import Camera
 from camvoice.readiness import BLOCKERS, Blocker
@@ -47,7 +48,7 @@ class Context:
         return self.services.settings.google_homegraph_key is not None
 
 
-def owned(ctx: Context, session: Session, camera_id: object) -> Camera | None:
+def owned(ctx: Context, session: Session | Driver, camera_id: object) -> Camera | None:
     """The caller's camera, or None for an unknown or another owner's device (never revealed)."""
     if not isinstance(camera_id, str):
         raise BadRequest("device id must be a string")
@@ -76,7 +77,7 @@ def sync(ctx: Context, payload: Any) -> dict[str, Any]:
         # Everything a device is built from: the cameras (their version) and these settings.
         key = ("google", owner, ctx.homegraph, services.settings.manufacturer)
         devices = services.discovery.answer(key, version, build)
-    with services.db.autocommit.connect() as committing:  # the INSERT commits by itself
+    with services.db.driver() as committing:  # the INSERT commits by itself
         audit.record(committing, "google.sync", actor="google", account_id=owner,
                      assistant="google", devices=devices.count)  # fmt: skip
     return {"agentUserId": owner, "devices": devices}
@@ -172,12 +173,13 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
 
 
 def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict[str, Any]:
-    """One device's command. The camera is read in a reading transaction (no write lock); the
-    audit row, of the stream handed out or of the refusal, then commits by itself."""
+    """One device's command. The camera is read in one statement (no write lock); the audit
+    row, of the stream handed out or of the refusal, then commits by itself. Both go through
+    the driver (Database.driver)."""
     streams = ctx.services.streams
     opened: OpenStream | None = None
-    with ctx.services.db.reading() as session:
-        camera = owned(ctx, session, camera_id)
+    with ctx.services.db.driver() as reading:
+        camera = owned(ctx, reading, camera_id)
     if camera is None:
         return error(camera_id, "deviceNotFound")
     if execution["command"] != GET_CAMERA_STREAM:
@@ -187,7 +189,7 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
     if chosen is None:
         # Nothing to play it with: no camera-cloud call. A blocked camera still says why.
         known = blockers_for(camera, Audience.GOOGLE, Protocol.HLS)
-        with ctx.services.db.autocommit.connect() as committing:
+        with ctx.services.db.driver() as committing:
             record_refusal(committing, camera, Audience.GOOGLE,
                            reason_of(known) or "no_common_protocol")  # fmt: skip
         if known:
@@ -196,7 +198,7 @@ def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict
         return error(camera_id, "functionNotSupported")
     if not streams.asks_backend(camera):
         try:
-            with ctx.services.db.autocommit.connect() as committing:  # the row commits by itself
+            with ctx.services.db.driver() as committing:  # the row commits by itself
                 opened = streams.open(
                     ctx.services.db, camera, Audience.GOOGLE, OUR_PROTOCOLS[chosen],
                     ctx.principal.grant_id, within=committing, to_chromecast=to_chromecast,

@@ -64,10 +64,10 @@ def answer(
 ) -> tuple[Response, str, object]:
     """The intent's response, its outcome ("ok" or the first errorCode) and the camera it was
     about, when it named one."""
-    # Checked in a reading transaction (no write lock on SQLite); the link's last use is
-    # written apart, at most once a minute.
-    with services.db.reading() as session:
-        principal = authenticate_bearer(session, bearer_token(), "google", touch=False)
+    # Read in one statement through the driver (no write lock on SQLite); the link's last use
+    # is written apart, at most once a minute.
+    with services.db.driver() as reading:
+        principal = authenticate_bearer(reading, bearer_token(), "google", touch=False)
     if not isinstance(principal, Principal):
         return unauthorized(principal.value), "unauthorized", None
     if principal.stale:

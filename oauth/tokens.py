@@ -12,11 +12,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Select, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CAMERA_COLUMNS, camera_of
+from camvoice.db import Driver
 from camvoice.models import Account, Camera, utcnow
 from oauth.models import AuthorizationCode, Grant, OAuthClient, Token, digest
 
@@ -366,7 +367,11 @@ class Principal:
 
 
 def authenticate_bearer(
-    session: Session, token: str | None, assistant: str | None = None, *, touch: bool = True
+    session: Session | Driver,
+    token: str | None,
+    assistant: str | None = None,
+    *,
+    touch: bool = True,
 ) -> Principal | Failure:
     """Turn an access token into (account, client, scopes), or a typed failure.
 
@@ -375,19 +380,25 @@ def authenticate_bearer(
     and an `other` client's token is refused by both.
 
     The grant's last use is written at most once a minute; with touch=False it is not written
-    here (a reading transaction takes no write lock) and the Principal says `stale` instead.
+    here (a reading transaction takes no write lock) and the Principal says `stale` instead;
+    a Driver (Database.driver) only reads, so it is always given touch=False.
     """
     if not token:
         return Failure.MISSING
     # One Core query for token, link and client (no ORM objects built): this runs on every
     # directive, and its answer is read from the database each time, so a revocation through
     # any instance refuses the very next request everywhere.
-    row = session.connection().execute(BEARER, {"token_hash": digest(token)}).one_or_none()
+    row = one_row(session, BEARER, {"token_hash": digest(token)})
     return judged(session, row, assistant, touch)
 
 
 def authenticate_for_camera(
-    session: Session, token: str | None, assistant: str, camera_id: str, *, touch: bool = True
+    session: Session | Driver,
+    token: str | None,
+    assistant: str,
+    camera_id: str,
+    *,
+    touch: bool = True,
 ) -> tuple[Principal | Failure, Camera | None]:
     """`authenticate_bearer` and the token owner's camera `camera_id`, read in the same
     statement: a directive names both, and each statement costs more to run than to read.
@@ -398,15 +409,22 @@ def authenticate_for_camera(
     if not token:
         return Failure.MISSING, None
     values = {"token_hash": digest(token), "camera_id": camera_id}
-    row = session.connection().execute(BEARER_AND_CAMERA, values).one_or_none()
+    row = one_row(session, BEARER_AND_CAMERA, values)
     principal = judged(session, row, assistant, touch=touch)
     if row is None or not isinstance(principal, Principal) or row.camera_found is None:
         return principal, None
     return principal, camera_of(row[-len(CAMERA_COLUMNS) :])
 
 
+def one_row(session: Session | Driver, statement: Select[Any], values: dict[str, Any]) -> Any:
+    """The statement's one row or None, read through the driver or the session."""
+    if isinstance(session, Driver):
+        return session.row(statement, values)
+    return session.connection().execute(statement, values).one_or_none()
+
+
 def judged(
-    session: Session, row: Row[Any] | None, assistant: str | None, touch: bool
+    session: Session | Driver, row: Any | None, assistant: str | None, touch: bool
 ) -> Principal | Failure:
     """What a BEARER row (None: no such token) says of the token presented."""
     if row is None:
@@ -420,6 +438,8 @@ def judged(
         return Failure.EXPIRED
     stale = row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION
     if stale and touch:
+        if isinstance(session, Driver):
+            raise ValueError("a Driver only reads: authenticate with touch=False")
         touch_grant(session, row.grant_id)
     return Principal(
         account_id=row.account_id,

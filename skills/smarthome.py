@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CameraGone
+from camvoice.db import Driver
 from camvoice.discovery import Encoded, encoded
 from camvoice.models import Camera
 from camvoice.services import Services
@@ -65,11 +65,13 @@ class Request:
         result = authenticate_bearer(session, token if isinstance(token, str) else None, "alexa")
         return trusted(result)
 
-    def endpoint_owner(self, session: Session, *, touch: bool = True) -> tuple[Principal, Camera]:
+    def endpoint_owner(
+        self, session: Session | Driver, *, touch: bool = True
+    ) -> tuple[Principal, Camera]:
         """The owner behind the scope's token and their camera the directive names, read in
         one statement; the token is judged first (its failures are Alexa's credential errors).
-        With touch=False (a reading transaction) a stale link is not touched here: the
-        principal says `stale`, and the caller touches it in a writing one."""
+        With touch=False (a reading transaction, or a Driver) a stale link is not touched
+        here: the principal says `stale`, and the caller touches it in a writing one."""
         endpoint = self.directive.get("endpoint")
         if not isinstance(endpoint, dict) or not isinstance(endpoint.get("endpointId"), str):
             raise errors.InvalidDirective("endpoint.endpointId is required")
@@ -129,7 +131,7 @@ def discover(req: Request) -> Message:
     if principal.stale:  # at most once a minute
         with services.db.session() as session:
             touch_grant(session, principal.grant_id)
-    with services.db.autocommit.connect() as committing:  # the INSERT commits by itself
+    with services.db.driver() as committing:  # the INSERT commits by itself
         audit.record(committing, "alexa.discover", actor="alexa", account_id=owner,
                      assistant="alexa", endpoints=endpoints.count)  # fmt: skip
     return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
@@ -137,17 +139,18 @@ def discover(req: Request) -> Message:
 
 
 def initialize_camera_streams(req: Request) -> Message:
-    """The token and the camera are read in a reading transaction (no write lock); the audit
-    row, of the stream handed out or of the refusal, then commits by itself before the answer
-    is sent, so on SQLite the write lock is held for that one INSERT alone."""
+    """The token and the camera are read in one statement (no write lock); the audit row, of
+    the stream handed out or of the refusal, then commits by itself before the answer is sent,
+    so on SQLite the write lock is held for that one INSERT alone. Both go through the driver
+    (Database.driver): on this path SQLAlchemy's machinery cost more than the statements."""
     services = req.services
     opened: OpenStream | None = None
-    with services.db.reading() as session:
-        principal, camera = req.endpoint_owner(session, touch=False)
+    with services.db.driver() as reading:
+        principal, camera = req.endpoint_owner(reading, touch=False)
     if principal.stale:  # at most once a minute
         with services.db.session() as session:
             touch_grant(session, principal.grant_id)
-    with services.db.autocommit.connect() as committing:  # each audit row commits by itself
+    with services.db.driver() as committing:  # each audit row commits by itself
         failure = stream_failure(req, committing, camera)
         if failure is None and not services.streams.asks_backend(camera):
             try:
@@ -181,12 +184,10 @@ def initialize_camera_streams(req: Request) -> Message:
     )  # fmt: skip
 
 
-def stream_failure(
-    req: Request, committing: Connection, camera: Camera
-) -> errors.AlexaError | None:
+def stream_failure(req: Request, committing: Driver, camera: Camera) -> errors.AlexaError | None:
     """Why InitializeCameraStreams cannot be served before the stream is opened, in the order
-    the owner should hear it; a refusal's audit row is committed on `committing` (a
-    Database.autocommit connection) before the caller raises it."""
+    the owner should hear it; a refusal's audit row is committed through `committing` (a
+    Database.driver connection) before the caller raises it."""
     known = blockers_for(camera, Audience.ALEXA, Protocol.RTSPS)
     if known:  # the owner hears why first, whatever else is missing
         record_refusal(committing, camera, Audience.ALEXA, reason_of(known))

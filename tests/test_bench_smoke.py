@@ -37,12 +37,12 @@ def test_cli_start_smoke() -> None:
 def test_directive_cost_smoke() -> None:
     """Each case answered its success shape (the script asserts it) and was counted."""
     out = smoke("directive_cost.py", "--runs", "1")
-    # Alexa: its self-committing claim, a reading transaction (the token and the camera in one
-    # statement), the self-committing audit row; Google: a reading transaction for the token,
-    # another for the camera, the self-committing audit row.
+    # Alexa: its self-committing claim, the token and the camera in one statement, the
+    # self-committing audit row; Google: the token, the camera, the self-committing audit row.
+    # Each statement is its own (autocommit): no BEGIN at all.
     for case, statements, transactions in (
-        ("Alexa InitializeCameraStreams", 4, 1),
-        ("Google EXECUTE", 5, 2),
+        ("Alexa InitializeCameraStreams", 3, 0),
+        ("Google EXECUTE", 3, 0),
     ):
         line = next(line for line in out.splitlines() if case in line)
         assert f"statements {statements}  transactions {transactions}  median" in line, line
