@@ -32,10 +32,7 @@ def record(
     cost more than the statement."""
     values = {"action": action, "actor": actor, "account_id": account_id, "camera_id": camera_id,
               "assistant": assistant, "detail": detail, "at": utcnow()}  # fmt: skip
-    if isinstance(session, Driver):
-        session.write(INSERT, values)
-    else:
-        (session.connection() if isinstance(session, Session) else session).execute(INSERT, values)
+    (session.connection() if isinstance(session, Session) else session).execute(INSERT, values)
 
 
 COLUMNS = ("action", "actor", "account_id", "camera_id", "assistant", "detail", "at")

@@ -186,10 +186,8 @@ class Registry:
         Core statement and a `camera_of` copy, outside any session, instead of an ORM load,
         which cost a directive more than its statements."""
         values = {"camera_id": camera_id, "account_id": account_id}
-        if isinstance(session, Driver):
-            row = session.row(OWNED_CAMERA, values)
-        else:
-            row = session.connection().execute(OWNED_CAMERA, values).one_or_none()
+        on = session.connection() if isinstance(session, Session) else session
+        row = on.execute(OWNED_CAMERA, values).one_or_none()
         return None if row is None else camera_of(row)
 
     def add(

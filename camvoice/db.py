@@ -14,6 +14,7 @@ import time
 from collections import namedtuple
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, Executable, create_engine, event, exc, make_url, text
+from sqlalchemy import Engine, Executable, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -57,15 +58,6 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # Each statement its own transaction, committed when it returns: a one-statement write
-        # (a single-use claim) in one round trip instead of BEGIN, the statement and COMMIT.
-        self.autocommit = self.engine.execution_options(
-            **(
-                {"camvoice_autocommit": True}
-                if self.is_sqlite
-                else {"isolation_level": "AUTOCOMMIT"}
-            )
-        )
         # On PostgreSQL a reading unit of work runs without BEGIN and ROLLBACK (two round trips
         # fewer): at READ COMMITTED, the default, each statement takes its own snapshot inside a
         # transaction too, so it sees exactly what it would there.
@@ -127,13 +119,6 @@ class Database:
         with self.readers() as session, session.begin():
             yield session
 
-    @contextmanager
-    def reading_connection(self) -> Iterator[Connection]:
-        """Database.reading for Core statements alone: the same reading transaction, without
-        the cost of an ORM session (the token endpoint's read, on every refresh)."""
-        with self.reader.connect() as connection, connection.begin():
-            yield connection
-
     def upgrade(self) -> None:
         """Apply every pending migration."""
         with self.engine.begin() as conn:
@@ -175,8 +160,8 @@ class Prepared:
         self.sql = str(compiled)
         self.defaults = dict(compiled.params)  # literal values the statement binds itself
         self.order = list(compiled.positiontup or ()) if compiled.positional else None
-        self.binds = {}
-        for name, bind in compiled.binds.items():
+        self.binds = {}  # by the name the driver gets (a literal's is made up)
+        for bind, name in compiled.bind_names.items():
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 self.binds[name] = process
@@ -207,49 +192,74 @@ class Prepared:
 class Driver:
     """One pooled connection, in autocommit mode, for Prepared statements (Database.driver).
 
-    Errors are SQLAlchemy's, as Connection raises them (unavailable() reads them the same way),
-    and a connection the server dropped is thrown away rather than put back in the pool; the
-    engine's before_cursor_execute listeners hear each statement (with no Connection). On
-    SQLite a write waits its turn in the WriteQueue, and leaves it once its statement is done
-    (the statement commits by itself)."""
+    `execute` is Connection.execute for the few shapes the hot paths use: each statement
+    commits by itself, unless it runs inside `transaction()`. Errors are SQLAlchemy's, as
+    Connection raises them (unavailable() reads them the same way), and a connection the server
+    dropped is thrown away rather than put back in the pool; the engine's before_cursor_execute
+    listeners hear each statement (with no Connection). On SQLite a write waits its turn in the
+    WriteQueue and leaves it once its statement (or transaction) is done."""
 
     def __init__(self, db: Database, fairy: Any) -> None:
         self.db = db
         self.fairy = fairy
         self.connection = fairy.dbapi_connection
+        self.queued = isinstance(self.connection, QueuedConnection)
+        self.in_transaction = False
 
-    def row(self, statement: Executable, params: Mapping[str, Any]) -> Any | None:
-        """The first row of a one-statement read (its own snapshot), or None."""
-        rows = self.run(statement, params)
-        return rows[0] if rows else None
+    def execute(
+        self, statement: Executable, params: Mapping[str, Any] | list[Mapping[str, Any]]
+    ) -> Rows:
+        """Run `statement` (for each of a list of parameter sets: executemany)."""
+        if not (self.queued and statement.is_dml and not self.in_transaction):
+            return self.run(self.db.prepare(statement), params)
+        self.connection.enter_queue()
+        try:
+            return self.run(self.db.prepare(statement), params)
+        finally:
+            self.connection.leave_queue()
 
-    def write(self, statement: Executable, params: Mapping[str, Any]) -> list[Any]:
-        """Run one write, committed by itself before this returns; the RETURNING rows."""
-        queued = isinstance(self.connection, QueuedConnection)
-        if queued:
+    @contextmanager
+    def transaction(self) -> Iterator[Driver]:
+        """A writing transaction: committed when the block ends, rolled back on any error. On
+        SQLite it takes the write lock at BEGIN, after its turn in the WriteQueue."""
+        if self.queued:
             self.connection.enter_queue()
         try:
-            return self.run(statement, params)
+            self.run(self.db.prepare(BEGIN_WRITING[self.db.is_sqlite]), {})
+            self.in_transaction = True
+            try:
+                yield self
+            except BaseException:
+                self.run(self.db.prepare(ROLLBACK), {})
+                raise
+            self.run(self.db.prepare(COMMIT), {})
         finally:
-            if queued:
+            self.in_transaction = False
+            if self.queued:
                 self.connection.leave_queue()
 
-    def run(self, statement: Executable, params: Mapping[str, Any]) -> list[Any]:
-        prepared = self.db.prepare(statement)
+    def run(self, prepared: Prepared, params: Mapping[str, Any] | list[Mapping[str, Any]]) -> Rows:
+        many = isinstance(params, list)
         cursor = self.connection.cursor()
-        parameters = prepared.parameters(params)
+        parameters = (
+            [prepared.parameters(each) for each in params] if many else prepared.parameters(params)
+        )
         heard = self.db.engine.dispatch.before_cursor_execute
         if heard:  # what counts statements (tests, benches) hears these too
-            heard(None, cursor, prepared.sql, parameters, None, False)
+            heard(None, cursor, prepared.sql, parameters, None, many)
         try:
-            cursor.execute(prepared.sql, parameters)
+            if many:
+                cursor.executemany(prepared.sql, parameters)
+            else:
+                cursor.execute(prepared.sql, parameters)
             # Every row is read, so SQLite's statement ends (and its write commits) here.
             raw = cursor.fetchall() if cursor.description is not None else []
+            count = cursor.rowcount
         except self.db.engine.dialect.loaded_dbapi.Error as error:
             raise self.failed(error, prepared, cursor) from error
         finally:
             cursor.close()
-        return [prepared.converted(row) for row in raw]
+        return Rows([prepared.converted(row) for row in raw], count)
 
     def failed(self, error: Exception, prepared: Prepared, cursor: Any) -> exc.DBAPIError:
         dialect = self.db.engine.dialect
@@ -260,6 +270,31 @@ class Driver:
             prepared.sql, None, error, dialect.loaded_dbapi.Error,
             connection_invalidated=lost, dialect=dialect,
         )  # fmt: skip
+
+
+# A writing transaction's BEGIN by dialect (is_sqlite): SQLite's takes the write lock at once.
+BEGIN_WRITING = {True: text("BEGIN IMMEDIATE"), False: text("BEGIN")}
+COMMIT = text("COMMIT")
+ROLLBACK = text("ROLLBACK")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """What Driver.execute returns: the rows, converted, and the driver's row count."""
+
+    rows: list[Any]
+    rowcount: int
+
+    def one_or_none(self) -> Any | None:
+        if len(self.rows) > 1:
+            raise exc.MultipleResultsFound("more than one row where one at most was expected")
+        return self.rows[0] if self.rows else None
+
+    def first(self) -> Any | None:
+        return self.rows[0] if self.rows else None
+
+    def all(self) -> list[Any]:
+        return self.rows
 
 
 def make_engine(url: str) -> Engine:
@@ -412,7 +447,7 @@ class WriteQueue:
 class QueuedConnection(sqlite3.Connection):
     """A pysqlite connection that leaves the write queue once its COMMIT or ROLLBACK is done
     (SQLAlchemy's commit and rollback events fire before them; the pool's reset on checkin is a
-    rollback too, which ends a Database.autocommit connection's turn)."""
+    rollback too; a Driver leaves it itself)."""
 
     queue: WriteQueue | None = None
     queued = False
@@ -448,8 +483,8 @@ class QueuedConnection(sqlite3.Connection):
 def _sqlite_begin(conn: Any) -> None:
     """A writing transaction takes the write lock at BEGIN, so two writers queue (WriteQueue,
     then busy_timeout) rather than failing with "database is locked" when a read turns into a
-    write; a reading one (Database.reading) takes no lock at all, and Database.autocommit begins
-    none but queues too, as each of its statements takes the write lock."""
+    write; a reading one (Database.reading) takes no lock at all. (A Driver's writes queue and
+    begin by themselves: they go round SQLAlchemy's Connection.)"""
     options = conn.get_execution_options()
     if options.get("camvoice_read_only", False):
         conn.exec_driver_sql("BEGIN")
@@ -457,8 +492,6 @@ def _sqlite_begin(conn: Any) -> None:
     dbapi_conn = conn.connection.dbapi_connection
     if isinstance(dbapi_conn, QueuedConnection):
         dbapi_conn.enter_queue()
-    if options.get("camvoice_autocommit"):
-        return  # no BEGIN, so SQLite commits each statement by itself
     try:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
     except BaseException:

@@ -64,11 +64,10 @@ class DatabaseOnce:
         with self.db.driver() as driver:  # each statement commits by itself
             if time.monotonic() - self.purged >= PURGE_INTERVAL:
                 self.purged = time.monotonic()
-                driver.write(PURGE, {"now": now})
-            claimed = driver.write(
-                self.insert, {"key": key, "expires_at": now + timedelta(seconds=ttl)}
-            )
-            return bool(claimed)  # no row inserted: claimed before, by this instance or another
+                driver.execute(PURGE, {"now": now})
+            values = {"key": key, "expires_at": now + timedelta(seconds=ttl)}
+            # No row inserted: claimed before, by this instance or another.
+            return driver.execute(self.insert, values).first() is not None
 
 
 class RedisOnce:

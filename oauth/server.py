@@ -251,10 +251,10 @@ class S256CodeChallenge(CodeChallenge):
 
 
 class RefreshTokenGrant(grants.RefreshTokenGrant):
-    """The refresh grant in two round trips to the database: one read (token, grant, owner and
-    client in one query, the client then authenticated from it) and one write (the new pair and
-    the rotation, committed together), both on Core connections (no ORM session). A refusal
-    writes only when it has something to record."""
+    """The refresh grant in two visits to the database: one read (token, grant, owner and
+    client in one statement, the client then authenticated from it) and one write (the new pair
+    and the rotation, committed together), both through the driver (Database.driver: no ORM
+    session, no Connection machinery). A refusal writes only when it has something to record."""
 
     TOKEN_ENDPOINT_AUTH_METHODS = [*CLIENT_AUTH_METHODS, "none"]
     INCLUDE_NEW_REFRESH_TOKEN = True
@@ -266,8 +266,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         value = self.request.form.get("refresh_token")
         self.presented = None
         if isinstance(value, str):
-            with database().reading_connection() as connection:
-                self.presented = find_refresh(connection, value)
+            with database().driver() as driver:
+                self.presented = find_refresh(driver, value)
             self.request.presented_client = self.presented and self.presented.client
         super().validate_token_request()
 
@@ -309,11 +309,11 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         was superseded or revoked since it was read (a race), nothing is stored and the answer
         is invalid_grant, as it would have been a moment later."""
         credential: RefreshCredential = self.request.refresh_token
-        with database().engine.begin() as connection:  # Core alone: no ORM session to pay for
-            claimed = rotate(connection, credential)
+        with database().driver() as driver, driver.transaction():
+            claimed = rotate(driver, credential)
             if claimed:
                 store_refreshed(
-                    connection,
+                    driver,
                     credential,
                     token["access_token"],
                     token["refresh_token"],
@@ -321,8 +321,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
                 )
         if not claimed:
             # Read it again: the refusal it now earns is recorded (reuse revokes the link).
-            with database().reading_connection() as connection:
-                self.judged(find_refresh(connection, self.request.form["refresh_token"]))
+            with database().driver() as driver:
+                self.judged(find_refresh(driver, self.request.form["refresh_token"]))
             raise InvalidGrantError()
 
     def revoke_old_credential(self, refresh_token: RefreshCredential) -> None:

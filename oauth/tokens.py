@@ -38,7 +38,10 @@ def find_token(session: Session, value: str, kind: str) -> Token | None:
 # The refresh grant's statements, built once (building one costs more than running it), in
 # Core: no ORM objects are made, and the write lock is held for the statements alone.
 TOKENS = Token.__table__
-INSERT_TOKENS = TOKENS.insert()  # a pair in one statement
+ISSUED = ("grant_id", "client_id", "account_id", "scope", "kind", "token_hash", "issued_at",
+          "expires_at", "used_at", "superseded_at", "revoked_at", "parent_id")  # fmt: skip
+# A pair in one statement (executemany), the new rows' ids not asked for.
+INSERT_TOKENS = TOKENS.insert().values({name: bindparam(name) for name in ISSUED}).inline()
 CLIENTS = OAuthClient.__table__
 # The presented refresh token with its grant's state, its owner, and its client (outer joined:
 # a token's client_id has no foreign key), so the token endpoint authenticates the client
@@ -90,7 +93,7 @@ def store_tokens(
 
 
 def store_refreshed(
-    connection: Connection,
+    connection: Connection | Driver,
     used: RefreshCredential,
     access_token: str,
     refresh_token: str,
@@ -104,7 +107,7 @@ def store_refreshed(
 
 
 def insert_pair(
-    connection: Connection,
+    connection: Connection | Driver,
     issued: dict[str, str],
     access_token: str,
     refresh_token: str | None,
@@ -150,7 +153,7 @@ class RefreshCredential:
         return self.scope
 
 
-def find_refresh(connection: Connection, value: str) -> RefreshCredential | None:
+def find_refresh(connection: Connection | Driver, value: str) -> RefreshCredential | None:
     """The refresh token `value` with its grant's state, its owner and its client, or None if
     there is no such token."""
     row = connection.execute(FIND_REFRESH, {"hash": digest(value)}).one_or_none()
@@ -174,7 +177,7 @@ def refusal(credential: RefreshCredential) -> str | None:
     return None
 
 
-def rotate(connection: Connection, used: RefreshCredential) -> bool:
+def rotate(connection: Connection | Driver, used: RefreshCredential) -> bool:
     """A refresh token is being used: mark it used (its first use is kept), and its parent and
     the parent's other children die now.
 
@@ -418,9 +421,8 @@ def authenticate_for_camera(
 
 def one_row(session: Session | Driver, statement: Select[Any], values: dict[str, Any]) -> Any:
     """The statement's one row or None, read through the driver or the session."""
-    if isinstance(session, Driver):
-        return session.row(statement, values)
-    return session.connection().execute(statement, values).one_or_none()
+    on = session.connection() if isinstance(session, Session) else session
+    return on.execute(statement, values).one_or_none()
 
 
 def judged(
