@@ -63,20 +63,21 @@ def device_ids(payload: Any, key: str = "devices") -> list[Any]:
 
 
 def sync(ctx: Context, payload: Any) -> dict[str, Any]:
-    """Every camera of the owner, blocked ones included: read in a reading transaction (no
-    write lock while the version and, after a change, the cameras are read); the audit row is
-    then written by itself, before the answer is sent."""
+    """Every camera of the owner, blocked ones included. The version is read through the
+    driver; after a change the cameras are read, after it, in a reading transaction (no write
+    lock on SQLite); the audit row is then written by itself, before the answer is sent."""
     services, owner = ctx.services, ctx.principal.account_id
-    with services.db.reading() as session:
-        version = registry_version(session, owner)  # first: before the cameras would be read
+    with services.db.driver() as reading:
+        version = registry_version(reading, owner)  # first: before the cameras would be read
 
-        def build() -> Encoded:
+    def build() -> Encoded:
+        with services.db.reading() as session:  # after the version: never older than it
             cameras = services.registry.owned_cameras(session, owner)
             return encoded([sync_device(ctx, camera) for camera in cameras])
 
-        # Everything a device is built from: the cameras (their version) and these settings.
-        key = ("google", owner, ctx.homegraph, services.settings.manufacturer)
-        devices = services.discovery.answer(key, version, build)
+    # Everything a device is built from: the cameras (their version) and these settings.
+    key = ("google", owner, ctx.homegraph, services.settings.manufacturer)
+    devices = services.discovery.answer(key, version, build)
     with services.db.driver() as committing:  # the INSERT commits by itself
         audit.record(committing, "google.sync", actor="google", account_id=owner,
                      assistant="google", devices=devices.count)  # fmt: skip

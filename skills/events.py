@@ -19,6 +19,7 @@ from cryptography.fernet import InvalidToken
 from sqlalchemy import String, Text, bindparam, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from camvoice.db import Driver
 from camvoice.discovery import registry_version
 from camvoice.models import Account, Base, Camera, utcnow
 from camvoice.outbox import RetryLater, message_id, retry_after_seconds
@@ -113,13 +114,14 @@ def events_flow(session: Session, settings: Settings, account_id: str) -> bool:
 
 
 def discovery_facts(
-    session: Session, settings: Settings, account_id: str
+    session: Session | Driver, settings: Settings, account_id: str
 ) -> tuple[int | None, bool]:
     """The owner's registry version and `events_flow`, in one query: Discover reads both on
     every call, the version to find its kept answer, the link because it is part of it."""
     if not settings.alexa_client_id or not settings.alexa_client_secret:
         return registry_version(session, account_id), False
-    row = session.connection().execute(FACTS, {"account_id": account_id}).one_or_none()
+    on = session.connection() if isinstance(session, Session) else session
+    row = on.execute(FACTS, {"account_id": account_id}).one_or_none()
     if row is None:
         return None, False
     version, linked, dead_at = row

@@ -100,34 +100,36 @@ def trusted(result: Principal | Failure) -> Principal:
 
 
 def discover(req: Request) -> Message:
-    """The owner's endpoints, read in a reading transaction (no write lock while the token,
-    the version and, after a change, the cameras are read); the audit row is then written by
-    itself, before the answer is sent."""
+    """The owner's endpoints. The token, then the version, are read through the driver (one
+    statement each); after a change the cameras are read, after the version, in a reading
+    transaction (no write lock on SQLite); the audit row is then written by itself, before the
+    answer is sent."""
     services = req.services
     scope = req.payload.get("scope")
     token = scope.get("token") if isinstance(scope, dict) else None
     streams = messages.advertises_streams(services)
     webrtc = messages.advertises_webrtc(services)
     settings = services.settings
-    with services.db.reading() as session:
+    with services.db.driver() as reading:
         principal = authenticate_bearer(
-            session, token if isinstance(token, str) else None, "alexa", touch=False
+            reading, token if isinstance(token, str) else None, "alexa", touch=False
         )
         if not isinstance(principal, Principal):
             # Amazon's rule for Discovery: a bad or expired token gets no endpoints, not an error.
             return messages.response("Alexa.Discovery", "Discover.Response", req.directive,
                                      {"endpoints": []})  # fmt: skip
         owner = principal.account_id
-        version, proactive = discovery_facts(session, settings, owner)
+        version, proactive = discovery_facts(reading, settings, owner)
 
-        def build() -> Encoded:
+    def build() -> Encoded:
+        with services.db.reading() as session:  # after the version: never older than it
             cameras = services.registry.owned_cameras(session, owner)
             return encoded([messages.endpoint(c, settings, streams, proactive, webrtc)
                             for c in cameras[: messages.MAX_ENDPOINTS]])  # fmt: skip
 
-        # Everything an endpoint is built from: the cameras (their version) and these flags.
-        key = ("alexa", owner, proactive, streams, webrtc, settings.manufacturer)
-        endpoints = services.discovery.answer(key, version, build)
+    # Everything an endpoint is built from: the cameras (their version) and these flags.
+    key = ("alexa", owner, proactive, streams, webrtc, settings.manufacturer)
+    endpoints = services.discovery.answer(key, version, build)
     if principal.stale:  # at most once a minute
         with services.db.session() as session:
             touch_grant(session, principal.grant_id)
