@@ -70,9 +70,9 @@ class Database:
 
     @contextmanager
     def driver(self) -> Iterator[Driver]:
-        """A pooled connection used through the driver (Driver): for the hot paths' one-statement
-        reads and self-committing writes, which SQLAlchemy's per-call machinery would cost
-        several times over. It is in autocommit mode: no transaction spans two statements."""
+        """A pooled connection used through the driver (Driver): for the hot paths' reads and
+        writes, whose few short statements SQLAlchemy's per-call machinery cost several times
+        over. Each statement commits by itself unless it runs in Driver.transaction()."""
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
             fairy = self.engine.raw_connection()
@@ -147,8 +147,9 @@ class Prepared:
 
     Connection.execute does the same for a cached statement, but its per-call machinery
     (events, an execution context, a Result) costs several times what a short statement costs
-    the database: on the directives' paths, more than all their statements together. Only for
-    statements whose parameters are all bound by name (bindparam), never rendered inline."""
+    the database: on the directives' paths, more than all their statements together. For
+    module-level statements (Database.prepare keeps one per statement object) whose values are
+    bound parameters, never rendered into the SQL."""
 
     def __init__(self, statement: Executable, dialect: Any) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -161,10 +162,13 @@ class Prepared:
         self.defaults = dict(compiled.params)  # literal values the statement binds itself
         self.order = list(compiled.positiontup or ()) if compiled.positional else None
         self.binds = {}  # by the name the driver gets (a literal's is made up)
+        self.required = set()  # bindparam()s without a value: the caller must give them
         for bind, name in compiled.bind_names.items():
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 self.binds[name] = process
+            if bind.required:
+                self.required.add(name)
         columns = list(getattr(statement, "exported_columns", ()))
         self.row = namedtuple("Row", [column.key for column in columns], rename=True)  # type: ignore[misc]
         self.results = []
@@ -175,6 +179,9 @@ class Prepared:
 
     def parameters(self, params: Mapping[str, Any]) -> Any:
         """The driver's parameters: defaults, then the caller's, each converted for the driver."""
+        if not self.required.issubset(params):
+            missing = ", ".join(sorted(self.required.difference(params)))
+            raise exc.ArgumentError(f"a value is required for bound parameters: {missing}")
         values = {**self.defaults, **params}
         for name, process in self.binds.items():
             values[name] = process(values[name])

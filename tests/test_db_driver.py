@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from sqlalchemy import bindparam, event, func, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from camvoice import audit
 from camvoice.accounts import create_account
@@ -151,3 +151,10 @@ def test_a_transaction_commits_together_or_not_at_all(db: Database) -> None:
     with db.session() as session:  # the write queue was left: a writer gets through at once
         actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
     assert actions == ["a", "b"]
+
+
+def test_a_missing_parameter_is_an_error_not_a_null(db: Database) -> None:
+    """SQLAlchemy refuses a bindparam() left without a value; so does the driver, rather than
+    bind NULL (which would read nothing, or write a row missing a value)."""
+    with db.driver() as driver, pytest.raises(ArgumentError, match="account_id"):
+        driver.execute(OWNED_CAMERA, {"camera_id": "c"})
