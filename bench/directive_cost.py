@@ -1,14 +1,14 @@
 """What one stream directive costs the database: statements, transactions, and time in-process.
 
 Alexa InitializeCameraStreams (signed as the Lambda forwarder signs it) and Google EXECUTE
-GetCameraStream go through the real app with Flask's test client, on SQLite, for an owner with
-one local camera. Each case is first checked to answer its success shape (a stream URL). The
+GetCameraStream go through the real app with Flask's test client, on SQLite (and with
+--postgres on a scratch PostgreSQL database too), for an owner with one local camera. Each case is first checked to answer its success shape (a stream URL). The
 counts are exact (BEGIN counts as a statement; a transaction is a BEGIN, so a statement that
 commits by itself is none); the times are in-process, without HTTP: the median wall time, and
 the CPU time of this process per directive (total over the runs), which a machine shared with
 other work disturbs less.
 
-    .venv/bin/python bench/directive_cost.py [--runs 300]
+    .venv/bin/python bench/directive_cost.py [--runs 300] [--postgres]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sqlalchemy import event
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.discovery import database, drop  # noqa: E402
 from camvoice.accounts import create_account  # noqa: E402
 from camvoice.cameras import Registry  # noqa: E402
 from camvoice.db import Database  # noqa: E402
@@ -46,10 +47,21 @@ SECRET = "bench-forwarder-secret-0123456789"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=300, help="timed runs per case (1: smoke)")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL after SQLite")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="camvoice-bench-"))
+    for kind in ("sqlite", "postgresql") if args.postgres else ("sqlite",):
+        folder = Path(tempfile.mkdtemp(prefix="camvoice-bench-"))
+        url = database(kind, "directive", folder)
+        try:
+            measure(kind, url, folder, args.runs)
+        finally:
+            drop(url)
+
+
+def measure(kind: str, url: str, folder: Path, runs: int) -> None:
+    """Set up one database, check each case answers a stream URL, then count and time it."""
     settings = load_settings(
-        data_dir=folder, database_url=f"sqlite:///{folder / 'camvoice.db'}",
+        data_dir=folder, database_url=url,
         secret_key="bench-secret-key-" + "x" * 32, public_url="http://127.0.0.1:8080",
         alexa_forwarder_secret=SECRET, media_dir=folder / "media",
         rtsps_url_template="rtsps://cameras.example:443/cam/{camera_id}/{ticket}",
@@ -110,7 +122,8 @@ def main() -> None:
             count("transactions")()
 
     event.listen(db.engine, "before_cursor_execute", counted_statement)
-    print(f"one stream directive, SQLite, one local camera, {args.runs} timed runs each")
+    label = "SQLite" if kind == "sqlite" else "PostgreSQL"
+    print(f"one stream directive, {label}, one local camera, {runs} timed runs each")
     for name, case in (("Alexa InitializeCameraStreams", alexa), ("Google EXECUTE", google)):
         case()  # warm: the first grant use writes last_used_at
         counted.update(statements=0, transactions=0)
@@ -118,11 +131,11 @@ def main() -> None:
         once = dict(counted)
         times = []
         cpu = time.process_time()
-        for _ in range(args.runs):
+        for _ in range(runs):
             started = time.perf_counter()
             case()
             times.append(time.perf_counter() - started)
-        cpu = (time.process_time() - cpu) / args.runs
+        cpu = (time.process_time() - cpu) / runs
         print(f"  {name:30} statements {once['statements']}  transactions "
               f"{once['transactions']}  median {statistics.median(times) * 1000:.2f} ms  "
               f"cpu {cpu * 1000:.2f} ms")  # fmt: skip

@@ -48,6 +48,16 @@ def test_directive_cost_smoke() -> None:
         assert f"statements {statements}  transactions {transactions}  median" in line, line
 
 
+@pytest.mark.postgres
+def test_directive_cost_smoke_on_postgresql() -> None:
+    """The same three statements on PostgreSQL, after SQLite's, on a scratch database."""
+    out = smoke("directive_cost.py", "--runs", "1", "--postgres")
+    postgresql = out.split("PostgreSQL, one local camera", 1)[1]
+    for case in ("Alexa InitializeCameraStreams", "Google EXECUTE"):
+        line = next(line for line in postgresql.splitlines() if case in line)
+        assert "statements 3  transactions 0  median" in line, line
+
+
 def test_token_cost_smoke() -> None:
     """A first-use refresh answered a new access token (the script asserts it) in one read
     statement (the token with its client) and one writing transaction (BEGIN, claim, supersede,
