@@ -5,12 +5,15 @@ SQLAlchemy's error (a dropped connection is thrown away)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import bindparam, event, func, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from camvoice import audit
@@ -19,7 +22,7 @@ from camvoice.cameras import OWNED_CAMERA, Registry
 from camvoice.db import Database, Prepared, unavailable
 from camvoice.models import AuditEvent, Camera
 from camvoice.outbox import Outbox
-from tests.conftest import PG_ADMIN
+from tests.conftest import PG_ADMIN, migrated_database
 from tests.transactions import open_transactions
 
 
@@ -99,21 +102,28 @@ def test_statement_listeners_hear_the_drivers_statements(db: Database) -> None:
     assert heard == [db.prepare(OWNED_CAMERA).sql]
 
 
-def test_an_insert_that_would_return_its_key_unasked_is_refused(db: Database) -> None:
+def test_an_insert_that_would_return_its_key_unasked_is_refused() -> None:
     """On PostgreSQL it would RETURNING the key, and the driver would read a row nobody asked
     for: such a statement must say .inline()."""
-    if db.is_sqlite:
-        pytest.skip("SQLite's INSERT returns nothing unasked")
+    dialect = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
     values = {name: bindparam(name) for name in audit.COLUMNS}
     with pytest.raises(ValueError, match="inline"):
-        Prepared(AuditEvent.__table__.insert().values(values), db.engine.dialect)
-    Prepared(AuditEvent.__table__.insert().values(values).inline(), db.engine.dialect)
+        Prepared(AuditEvent.__table__.insert().values(values), dialect)
+    assert "RETURNING" not in Prepared(audit.INSERT, dialect).sql
+
+
+@pytest.fixture
+def pg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A PostgreSQL database alone: what only a server does (autocommit, ending a session)."""
+    for url in migrated_database("postgresql", request, tmp_path):
+        database = Database(url)
+        yield database
+        database.dispose()
 
 
 @pytest.mark.postgres
-def test_the_connection_goes_back_to_the_pool_as_the_pool_expects_it(db: Database) -> None:
-    if db.is_sqlite:
-        pytest.skip("PostgreSQL: the driver sets autocommit for its use only")
+def test_the_connection_goes_back_to_the_pool_as_the_pool_expects_it(pg: Database) -> None:
+    db = pg
     with db.driver() as driver:
         assert driver.connection.autocommit is True
         pid = driver.execute(select(func.pg_backend_pid()), {}).rows[0][0]
@@ -123,9 +133,8 @@ def test_the_connection_goes_back_to_the_pool_as_the_pool_expects_it(db: Databas
 
 
 @pytest.mark.postgres
-def test_a_connection_dropped_mid_use_is_unavailable_and_thrown_away(db: Database) -> None:
-    if db.is_sqlite:
-        pytest.skip("PostgreSQL: a server can end a session")
+def test_a_connection_dropped_mid_use_is_unavailable_and_thrown_away(pg: Database) -> None:
+    db = pg
     with db.driver() as driver:
         pid = driver.execute(select(func.pg_backend_pid()), {}).rows[0][0]
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
