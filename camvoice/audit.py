@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from camvoice.db import Driver
+from camvoice.db import Driver, connection_of
 from camvoice.models import AuditEvent, utcnow
 
 
@@ -32,7 +32,7 @@ def record(
     cost more than the statement."""
     values = {"action": action, "actor": actor, "account_id": account_id, "camera_id": camera_id,
               "assistant": assistant, "detail": detail, "at": utcnow()}  # fmt: skip
-    (session.connection() if isinstance(session, Session) else session).execute(INSERT, values)
+    connection_of(session).execute(INSERT, values)
 
 
 COLUMNS = ("action", "actor", "account_id", "camera_id", "assistant", "detail", "at")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from camvoice import audit, tickets
 from camvoice.addresses import CAMERA_SCHEMES, AddressPolicy, AddressRefused
-from camvoice.db import Database, Driver
+from camvoice.db import Database, Driver, connection_of
 from camvoice.models import Account, Camera
 from camvoice.outbox import Outbox
 from camvoice.readiness import Assistant, explain, readiness
@@ -186,8 +186,7 @@ class Registry:
         Core statement and a `camera_of` copy, outside any session, instead of an ORM load,
         which cost a directive more than its statements."""
         values = {"camera_id": camera_id, "account_id": account_id}
-        on = session.connection() if isinstance(session, Session) else session
-        row = on.execute(OWNED_CAMERA, values).one_or_none()
+        row = connection_of(session).execute(OWNED_CAMERA, values).one_or_none()
         return None if row is None else camera_of(row)
 
     def add(

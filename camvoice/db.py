@@ -22,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Executable, create_engine, event, exc, make_url, text
+from sqlalchemy import Connection, Engine, Executable, create_engine, event, exc, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -300,8 +300,11 @@ class Rows:
     def first(self) -> Any | None:
         return self.rows[0] if self.rows else None
 
-    def all(self) -> list[Any]:
-        return self.rows
+
+def connection_of(session: Session | Connection | Driver) -> Connection | Driver:
+    """What runs a Core statement for a caller given a session, a Connection or a Driver: the
+    session's connection (in its transaction), or the one given."""
+    return session.connection() if isinstance(session, Session) else session
 
 
 def make_engine(url: str) -> Engine:

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from camvoice.db import Driver
+from camvoice.db import Driver, connection_of
 from camvoice.models import Account
 
 # Encoded, an endpoint is ~0.9 KiB and a device ~0.4 KiB (a 300-camera owner's: 261 and 121
@@ -60,8 +60,7 @@ def registry_version(session: Session | Driver, account_id: str) -> int | None:
     """The owner's registry version (None when the account is gone): one primary-key read, in
     Core (read on every Discover and SYNC, where the ORM's statement handling cost ~5 times the
     query), or through the driver."""
-    on = session.connection() if isinstance(session, Session) else session
-    row = on.execute(VERSION, {"account_id": account_id}).one_or_none()
+    row = connection_of(session).execute(VERSION, {"account_id": account_id}).one_or_none()
     return None if row is None else int(row[0])
 
 

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from camvoice import audit
 from camvoice.cameras import CAMERA_COLUMNS, camera_of
-from camvoice.db import Driver
+from camvoice.db import Driver, connection_of
 from camvoice.models import Account, Camera, utcnow
 from oauth.models import AuthorizationCode, Grant, OAuthClient, Token, digest
 
@@ -391,7 +391,7 @@ def authenticate_bearer(
     # One Core query for token, link and client (no ORM objects built): this runs on every
     # directive, and its answer is read from the database each time, so a revocation through
     # any instance refuses the very next request everywhere.
-    row = one_row(session, BEARER, {"token_hash": digest(token)})
+    row = connection_of(session).execute(BEARER, {"token_hash": digest(token)}).one_or_none()
     return judged(session, row, assistant, touch)
 
 
@@ -412,17 +412,11 @@ def authenticate_for_camera(
     if not token:
         return Failure.MISSING, None
     values = {"token_hash": digest(token), "camera_id": camera_id}
-    row = one_row(session, BEARER_AND_CAMERA, values)
+    row = connection_of(session).execute(BEARER_AND_CAMERA, values).one_or_none()
     principal = judged(session, row, assistant, touch=touch)
     if row is None or not isinstance(principal, Principal) or row.camera_found is None:
         return principal, None
     return principal, camera_of(row[-len(CAMERA_COLUMNS) :])
-
-
-def one_row(session: Session | Driver, statement: Select[Any], values: dict[str, Any]) -> Any:
-    """The statement's one row or None, read through the driver or the session."""
-    on = session.connection() if isinstance(session, Session) else session
-    return on.execute(statement, values).one_or_none()
 
 
 def judged(

@@ -19,7 +19,7 @@ from cryptography.fernet import InvalidToken
 from sqlalchemy import String, Text, bindparam, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from camvoice.db import Driver
+from camvoice.db import Driver, connection_of
 from camvoice.discovery import registry_version
 from camvoice.models import Account, Base, Camera, utcnow
 from camvoice.outbox import RetryLater, message_id, retry_after_seconds
@@ -120,8 +120,7 @@ def discovery_facts(
     every call, the version to find its kept answer, the link because it is part of it."""
     if not settings.alexa_client_id or not settings.alexa_client_secret:
         return registry_version(session, account_id), False
-    on = session.connection() if isinstance(session, Session) else session
-    row = on.execute(FACTS, {"account_id": account_id}).one_or_none()
+    row = connection_of(session).execute(FACTS, {"account_id": account_id}).one_or_none()
     if row is None:
         return None, False
     version, linked, dead_at = row
