@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import requests
 from flask import Flask
-from sqlalchemy import text
+from sqlalchemy import event, text
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from camvoice.db import Database
@@ -55,6 +55,21 @@ VENV_BIN = Path(sys.executable).parent
 # Fakes and test cameras listen on loopback, and a few tests name LAN or documentation
 # addresses: listed as an operator lists a VPN's networks (camvoice refuses them otherwise).
 TEST_SOURCE_NETWORKS = "127.0.0.0/8, 10.0.0.0/8, 192.0.2.0/24"
+
+
+@contextmanager
+def statements(db: Database) -> Iterator[list[str]]:
+    """The SQL statements the app runs meanwhile (the connection's pre-ping is not one)."""
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", note)
 
 
 @contextmanager
@@ -151,6 +166,15 @@ def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     yield database
     database.dispose()
+
+
+@pytest.fixture
+def pg_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated PostgreSQL database alone, for what only a server does."""
+    for url in migrated_database("postgresql", request, tmp_path):
+        database = Database(url)
+        yield database
+        database.dispose()
 
 
 @pytest.fixture

@@ -5,14 +5,12 @@ SQLAlchemy's error (a dropped connection is thrown away)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, event, func, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
@@ -22,7 +20,7 @@ from camvoice.cameras import OWNED_CAMERA, Registry
 from camvoice.db import Database, Prepared, unavailable
 from camvoice.models import AuditEvent, Camera
 from camvoice.outbox import Outbox
-from tests.conftest import PG_ADMIN, migrated_database
+from tests.conftest import PG_ADMIN, statements
 from tests.transactions import open_transactions
 
 
@@ -88,17 +86,8 @@ def test_a_failed_statement_is_sqlalchemys_error_and_writes_nothing(db: Database
 
 
 def test_statement_listeners_hear_the_drivers_statements(db: Database) -> None:
-    heard: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        heard.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", note)
-    try:
-        with db.driver() as driver:
-            driver.execute(OWNED_CAMERA, {"camera_id": "c", "account_id": "a"})
-    finally:
-        event.remove(db.engine, "before_cursor_execute", note)
+    with statements(db) as heard, db.driver() as driver:
+        driver.execute(OWNED_CAMERA, {"camera_id": "c", "account_id": "a"})
     assert heard == [db.prepare(OWNED_CAMERA).sql]
 
 
@@ -112,18 +101,9 @@ def test_an_insert_that_would_return_its_key_unasked_is_refused() -> None:
     assert "RETURNING" not in Prepared(audit.INSERT, dialect).sql
 
 
-@pytest.fixture
-def pg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A PostgreSQL database alone: what only a server does (autocommit, ending a session)."""
-    for url in migrated_database("postgresql", request, tmp_path):
-        database = Database(url)
-        yield database
-        database.dispose()
-
-
 @pytest.mark.postgres
-def test_the_connection_goes_back_to_the_pool_as_the_pool_expects_it(pg: Database) -> None:
-    db = pg
+def test_the_connection_goes_back_to_the_pool_as_the_pool_expects_it(pg_db: Database) -> None:
+    db = pg_db
     with db.driver() as driver:
         assert driver.connection.autocommit is True
         pid = driver.execute(select(func.pg_backend_pid()), {}).rows[0][0]
@@ -133,8 +113,8 @@ def test_the_connection_goes_back_to_the_pool_as_the_pool_expects_it(pg: Databas
 
 
 @pytest.mark.postgres
-def test_a_connection_dropped_mid_use_is_unavailable_and_thrown_away(pg: Database) -> None:
-    db = pg
+def test_a_connection_dropped_mid_use_is_unavailable_and_thrown_away(pg_db: Database) -> None:
+    db = pg_db
     with db.driver() as driver:
         pid = driver.execute(select(func.pg_backend_pid()), {}).rows[0][0]
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

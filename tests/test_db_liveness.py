@@ -5,8 +5,6 @@ idle for a while is pinged, one in steady use is not. And reads open no transact
 from __future__ import annotations
 
 import select
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,17 +12,14 @@ import pytest
 from sqlalchemy import text
 
 from camvoice.db import Database, Liveness
-from tests.conftest import PG_ADMIN, migrated_database, wait_for
+from tests.conftest import PG_ADMIN, wait_for
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    for url in migrated_database("postgresql", request, tmp_path):
-        database = Database(url)
-        yield database
-        database.dispose()
+def db(pg_db: Database) -> Database:
+    return pg_db
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 from pydantic import SecretStr
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from backends.ezviz.models import EzvizLink
 from camvoice import outbox
@@ -32,7 +32,7 @@ from console import charts
 from oauth.models import Grant, Token, digest
 from service.app import create_app
 from skills.events import AlexaLink, accept_grant
-from tests.conftest import LiveServer, run_cli, wiring
+from tests.conftest import LiveServer, run_cli, statements, wiring
 from tests.fake_amazon import CLIENT_ID, CLIENT_SECRET, FakeAmazon
 from tests.fake_google import FakeGoogle
 from tests.oauth_support import (
@@ -477,19 +477,10 @@ def test_activity_chart_draws_views_per_day_from_one_query(live: LiveServer, db:
     assert ">Porch: 8 in 30 days<" in page.text
 
     # One aggregated query however many cameras: GROUP BY camera and day.
-    statements: list[str] = []
-
-    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", seen)
-    try:
-        with db.reading() as session:
-            charts.view_charts(session, owner_id, {ids["Porch"]: "Porch", ids["Attic"]: "Attic",
-                                                   ids["Shed"]: "Shed"}, today)  # fmt: skip
-    finally:
-        event.remove(db.engine, "before_cursor_execute", seen)
-    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    with statements(db) as seen, db.reading() as session:
+        charts.view_charts(session, owner_id, {ids["Porch"]: "Porch", ids["Attic"]: "Attic",
+                                               ids["Shed"]: "Shed"}, today)  # fmt: skip
+    selects = [s for s in seen if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 1 and "GROUP BY" in selects[0].upper()
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import event, func, select, update
+from sqlalchemy import func, select, update
 
 from camvoice.db import Database
 from camvoice.models import AuditEvent, utcnow
@@ -20,7 +20,7 @@ from oauth import server as oauth_server
 from oauth.models import Grant, Token, digest
 from oauth.tokens import Failure, Principal, RefreshCredential, authenticate_bearer, revoke_grant
 from service.app import create_app
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, statements
 from tests.oauth_support import ALEXA_URIS, Client, link, make_owner, register, token_request
 
 OWNER = "owner@example.com"
@@ -93,21 +93,6 @@ def test_answers_are_byte_for_byte_what_they_were(
     with db.session() as session:
         revoke_grant(session, session.scalars(select(Grant.id)).one(), "test", actor="test")
     assert answer(refresh(live, alexa, rt)) == (400, NO_STORE, INVALID_GRANT)
-
-
-@contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """The SQL statements the app runs meanwhile (the connection's pre-ping is not one)."""
-    seen: list[str] = []
-
-    def note(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", note)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine, "before_cursor_execute", note)
 
 
 def test_a_refresh_is_one_read_and_one_write(live: LiveServer, db: Database, alexa: Client) -> None:
