@@ -23,7 +23,7 @@ from camvoice.settings import Settings
 from oauth.tokens import revoke_account
 from service.app import create_app
 from skills.events import AlexaLink
-from tests.conftest import LiveServer, run_cli, until, wiring
+from tests.conftest import LiveServer, run_cli, statements, until, wiring
 from tests.discovery_golden import (
     GOLDEN,
     OWNER,
@@ -158,16 +158,9 @@ def test_a_kept_answer_takes_no_write_lock_to_read_and_commits_its_audit_row(
     http = create_app(golden, db).test_client()
     ask = ANSWERS[kind]
     ask(http)  # built, and the grant's first use written
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(" ".join(statement.split())[:40])
-
-    event.listen(db.engine, "before_cursor_execute", record)
-    try:
+    with statements(db) as sent:
         ask(http)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", record)
+    seen = [" ".join(statement.split())[:40] for statement in sent]
     action = {"alexa_discover": "alexa.discover", "google_sync": "google.sync"}[kind]
     writes = [s for s in seen if s.startswith(("INSERT", "UPDATE", "DELETE"))]
     assert all("audit_events" in s or "used_once" in s for s in writes), seen
