@@ -3,12 +3,14 @@
 For SQLite and PostgreSQL in turn: starts `camvoice serve` (gunicorn gthread, 2 workers x 4
 threads unless --workers/--threads say otherwise, the same for every case), links two owners
 (5 and 300 cameras) with an Alexa and a Google client, and drives each case with wrk (Debian
-package) at 32 connections. Prints
-requests/s, p50, p99 and the ratio to the floor (a trivial JSON endpoint, /healthz) measured in
-the same run, and the memory of each gunicorn worker after that database's cases (VmRSS; VmHWM,
-its peak during the cases; PSS and USS, which count the pages shared with the master apart),
-with the peak of the linking before them (sign-ins). Then counts SQL statements per directive for owners with 5 and 300 cameras, and
-times the Lambda forwarder against a direct POST.
+package) at 32 connections. Prints requests/s, p50, p99 and the ratio to the floor (a trivial
+JSON endpoint, /healthz) measured in the same run; the CPU time per request of the web
+workers, of the PostgreSQL backends and of the whole machine (from /proc: where the cores
+went, so what bounds a case can be read off); and the memory of each gunicorn worker after
+that database's cases (VmRSS; VmHWM, its peak during the cases; PSS and USS, which count the
+pages shared with the master apart), with the peak of the linking before them (sign-ins). Then
+counts SQL statements per directive for owners with 5 and 300 cameras, and times the Lambda
+forwarder against a direct POST. --only times a subset of the cases, beside the floor.
 
 A figure is printed only for an answer that is the case's success shape: before timing, each
 case is sent once and checked (a stream URL, the expected number of endpoints or devices, an
@@ -16,7 +18,7 @@ access token). A case that answers anything else, or any request under load that
 (non-2xx, socket error, timeout), stops the run with a non-zero exit and says which.
 
     .venv/bin/python bench/load.py [--seconds 5] [--connections 32] [--skip-postgres]
-                                   [--workers 2] [--threads 4]
+                                   [--skip-sqlite] [--workers 2] [--threads 4] [--only TEXT]
     .venv/bin/python bench/load.py --smoke   # SQLite, 1 s per case, built-in loop, no wrk
 """
 
@@ -47,7 +49,7 @@ from typing import Any
 import psycopg
 import requests
 from flask.testing import FlaskClient
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -232,6 +234,7 @@ class Load:
     p50: float  # ms
     p99: float  # ms
     failed: int  # non-2xx answers plus socket errors and timeouts
+    requests: int  # answered during the run (wrk's "N requests in")
 
 
 Loader = Callable[[str, Case, int, int], Load]
@@ -250,41 +253,66 @@ def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
         script.append("wrk.body = [==[" + case.body + "]==]")
     for key, value in case.headers.items():
         script.append(f"wrk.headers[{json.dumps(key)}] = {json.dumps(value)}")
-    if case.fresh is not None:
-        script += fresh_requests(case, WRK_FRESH_PER_SECOND * seconds)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-        lua.write("\n".join(script) + "\n")
-    try:
+    with tempfile.TemporaryDirectory(prefix="camvoice-wrk-") as folder:
+        if case.fresh is not None:
+            requests_file = Path(folder) / "fresh.tsv"
+            write_fresh(case, WRK_FRESH_PER_SECOND * seconds, requests_file)
+            script += fresh_requests(requests_file)
+        lua = Path(folder) / "case.lua"
+        lua.write_text("\n".join(script) + "\n")
         out = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
-             "-s", lua.name, base + case.path],
+             "-s", str(lua), base + case.path],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-    finally:
-        os.unlink(lua.name)
     return parse_wrk(out)
 
 
-def fresh_requests(case: Case, count: int) -> list[str]:
-    """wrk's Lua for requests sent once each: `count` made beforehand (wrk's Lua cannot sign,
-    nor issue a refresh token), the two threads taking alternate ones. None is ever sent twice:
-    a thread that has run out sends an empty body, which no case accepts (counted as failed,
-    so the run stops), where resending would time a replay (or a refresh token's retry)."""
-    rows = []
-    for _ in range(count if case.fresh is not None else 0):
-        body, headers = case.request()
-        fields = ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())
-        rows.append("{[==[" + body + "]==], {" + fields + "}}")
+def write_fresh(case: Case, count: int, path: Path) -> None:
+    """`count` requests made beforehand (wrk's Lua cannot sign, nor issue a refresh token), a
+    line each: header name, value, ..., then the body, split by tabs. A file, not Lua source:
+    LuaJIT refuses a script with more than 65536 constants, which 8 s of signed forwards
+    passed."""
+    with path.open("w") as out:
+        for _ in range(count):
+            body, headers = case.request()
+            fields = [text for pair in headers.items() for text in pair] + [body]
+            if any("\t" in text or "\n" in text for text in fields):
+                raise BenchFailure(f"{case.name}: a request holds a tab or a newline")
+            out.write("\t".join(fields) + "\n")
+
+
+def fresh_requests(path: Path) -> list[str]:
+    """wrk's Lua for requests sent once each, read from `path` (write_fresh), the two threads
+    taking alternate ones. None is ever sent twice: a thread that has run out sends an empty
+    body, which no case accepts (counted as failed, so the run stops), where resending would
+    time a replay (or a refresh token's retry)."""
     return [
-        "fresh = {" + ",\n".join(rows) + "}",
+        f"local path = {json.dumps(str(path))}",
         "local threads = 0",
-        "function setup(thread) thread:set('n', threads - 2); threads = threads + 1 end",
+        "function setup(thread) thread:set('index', threads); threads = threads + 1 end",
+        "local function split(line)",
+        "  local parts, start = {}, 1",
+        "  while true do",
+        "    local tab = string.find(line, '\\t', start, true)",
+        "    if not tab then parts[#parts + 1] = string.sub(line, start); return parts end",
+        "    parts[#parts + 1] = string.sub(line, start, tab - 1)",
+        "    start = tab + 1",
+        "  end",
+        "end",
+        "function init(args)",
+        "  fresh, sent, n = {}, 0, 0",
+        "  for line in io.lines(path) do",
+        "    if n % 2 == index then fresh[#fresh + 1] = split(line) end",
+        "    n = n + 1",
+        "  end",
+        "end",
         "function request()",
-        "  n = n + 2",
-        "  local r = fresh[n + 1]",
+        "  sent = sent + 1",
+        "  local r = fresh[sent]",
         "  if r == nil then return wrk.format(nil, nil, nil, '') end",
-        "  for k, v in pairs(r[2]) do wrk.headers[k] = v end",
-        "  return wrk.format(nil, nil, nil, r[1])",
+        "  for i = 1, #r - 1, 2 do wrk.headers[r[i]] = r[i + 1] end",
+        "  return wrk.format(nil, nil, nil, r[#r])",
         "end",
     ]
 
@@ -307,7 +335,10 @@ def parse_wrk(out: str) -> Load:
     )
     failed = int(bad.group(1)) if bad else 0
     failed += sum(int(n) for n in sockets.groups()) if sockets else 0
-    return Load(float(rps.group(1)), ms("50%"), ms("99%"), failed)
+    done = re.search(r"^\s*(\d+) requests in ", out, re.M)
+    if not done:
+        raise BenchFailure(f"wrk printed no request count:\n{out}")
+    return Load(float(rps.group(1)), ms("50%"), ms("99%"), failed, int(done.group(1)))
 
 
 def python_load(base: str, case: Case, seconds: int, connections: int) -> Load:
@@ -344,7 +375,7 @@ def python_load(base: str, case: Case, seconds: int, connections: int) -> Load:
         if len(latencies) > 1
         else latencies * 99
     )
-    return Load(len(latencies) / seconds, cuts[49], cuts[98], failed[0])
+    return Load(len(latencies) / seconds, cuts[49], cuts[98], failed[0], len(latencies))
 
 
 # --- the server and its owners ------------------------------------------------------------------
@@ -605,31 +636,104 @@ def server_env(label: str, db_url: str, port: int, scratch: Path) -> dict[str, s
             "CAMVOICE_LOGIN_MAX_FAILURES_IP": "100000"}  # fmt: skip
 
 
-def measure(base: str, case: Case, loader: Loader, seconds: int, connections: int) -> Load:
-    """Check the answer once, then time it; a request that failed under load fails the run."""
-    case.verify(base)
-    load = loader(base, case, seconds, connections)
-    return load
+@dataclass(frozen=True)
+class Cpu:
+    """CPU time per answered request of a case, in ms: the web workers; the database server's
+    backends serving this bench's database (PostgreSQL; SQLite runs inside the workers); and
+    the whole machine, wrk and the kernel included. The machine has os.cpu_count() CPUs to
+    share out, so a case's ceiling is their time divided by `machine`."""
+
+    web: float
+    database: float | None
+    machine: float
+
+
+class Meter:
+    """Reads, from /proc, the CPU time spent by the web workers, by the PostgreSQL backends of
+    one database, and by the machine (user, nice, system, irq, softirq, steal: all but idle
+    and iowait), before and after a case."""
+
+    def __init__(self, workers: list[Path], database: str | None) -> None:
+        self.workers = workers
+        self.database = database
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def read(self) -> tuple[dict[str, int], dict[str, int], int]:
+        """(ticks by worker, ticks by backend, the machine's busy ticks)."""
+        web = {proc.name: process_ticks(proc) for proc in self.workers}
+        backends = {proc.name: process_ticks(proc) for proc in self.backends()}
+        with open("/proc/stat") as stat:
+            fields = [int(n) for n in stat.readline().split()[1:9]]
+        busy = sum(fields) - fields[3] - fields[4]  # idle and iowait
+        return web, backends, busy
+
+    def backends(self) -> list[Path]:
+        """/proc of each PostgreSQL backend connected to this bench's database."""
+        if self.database is None:
+            return []
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if (
+                    proc.name.isdigit()
+                    and (proc / "cmdline").read_bytes().startswith(b"postgres: ")
+                    and f" {self.database} ".encode() in (proc / "cmdline").read_bytes()
+                ):
+                    found.append(proc)
+            except OSError:  # gone meanwhile
+                continue
+        return found
+
+    def spent(self, before: tuple[dict[str, int], dict[str, int], int], requests: int) -> Cpu:
+        """CPU ms per request since `before` (a backend started meanwhile counts from zero)."""
+        web, backends, busy = self.read()
+        per = 1000 / self.tick / max(requests, 1)
+
+        def grown(now: dict[str, int], then: dict[str, int]) -> float:
+            return sum(ticks - then.get(pid, 0) for pid, ticks in now.items()) * per
+
+        database = grown(backends, before[1]) if self.database is not None else None
+        return Cpu(grown(web, before[0]), database, (busy - before[2]) * per)
+
+
+def process_ticks(proc: Path) -> int:
+    """utime + stime of a process (proc(5) stat fields 14 and 15); 0 once it is gone."""
+    try:
+        stat = (proc / "stat").read_text()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) + int(fields[12])
 
 
 def print_rows(
-    base: str, cases: list[Case], loader: Loader, seconds: int, connections: int
-) -> None:
+    base: str, cases: list[Case], loader: Loader, seconds: int, connections: int,
+    meter: Meter | None = None,
+) -> None:  # fmt: skip
     """One row per case as it is measured; a request that failed under load stops the run."""
-    print(f"  {'case':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs floor':>9} {'failed':>7}")
+    print(f"  {'case':36} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs floor':>9} {'failed':>7}"
+          + ("   CPU ms/request: web  db  machine" if meter else ""))  # fmt: skip
     floor = 0.0
     for case in cases:
-        load = measure(base, case, loader, seconds, connections)
+        case.verify(base)
+        before = meter.read() if meter else None
+        load = loader(base, case, seconds, connections)
         floor = floor or load.rps
-        print(f"  {case.name:36} {load.rps:8.0f} {load.p50:8.1f} {load.p99:8.1f} "
-              f"{load.rps / floor:8.2f}x {load.failed:7d}", flush=True)  # fmt: skip
+        row = (f"  {case.name:36} {load.rps:8.0f} {load.p50:8.1f} {load.p99:8.1f} "
+               f"{load.rps / floor:8.2f}x {load.failed:7d}")  # fmt: skip
+        if meter and before:
+            cpu = meter.spent(before, load.requests)
+            database = "-" if cpu.database is None else f"{cpu.database:.2f}"
+            row += f"   {cpu.web:.2f} {database} {cpu.machine:.2f}"
+        print(row, flush=True)
         if load.failed:
             raise BenchFailure(f"{case.name}: {load.failed} requests failed under load "
                                "(non-2xx, socket error or timeout)")  # fmt: skip
 
 
 def run_suite(label: str, db_url: str, loader: Loader, seconds: int, connections: int,
-              scratch: Path, model: tuple[int, int], forwarder_runs: int = 0) -> None:  # fmt: skip
+              scratch: Path, model: tuple[int, int], only: list[str],
+              forwarder_runs: int = 0) -> None:  # fmt: skip
     """Every case against one database, then (if asked) the forwarder against the same server."""
     port = free_port()
     db = Database(db_url)
@@ -644,6 +748,8 @@ def run_suite(label: str, db_url: str, loader: Loader, seconds: int, connections
             cases = [Case("floor /healthz", "/healthz", any_json), *stream_cases(five),
                      *discovery_cases(owners),
                      *refresh_cases(db, alexa, five.alexa["refresh_token"], seconds)]  # fmt: skip
+            cases = [case for n, case in enumerate(cases)
+                     if n == 0 or not only or any(text in case.name for text in only)]  # fmt: skip
             workers = server.workers()
             if not workers:
                 raise BenchFailure("found no gunicorn worker to read the memory of")
@@ -651,7 +757,8 @@ def run_suite(label: str, db_url: str, loader: Loader, seconds: int, connections
             for proc in workers:
                 reset_peak(proc)
             print(f"\n[{label}]")
-            print_rows(server.url, cases, loader, seconds, connections)
+            database = None if db.is_sqlite else make_url(db_url).database
+            print_rows(server.url, cases, loader, seconds, connections, Meter(workers, database))
             print(f"  RSS per web worker after the cases ({label}): "
                   + ", ".join(f"{rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB, PSS "
                               f"{pss / 1024:.0f}, USS {uss / 1024:.0f})"
@@ -821,8 +928,16 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=5, help="seconds per case")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="time only the cases whose name holds TEXT (again for more), beside the floor",
+    )
     parser.add_argument("--smoke", action="store_true",
                         help="SQLite only, 1 s per case, 4 clients from a Python loop (no wrk), "
                              "3 forwarder runs: every case and check, no comparable figures")  # fmt: skip
@@ -842,11 +957,13 @@ def run(args: argparse.Namespace) -> None:
           f"gunicorn {args.workers} workers x {args.threads} threads")  # fmt: skip
     sqlite = f"sqlite:///{scratch / 'bench.db'}"
     forwarder_runs = 3 if args.smoke else 30
-    run_suite("sqlite", sqlite, loader, args.seconds, args.connections, scratch, model,
-              forwarder_runs)  # fmt: skip
+    if not args.skip_sqlite:
+        run_suite("sqlite", sqlite, loader, args.seconds, args.connections, scratch, model,
+                  args.only, forwarder_runs)  # fmt: skip
     if not args.skip_postgres:
         with postgres_database() as url:
-            run_suite("postgresql", url, loader, args.seconds, args.connections, scratch, model)
+            run_suite("postgresql", url, loader, args.seconds, args.connections, scratch, model,
+                      args.only)  # fmt: skip
     print("\nSQL statements per request, each BEGIN included, after one warm-up request")
     print("(owner with 5 cameras -> with 300), SQLite, in-process:")
     for case, (five, many) in query_counts(scratch).items():

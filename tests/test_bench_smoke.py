@@ -14,8 +14,13 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from sqlalchemy import make_url
 
-from tests.conftest import require_gstreamer
+from camvoice.db import Database
+from tests.conftest import require_gstreamer, wait_for
+
+# A statement that keeps a backend busy for a moment, so its CPU time grows by a clock tick.
+BUSY = "SELECT count(*) FROM generate_series(1, 300000)"
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -92,7 +97,8 @@ LOAD_CASES = (
     "token refresh, first use",
     "token refresh, retry in grace",
 )
-ROW = r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s*$"
+# req/s, p50, p99, ratio, failed; then CPU ms per request: web workers, database server, machine.
+ROW = r"\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\d+)\s+([\d.]+) (-|[\d.]+) ([\d.]+)$"
 WRK_OUT = """Running 1s test @ http://127.0.0.1:18765/nothing
   1 threads and 2 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
@@ -131,6 +137,10 @@ def test_load_smoke() -> None:
         row = re.search(rf"^\s+{re.escape(case)}{ROW}", out, re.M)
         assert row, f"no row for {case}:\n{out}"
         assert int(row.group(1)) > 0 and row.group(5) == "0", row.group(0)
+        # SQLite runs inside the workers: no database server to count; the workers' time is
+        # part of the machine's.
+        web, database, machine = float(row.group(6)), row.group(7), float(row.group(8))
+        assert web > 0 and database == "-" and machine >= web * 0.9, row.group(0)
     for case in ("Alexa Discover", "Alexa ReportState", "Google SYNC", "Google QUERY"):
         counts = re.search(rf"^\s+{case}\s+(\d+) ->\s+(\d+)$", out, re.M)
         assert counts, f"no statement count for {case}:\n{out}"
@@ -170,7 +180,8 @@ def test_load_fails_on_requests_failed_under_load() -> None:
     """wrk's non-2xx and socket errors are counted, and any of them stops the run."""
     load = load_module()
     seen = load.parse_wrk(WRK_OUT)
-    assert (seen.rps, seen.p50, seen.p99, seen.failed) == (1273.97, 0.98, 15.74, 1282)
+    assert (seen.rps, seen.p50, seen.p99, seen.failed, seen.requests) == (
+        1273.97, 0.98, 15.74, 1282, 1279)  # fmt: skip
 
     class Unchecked(load.Case):  # type: ignore[name-defined,misc]
         def verify(self, base: str) -> None:
@@ -179,6 +190,42 @@ def test_load_fails_on_requests_failed_under_load() -> None:
     case = Unchecked("floor /healthz", "/healthz", load.any_json)
     with pytest.raises(load.BenchFailure, match="1282 requests failed under load"):
         load.print_rows("http://unused", [case], lambda *_: seen, 1, 1)
+
+
+def test_load_meter_counts_one_databases_backends(pg_db: Database) -> None:
+    """The PostgreSQL backends counted for a case are exactly those of the bench's database,
+    and their CPU time grows with the work they do."""
+    load = load_module()
+    name = make_url(pg_db.url).database
+    with pg_db.engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        meter = load.Meter([], name)
+        assert [proc.name for proc in meter.backends()] == [str(pid)]
+        assert load.Meter([], name + "_other").backends() == []
+        before = meter.read()
+        wait_for(lambda: conn.exec_driver_sql(BUSY).scalar() is not None
+                 and meter.read()[1][str(pid)] > before[1][str(pid)],
+                 "the backend's CPU time to grow")  # fmt: skip
+    spent = meter.spent(before, 1)
+    assert spent.database is not None and spent.database > 0 and spent.web == 0, spent
+
+
+def test_load_fresh_requests_leave_lua_small(tmp_path: Path) -> None:
+    """Requests sent once each are read from a file, not written into the Lua source, so any
+    number of them fits (LuaJIT refuses a script with over 65536 constants); a tab in a
+    request, which the file's format cannot hold, stops the bench."""
+    load = load_module()
+    bodies = iter(range(100_000))
+    case = load.Case("once each", "/x", load.any_json, "POST",
+                     fresh=lambda: (f'{{"n": {next(bodies)}}}', {"X-N": "v"}))  # fmt: skip
+    requests_file = tmp_path / "fresh.tsv"
+    load.write_fresh(case, 70_000, requests_file)
+    lines = requests_file.read_text().splitlines()
+    assert len(lines) == 70_000 and lines[-1] == 'X-N\tv\t{"n": 69999}'
+    assert len("\n".join(load.fresh_requests(requests_file))) < 2000
+    tabbed = load.Case("tab", "/x", load.any_json, "POST", fresh=lambda: ("a\tb", {}))
+    with pytest.raises(load.BenchFailure, match="tab or a newline"):
+        load.write_fresh(tabbed, 1, requests_file)
 
 
 # --- bench/stream_start.py and bench/ezviz.py ---------------------------------------------------
