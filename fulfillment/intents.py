@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -41,6 +41,9 @@ class BadRequest(ValueError):
 class Context:
     services: Services
     principal: Principal
+    # Cameras read with the bearer token (views.answer), by id: None for one the caller does
+    # not own. Read once per request, so an EXECUTE's device is not read again.
+    cameras: dict[str, Camera | None] = field(default_factory=dict)
 
     @property
     def homegraph(self) -> bool:
@@ -53,6 +56,22 @@ def owned(ctx: Context, session: Session | Driver, camera_id: object) -> Camera 
     if not isinstance(camera_id, str):
         raise BadRequest("device id must be a string")
     return ctx.services.registry.read_owned_camera(session, ctx.principal.account_id, camera_id)
+
+
+def named_camera(intent: str, payload: Any) -> str | None:
+    """The one device an EXECUTE names (Google's GetCameraStream names one), so the bearer
+    check can read it in its own statement; None for any other intent or shape, which
+    `execute` then reads, or refuses as before."""
+    if intent != "action.devices.EXECUTE" or not isinstance(payload, dict):
+        return None
+    commands = payload.get("commands")
+    if not isinstance(commands, list) or len(commands) != 1 or not isinstance(commands[0], dict):
+        return None
+    devices = commands[0].get("devices")
+    if not isinstance(devices, list) or len(devices) != 1 or not isinstance(devices[0], dict):
+        return None
+    camera_id = devices[0].get("id")
+    return camera_id if isinstance(camera_id, str) else None
 
 
 def device_ids(payload: Any, key: str = "devices") -> list[Any]:
@@ -174,13 +193,16 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
 
 
 def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict[str, Any]:
-    """One device's command. The camera is read in one statement (no write lock); the audit
-    row, of the stream handed out or of the refusal, then commits by itself. Both go through
-    the driver (Database.driver)."""
+    """One device's command. The camera is read in one statement (no write lock), unless it
+    was read with the token; the audit row, of the stream handed out or of the refusal, then
+    commits by itself. Both go through the driver (Database.driver)."""
     streams = ctx.services.streams
     opened: OpenStream | None = None
-    with ctx.services.db.driver() as reading:
-        camera = owned(ctx, reading, camera_id)
+    if camera_id in ctx.cameras:  # read with the bearer token
+        camera = ctx.cameras[camera_id]
+    else:
+        with ctx.services.db.driver() as reading:
+            camera = owned(ctx, reading, camera_id)
     if camera is None:
         return error(camera_id, "deviceNotFound")
     if execution["command"] != GET_CAMERA_STREAM:

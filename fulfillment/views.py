@@ -7,9 +7,10 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from camvoice.models import Camera
 from camvoice.services import Services
-from fulfillment.intents import INTENTS, BadRequest, Context
-from oauth.tokens import Principal, authenticate_bearer, touch_grant
+from fulfillment.intents import INTENTS, BadRequest, Context, named_camera
+from oauth.tokens import Principal, authenticate_bearer, authenticate_for_camera, touch_grant
 
 bp = Blueprint("fulfillment", __name__)
 
@@ -64,17 +65,25 @@ def answer(
 ) -> tuple[Response, str, object]:
     """The intent's response, its outcome ("ok" or the first errorCode) and the camera it was
     about, when it named one."""
-    # Read in one statement through the driver (no write lock on SQLite); the link's last use
-    # is written apart, at most once a minute.
+    # Read in one statement through the driver (no write lock on SQLite), with the camera an
+    # EXECUTE names (the token is judged first all the same); the link's last use is written
+    # apart, at most once a minute.
+    camera_id = named_camera(intent, item.get("payload"))
+    cameras: dict[str, Camera | None] = {}
     with services.db.driver() as reading:
-        principal = authenticate_bearer(reading, bearer_token(), "google", touch=False)
+        if camera_id is None:
+            principal = authenticate_bearer(reading, bearer_token(), "google", touch=False)
+        else:
+            principal, cameras[camera_id] = authenticate_for_camera(
+                reading, bearer_token(), "google", camera_id, touch=False
+            )
     if not isinstance(principal, Principal):
         return unauthorized(principal.value), "unauthorized", None
     if principal.stale:
         with services.db.session() as session:
             touch_grant(session, principal.grant_id)
     try:
-        payload = INTENTS[intent](Context(services, principal), item.get("payload"))
+        payload = INTENTS[intent](Context(services, principal, cameras), item.get("payload"))
     except BadRequest as exc:  # raised before the intent's own work is committed
         return bad_request(str(exc), request_id), "protocolError", None
     commands = payload.get("commands") or [{}]

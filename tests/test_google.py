@@ -22,7 +22,7 @@ from camvoice.settings import Settings
 from oauth.models import Token
 from service.app import create_app
 from service.demo import DEMO_EMAIL, DEMO_PASSWORD, seed
-from tests.conftest import LiveServer, wiring
+from tests.conftest import LiveServer, statements, wiring
 from tests.fake_google import FakeGoogle
 from tests.media_support import probe_video
 from tests.oauth_support import ALEXA_URIS, GOOGLE_URIS, make_owner, register
@@ -157,6 +157,39 @@ def test_execute_every_readiness_case_in_one_request(
             select(AuditEvent.action).where(AuditEvent.assistant == "google")
         ).all()
     assert actions.count("stream.requested") == 1 and actions.count("stream.denied") == 4
+
+
+def test_execute_of_one_camera_reads_it_with_the_token(
+    server: LiveServer, db: Database, google, demo
+) -> None:  # type: ignore[no-untyped-def]
+    """An EXECUTE naming one device reads the token and that camera in one statement, and
+    answers exactly as if it read them apart: the token is judged first (401 whatever camera
+    is named), another owner's camera is none, and a blocked camera says why."""
+    token = token_for(server, google, DEMO_EMAIL)
+    front = demo["Front Door"]
+    stranger = make_owner(db, "stranger@example.com", {"Theirs": {}})
+    with db.reading() as session:
+        theirs = session.scalars(select(Camera.id).where(Camera.owner_id == stranger)).one()
+    with statements(db) as seen:
+        answer = fulfill(server, token, execute([front])).json()["payload"]["commands"][0]
+    assert answer["status"] == "SUCCESS", answer
+    reads = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 1 and "cameras" in reads[0] and "tokens" in reads[0], seen
+    assert fulfill(server, "garbage", execute([front])).status_code == 401
+    assert fulfill(server, token, execute([theirs])).json()["payload"]["commands"] == [
+        {"ids": [theirs], "status": "ERROR", "errorCode": "deviceNotFound"}
+    ]
+    for name, (status, code) in EXPECTED_ERRORS.items():
+        result = fulfill(server, token, execute([demo[name]])).json()["payload"]["commands"][0]
+        assert (result["status"], result.get("errorCode")) == (status, code), name
+        assert "states" not in result, name
+    alexa = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
+    assert (
+        fulfill(server, token_for(server, alexa, DEMO_EMAIL), execute([front])).status_code == 401
+    )
+    with db.session() as session:
+        session.execute(update(Token).values(revoked_at=utcnow()))
+    assert fulfill(server, token, execute([front])).status_code == 401
 
 
 def test_no_common_protocol_is_function_not_supported(server: LiveServer, google, demo) -> None:  # type: ignore[no-untyped-def]
