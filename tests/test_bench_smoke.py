@@ -155,6 +155,13 @@ def test_load_smoke() -> None:
                      memory.group(1)), memory.group(0)  # fmt: skip
 
 
+def test_load_only_times_the_cases_named() -> None:
+    """--only times the floor and the cases whose name holds the text, and no other."""
+    out = smoke("load.py", "--smoke", "--only", "EXECUTE")
+    timed = [case for case in LOAD_CASES if re.search(rf"^\s+{re.escape(case)}{ROW}", out, re.M)]
+    assert timed == ["floor /healthz", "google EXECUTE GetCameraStream"], out
+
+
 def test_load_checks_refuse_error_answers() -> None:
     """The answers that hid the wrong-owner bug (HTTP 200 errors) are not success shapes."""
     load = load_module()
