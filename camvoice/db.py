@@ -170,6 +170,9 @@ class Prepared:
             if bind.required:
                 self.required.add(name)
         columns = list(getattr(statement, "exported_columns", ()))
+        # Whether it returns rows (a SELECT, a RETURNING): known here, where asking the cursor
+        # (its description) builds a column object per column on every statement (psycopg).
+        self.returns_rows = bool(columns)
         self.row = namedtuple("Row", [column.key for column in columns], rename=True)  # type: ignore[misc]
         self.results = []
         for index, column in enumerate(columns):
@@ -260,7 +263,7 @@ class Driver:
             else:
                 cursor.execute(prepared.sql, parameters)
             # Every row is read, so SQLite's statement ends (and its write commits) here.
-            raw = cursor.fetchall() if cursor.description is not None else []
+            raw = cursor.fetchall() if prepared.returns_rows else []
             count = cursor.rowcount
         except self.db.engine.dialect.loaded_dbapi.Error as error:
             raise self.failed(error, prepared, cursor) from error
