@@ -22,7 +22,17 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, Executable, create_engine, event, exc, make_url, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    TextClause,
+    create_engine,
+    event,
+    exc,
+    make_url,
+    text,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -170,9 +180,12 @@ class Prepared:
             if bind.required:
                 self.required.add(name)
         columns = list(getattr(statement, "exported_columns", ()))
-        # Whether it returns rows (a SELECT, a RETURNING): known here, where asking the cursor
-        # (its description) builds a column object per column on every statement (psycopg).
-        self.returns_rows = bool(columns)
+        # Whether it returns rows (a SELECT, a RETURNING) is known here for a Core statement,
+        # where asking the cursor (its description) builds a column object per column on every
+        # statement (psycopg); a text() one is asked (None).
+        self.returns_rows = (
+            True if columns else None if isinstance(statement, TextClause) else False
+        )
         self.row = namedtuple("Row", [column.key for column in columns], rename=True)  # type: ignore[misc]
         self.results = []
         for index, column in enumerate(columns):
@@ -191,7 +204,10 @@ class Prepared:
         return values if self.order is None else tuple(values[name] for name in self.order)
 
     def converted(self, raw: Any) -> Any:
-        """A driver's row as the statement's named row, with SQLAlchemy's values."""
+        """A driver's row as the statement's named row, with SQLAlchemy's values (a text()
+        statement's, which names no columns, as the driver's tuple)."""
+        if self.returns_rows is None:
+            return tuple(raw)
         if self.results:
             raw = list(raw)
             for index, process in self.results:
@@ -263,7 +279,10 @@ class Driver:
             else:
                 cursor.execute(prepared.sql, parameters)
             # Every row is read, so SQLite's statement ends (and its write commits) here.
-            raw = cursor.fetchall() if prepared.returns_rows else []
+            rows = prepared.returns_rows
+            if rows is None:
+                rows = cursor.description is not None
+            raw = cursor.fetchall() if rows else []
             count = cursor.rowcount
         except self.db.engine.dialect.loaded_dbapi.Error as error:
             raise self.failed(error, prepared, cursor) from error

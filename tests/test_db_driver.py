@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, func, literal, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
@@ -147,3 +147,13 @@ def test_a_missing_parameter_is_an_error_not_a_null(db: Database) -> None:
     bind NULL (which would read nothing, or write a row missing a value)."""
     with db.driver() as driver, pytest.raises(ArgumentError, match="account_id"):
         driver.execute(OWNED_CAMERA, {"camera_id": "c"})
+
+
+def test_rows_are_read_whether_or_not_the_statement_declares_them(db: Database) -> None:
+    """A Core SELECT is known to return rows when compiled; a text() one is asked of the
+    cursor, and its rows are the driver's tuples."""
+    plain = text("SELECT 7 AS seven")
+    with db.driver() as driver:
+        assert driver.execute(select(literal(7).label("seven")), {}).rows == [(7,)]
+        assert driver.execute(plain, {}).rows == [(7,)]
+        assert driver.execute(text("SELECT 1 WHERE 1 = 0"), {}).rows == []
