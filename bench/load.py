@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -235,19 +235,23 @@ class Load:
     p99: float  # ms
     failed: int  # non-2xx answers plus socket errors and timeouts
     requests: int  # answered during the run (wrk's "N requests in")
+    cpu: Cpu | None = None  # while the load ran (Meter), when it was asked for
 
 
-Loader = Callable[[str, Case, int, int], Load]
+Loader = Callable[[str, "Case", int, int, "Meter | None"], Load]
 
 
 # Fresh requests written per second of a run: above any rate seen (2x the fastest signed
 # directive, 1860/s), so wrk never runs out; if it did, it would send an empty body (an error
 # answer, counted as failed, which stops the run) rather than resend one.
 WRK_FRESH_PER_SECOND = 4000
+WRK_THREADS = 2
 
 
-def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
-    """Run wrk (two threads); parse its latency distribution and every kind of failure."""
+def wrk(base: str, case: Case, seconds: int, connections: int, meter: Meter | None = None) -> Load:
+    """Run wrk; parse its latency distribution and every kind of failure. `meter` reads the
+    CPU spent while wrk runs, not while its fresh requests are made (signing them costs this
+    process about as much as the server's slower cases)."""
     script = ["wrk.method = " + json.dumps(case.method)]
     if case.body:
         script.append("wrk.body = [==[" + case.body + "]==]")
@@ -260,12 +264,16 @@ def wrk(base: str, case: Case, seconds: int, connections: int) -> Load:
             script += fresh_requests(requests_file)
         lua = Path(folder) / "case.lua"
         lua.write_text("\n".join(script) + "\n")
+        before = meter.read() if meter is not None else None
         out = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
-             "-s", str(lua), base + case.path],
+            ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+             "--latency", "-s", str(lua), base + case.path],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-    return parse_wrk(out)
+    load = parse_wrk(out)
+    if meter is None or before is None:
+        return load
+    return replace(load, cpu=meter.spent(before, load.requests))
 
 
 def write_fresh(case: Case, count: int, path: Path) -> None:
@@ -283,12 +291,12 @@ def write_fresh(case: Case, count: int, path: Path) -> None:
 
 
 def fresh_requests(path: Path) -> list[str]:
-    """wrk's Lua for requests sent once each, read from `path` (write_fresh), the two threads
-    taking alternate ones. None is ever sent twice: a thread that has run out sends an empty
+    """wrk's Lua for requests sent once each, read from `path` (write_fresh), the threads
+    taking their turns (thread i the lines i, i + WRK_THREADS, ...). None is ever sent twice: a thread that has run out sends an empty
     body, which no case accepts (counted as failed, so the run stops), where resending would
     time a replay (or a refresh token's retry)."""
     return [
-        f"local path = {json.dumps(str(path))}",
+        f"local path = [==[{path}]==]",
         "local threads = 0",
         "function setup(thread) thread:set('index', threads); threads = threads + 1 end",
         "local function split(line)",
@@ -303,7 +311,7 @@ def fresh_requests(path: Path) -> list[str]:
         "function init(args)",
         "  fresh, sent, n = {}, 0, 0",
         "  for line in io.lines(path) do",
-        "    if n % 2 == index then fresh[#fresh + 1] = split(line) end",
+        f"    if n % {WRK_THREADS} == index then fresh[#fresh + 1] = split(line) end",
         "    n = n + 1",
         "  end",
         "end",
@@ -341,7 +349,9 @@ def parse_wrk(out: str) -> Load:
     return Load(float(rps.group(1)), ms("50%"), ms("99%"), failed, int(done.group(1)))
 
 
-def python_load(base: str, case: Case, seconds: int, connections: int) -> Load:
+def python_load(
+    base: str, case: Case, seconds: int, connections: int, meter: Meter | None = None
+) -> Load:
     """A small closed-loop load from threads: the smoke mode's stand-in for wrk.
 
     Slower than wrk and not comparable with its figures; it exists so the smoke test runs every
@@ -366,6 +376,7 @@ def python_load(base: str, case: Case, seconds: int, connections: int) -> Load:
                 failed[0] += 0 if ok else 1
 
     threads = [threading.Thread(target=client) for _ in range(connections)]
+    before = meter.read() if meter is not None else None
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -375,7 +386,8 @@ def python_load(base: str, case: Case, seconds: int, connections: int) -> Load:
         if len(latencies) > 1
         else latencies * 99
     )
-    return Load(len(latencies) / seconds, cuts[49], cuts[98], failed[0], len(latencies))
+    cpu = meter.spent(before, len(latencies)) if meter is not None and before is not None else None
+    return Load(len(latencies) / seconds, cuts[49], cuts[98], failed[0], len(latencies), cpu)
 
 
 # --- the server and its owners ------------------------------------------------------------------
@@ -661,8 +673,8 @@ class Meter:
 
     def read(self) -> tuple[dict[str, int], dict[str, int], int]:
         """(ticks by worker, ticks by backend, the machine's busy ticks)."""
-        web = {proc.name: process_ticks(proc) for proc in self.workers}
-        backends = {proc.name: process_ticks(proc) for proc in self.backends()}
+        web = process_ticks(self.workers)
+        backends = process_ticks(self.backends())
         with open("/proc/stat") as stat:
             fields = [int(n) for n in stat.readline().split()[1:9]]
         busy = sum(fields) - fields[3] - fields[4]  # idle and iowait
@@ -672,21 +684,20 @@ class Meter:
         """/proc of each PostgreSQL backend connected to this bench's database."""
         if self.database is None:
             return []
+        marker = f" {self.database} ".encode()
         found = []
         for proc in Path("/proc").iterdir():
             try:
-                if (
-                    proc.name.isdigit()
-                    and (proc / "cmdline").read_bytes().startswith(b"postgres: ")
-                    and f" {self.database} ".encode() in (proc / "cmdline").read_bytes()
-                ):
-                    found.append(proc)
+                command = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
             except OSError:  # gone meanwhile
                 continue
+            if command.startswith(b"postgres: ") and marker in command:
+                found.append(proc)
         return found
 
     def spent(self, before: tuple[dict[str, int], dict[str, int], int], requests: int) -> Cpu:
-        """CPU ms per request since `before` (a backend started meanwhile counts from zero)."""
+        """CPU ms per request since `before`: a backend started meanwhile counts from zero, one
+        that ended meanwhile is not counted (the pool keeps its connections)."""
         web, backends, busy = self.read()
         per = 1000 / self.tick / max(requests, 1)
 
@@ -697,14 +708,17 @@ class Meter:
         return Cpu(grown(web, before[0]), database, (busy - before[2]) * per)
 
 
-def process_ticks(proc: Path) -> int:
-    """utime + stime of a process (proc(5) stat fields 14 and 15); 0 once it is gone."""
-    try:
-        stat = (proc / "stat").read_text()
-    except OSError:
-        return 0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
+def process_ticks(procs: list[Path]) -> dict[str, int]:
+    """utime + stime (proc(5) stat fields 14 and 15) by pid, of the processes still there."""
+    ticks = {}
+    for proc in procs:
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:  # gone
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks[proc.name] = int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def print_rows(
@@ -717,13 +731,12 @@ def print_rows(
     floor = 0.0
     for case in cases:
         case.verify(base)
-        before = meter.read() if meter else None
-        load = loader(base, case, seconds, connections)
+        load = loader(base, case, seconds, connections, meter)
         floor = floor or load.rps
         row = (f"  {case.name:36} {load.rps:8.0f} {load.p50:8.1f} {load.p99:8.1f} "
                f"{load.rps / floor:8.2f}x {load.failed:7d}")  # fmt: skip
-        if meter and before:
-            cpu = meter.spent(before, load.requests)
+        if load.cpu is not None:
+            cpu = load.cpu
             database = "-" if cpu.database is None else f"{cpu.database:.2f}"
             row += f"   {cpu.web:.2f} {database} {cpu.machine:.2f}"
         print(row, flush=True)

@@ -279,7 +279,7 @@ class Driver:
             else:
                 cursor.execute(prepared.sql, parameters)
             # Every row is read, so SQLite's statement ends (and its write commits) here.
-            rows = prepared.returns_rows
+            rows = prepared.returns_rows and not many  # executemany returns no rows here
             if rows is None:
                 rows = cursor.description is not None
             raw = cursor.fetchall() if rows else []

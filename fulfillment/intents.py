@@ -42,7 +42,8 @@ class Context:
     services: Services
     principal: Principal
     # Cameras read with the bearer token (views.answer), by id: None for one the caller does
-    # not own. Read once per request, so an EXECUTE's device is not read again.
+    # not own. Each is used once, by the first execution that names it; a later one (a command
+    # with two executions) reads it again, after what the first may have changed.
     cameras: dict[str, Camera | None] = field(default_factory=dict)
 
     @property
@@ -168,7 +169,7 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
     commands = payload.get("commands") if isinstance(payload, dict) else None
     if not isinstance(commands, list) or not commands:
         raise BadRequest("payload.commands must be a non-empty list")
-    work: list[tuple[Any, dict[str, Any]]] = []  # checked in full before anything runs
+    work: list[tuple[str, dict[str, Any]]] = []  # checked in full before anything runs
     for command in commands:
         if not isinstance(command, dict):
             raise BadRequest("each command must be an object")
@@ -192,14 +193,14 @@ def execute(ctx: Context, payload: Any) -> dict[str, Any]:
     return {"commands": [execute_one(ctx, camera_id, execution) for camera_id, execution in work]}
 
 
-def execute_one(ctx: Context, camera_id: Any, execution: dict[str, Any]) -> dict[str, Any]:
+def execute_one(ctx: Context, camera_id: str, execution: dict[str, Any]) -> dict[str, Any]:
     """One device's command. The camera is read in one statement (no write lock), unless it
     was read with the token; the audit row, of the stream handed out or of the refusal, then
     commits by itself. Both go through the driver (Database.driver)."""
     streams = ctx.services.streams
     opened: OpenStream | None = None
-    if camera_id in ctx.cameras:  # read with the bearer token
-        camera = ctx.cameras[camera_id]
+    if camera_id in ctx.cameras:  # read with the bearer token: used once, as read
+        camera = ctx.cameras.pop(camera_id)
     else:
         with ctx.services.db.driver() as reading:
             camera = owned(ctx, reading, camera_id)

@@ -176,6 +176,9 @@ def test_execute_of_one_camera_reads_it_with_the_token(
     reads = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]
     assert len(reads) == 1 and "cameras" in reads[0] and "tokens" in reads[0], seen
     assert fulfill(server, "garbage", execute([front])).status_code == 401
+    malformed = {"intent": "action.devices.EXECUTE", "payload": {"commands": [{"devices": 5}]}}
+    assert fulfill(server, "garbage", malformed).status_code == 401  # the token first
+    assert fulfill(server, token, malformed).status_code == 400
     assert fulfill(server, token, execute([theirs])).json()["payload"]["commands"] == [
         {"ids": [theirs], "status": "ERROR", "errorCode": "deviceNotFound"}
     ]
@@ -183,10 +186,18 @@ def test_execute_of_one_camera_reads_it_with_the_token(
         result = fulfill(server, token, execute([demo[name]])).json()["payload"]["commands"][0]
         assert (result["status"], result.get("errorCode")) == (status, code), name
         assert "states" not in result, name
+    # A second execution for the same device reads the camera again: the first may have
+    # changed what is known of it (a camera cloud's answer).
+    twice = execute([front])
+    command = twice["payload"]["commands"][0]
+    command["execution"] = command["execution"] * 2
+    with statements(db) as seen:
+        answers = fulfill(server, token, twice).json()["payload"]["commands"]
+    assert [a["status"] for a in answers] == ["SUCCESS", "SUCCESS"], answers
+    assert len([sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]) == 2, seen
     alexa = register(db, "Amazon Alexa", ALEXA_URIS, "alexa")
-    assert (
-        fulfill(server, token_for(server, alexa, DEMO_EMAIL), execute([front])).status_code == 401
-    )
+    alexa_token = token_for(server, alexa, DEMO_EMAIL)
+    assert fulfill(server, alexa_token, execute([front])).status_code == 401
     with db.session() as session:
         session.execute(update(Token).values(revoked_at=utcnow()))
     assert fulfill(server, token, execute([front])).status_code == 401
