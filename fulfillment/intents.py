@@ -28,6 +28,7 @@ from oauth.tokens import Principal, revoke_grant
 CAMERA_TYPE = "action.devices.types.CAMERA"
 CAMERA_STREAM = "action.devices.traits.CameraStream"
 GET_CAMERA_STREAM = "action.devices.commands.GetCameraStream"
+EXECUTE = "action.devices.EXECUTE"
 # What the media path really serves, in order of preference: WebRTC (sub-second, Nest displays)
 # where the camera's source allows it, HLS for every camera (the only one a Cast receiver plays).
 OUR_PROTOCOLS = {"webrtc": Protocol.WEBRTC, "hls": Protocol.HLS}
@@ -63,16 +64,14 @@ def named_camera(intent: str, payload: Any) -> str | None:
     """The one device an EXECUTE names (Google's GetCameraStream names one), so the bearer
     check can read it in its own statement; None for any other intent or shape, which
     `execute` then reads, or refuses as before."""
-    if intent != "action.devices.EXECUTE" or not isinstance(payload, dict):
+    commands = payload.get("commands") if isinstance(payload, dict) else None
+    if intent != EXECUTE or not isinstance(commands, list) or len(commands) != 1:
         return None
-    commands = payload.get("commands")
-    if not isinstance(commands, list) or len(commands) != 1 or not isinstance(commands[0], dict):
+    try:
+        ids = device_ids(commands[0])
+    except BadRequest:  # refused by `execute`, after the token is judged
         return None
-    devices = commands[0].get("devices")
-    if not isinstance(devices, list) or len(devices) != 1 or not isinstance(devices[0], dict):
-        return None
-    camera_id = devices[0].get("id")
-    return camera_id if isinstance(camera_id, str) else None
+    return ids[0] if len(ids) == 1 and isinstance(ids[0], str) else None
 
 
 def device_ids(payload: Any, key: str = "devices") -> list[Any]:
@@ -317,6 +316,6 @@ def disconnect(ctx: Context, payload: Any) -> dict[str, Any]:
 INTENTS: dict[str, Callable[[Context, Any], dict[str, Any]]] = {
     "action.devices.SYNC": sync,
     "action.devices.QUERY": query,
-    "action.devices.EXECUTE": execute,
+    EXECUTE: execute,
     "action.devices.DISCONNECT": disconnect,
 }
