@@ -292,9 +292,9 @@ def write_fresh(case: Case, count: int, path: Path) -> None:
 
 def fresh_requests(path: Path) -> list[str]:
     """wrk's Lua for requests sent once each, read from `path` (write_fresh), the threads
-    taking their turns (thread i the lines i, i + WRK_THREADS, ...). None is ever sent twice: a thread that has run out sends an empty
-    body, which no case accepts (counted as failed, so the run stops), where resending would
-    time a replay (or a refresh token's retry)."""
+    taking their turns (thread i the lines i, i + WRK_THREADS, ...). None is ever sent twice:
+    a thread that has run out sends an empty body, which no case accepts (counted as failed,
+    so the run stops), where resending would time a replay (or a refresh token's retry)."""
     return [
         f"local path = [==[{path}]==]",
         "local threads = 0",

@@ -175,7 +175,7 @@ class Recorder(BaseHTTPRequestHandler):
         pass
 
 
-def test_wrk_sends_each_fresh_request_once(tmp_path: Path) -> None:
+def test_wrk_sends_each_fresh_request_once() -> None:
     """The Lua that load.py gives wrk, run by wrk (the Debian package the full bench needs):
     its threads send each written request at most once, with its own headers, then empty
     bodies (counted as failed), never a request again."""
@@ -210,6 +210,12 @@ def test_load_only_times_the_cases_named() -> None:
     out = smoke("load.py", "--smoke", "--only", "EXECUTE")
     timed = [case for case in LOAD_CASES if re.search(rf"^\s+{re.escape(case)}{ROW}", out, re.M)]
     assert timed == ["floor /healthz", "google EXECUTE GetCameraStream"], out
+
+
+def test_load_skip_sqlite_leaves_sqlite_out() -> None:
+    """--skip-sqlite times nothing on SQLite (--smoke leaves PostgreSQL out: nothing is timed)."""
+    out = smoke("load.py", "--smoke", "--skip-sqlite")
+    assert "[sqlite]" not in out and "floor /healthz" not in out, out
 
 
 def test_load_checks_refuse_error_answers() -> None:
